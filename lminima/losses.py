@@ -1,0 +1,78 @@
+"""Losses with an explicit normalization (DESIGN 1.1).
+
+The squared loss is ``L = c * sum_i ||yhat_i - y_i||^2`` with
+
+* ``c = 1/2`` for ``normalization="sum"``,
+* ``c = 1/(2m)`` for ``normalization="mean"`` (m = number of samples).
+
+Every classical optimum and every identity in lminima uses the same ``c``;
+``loss_scale`` is the single place that defines it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NORMALIZATIONS = ("sum", "mean")
+
+
+def loss_scale(normalization: str, m: int) -> float:
+  """Returns the constant ``c`` of ``L = c * ||Yhat - Y||_F^2``.
+
+  Args:
+    normalization: ``"sum"`` (c = 1/2) or ``"mean"`` (c = 1/(2m)).
+    m: number of samples the loss sums over.
+
+  Example:
+    >>> loss_scale("mean", 4)
+    0.125
+  """
+  if normalization == "sum":
+    return 0.5
+  if normalization == "mean":
+    if m <= 0:
+      raise ValueError(f"need m > 0 samples, got m={m}")
+    return 0.5 / m
+  raise ValueError(
+      f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
+
+
+def squared_loss(yhat: jax.Array, y: jax.Array,
+                 normalization: str = "mean") -> jax.Array:
+  """Squared loss ``c * ||yhat - y||_F^2`` over an (m, d_y) batch.
+
+  Args:
+    yhat: predictions, shape (m, d_y).
+    y: targets, shape (m, d_y).
+    normalization: ``"sum"`` or ``"mean"``, see the module docstring.
+
+  Returns:
+    A scalar in the dtype of ``yhat``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> float(squared_loss(jnp.ones((2, 1)), jnp.zeros((2, 1)), "sum"))
+    1.0
+  """
+  if yhat.shape != y.shape:
+    raise ValueError(f"yhat shape {yhat.shape} != y shape {y.shape}")
+  c = loss_scale(normalization, yhat.shape[0])
+  return c * jnp.sum(jnp.square(yhat - y))
+
+
+def softmax_cross_entropy(logits: jax.Array, y: jax.Array,
+                          normalization: str = "mean") -> jax.Array:
+  """Cross-entropy of softmax(logits) against one-hot (or soft) targets ``y``.
+
+  ``sum`` gives ``-sum_i y_i . log softmax(logits_i)``; ``mean`` divides by m.
+  """
+  if logits.shape != y.shape:
+    raise ValueError(f"logits shape {logits.shape} != y shape {y.shape}")
+  total = -jnp.sum(y * jax.nn.log_softmax(logits, axis=-1))
+  if normalization == "sum":
+    return total
+  if normalization == "mean":
+    return total / logits.shape[0]
+  raise ValueError(
+      f"unknown normalization {normalization!r}; choose one of {NORMALIZATIONS}")
