@@ -1,0 +1,138 @@
+"""Tables and figures from result records (results.jsonl rows).
+
+``summarize`` groups rows by (depth, width) and reports, over the members that
+did not diverge, min / median / max of the end-of-training ``loss`` and of the
+certified ``loss_refined`` (when certification ran), the fraction of members per
+certificate verdict, the median ``rank_D_frac`` and the share of members below
+the linear-model optimum.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import math
+import os
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+VERDICTS = ("local_min", "saddle", "not_critical", "non_differentiable")
+
+SUMMARY_FIELDS = (
+    "depth", "width", "n_members", "n_diverged",
+    "loss_min", "loss_median", "loss_max",
+    "loss_refined_min", "loss_refined_median", "loss_refined_max",
+    *(f"frac_{v}" for v in VERDICTS),
+    "median_rank_D_frac", "frac_below_linear", "linear_opt",
+)
+
+
+def read_results(path: str) -> list[dict[str, Any]]:
+  """Rows of a results.jsonl file; a torn last line (killed run) is skipped."""
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue  # Only a write cut short by a kill can leave a partial line.
+  return rows
+
+
+def _finite(values: Iterable[Any]) -> list[float]:
+  return [float(v) for v in values
+          if v is not None and math.isfinite(float(v))]
+
+
+def _stats(values: Sequence[float]) -> tuple[Any, Any, Any]:
+  if not values:
+    return None, None, None
+  return min(values), float(np.median(values)), max(values)
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """One summary dict per (depth, width), sorted; keys are SUMMARY_FIELDS."""
+  groups = collections.defaultdict(list)
+  for row in rows:
+    groups[(row["depth"], row["width"])].append(row)
+  summary = []
+  for (depth, width), members in sorted(groups.items()):
+    sane = [r for r in members if not r.get("diverged")]
+    entry = {"depth": depth, "width": width, "n_members": len(members),
+             "n_diverged": len(members) - len(sane)}
+    for key in ("loss", "loss_refined"):
+      entry[f"{key}_min"], entry[f"{key}_median"], entry[f"{key}_max"] = (
+          _stats(_finite(r.get(key) for r in sane)))
+    verdicts = [r.get("verdict") for r in members if r.get("verdict")]
+    for v in VERDICTS:
+      entry[f"frac_{v}"] = (verdicts.count(v) / len(verdicts)
+                            if verdicts else None)
+    ranks = _finite(r.get("rank_D_frac") for r in sane)
+    entry["median_rank_D_frac"] = float(np.median(ranks)) if ranks else None
+    below = [bool(r["below_linear"]) for r in sane
+             if r.get("below_linear") is not None]
+    entry["frac_below_linear"] = sum(below) / len(below) if below else None
+    linear = _finite(r.get("linear_opt") for r in members)
+    entry["linear_opt"] = linear[0] if linear else None
+    summary.append(entry)
+  return summary
+
+
+def write_summary_csv(summary: Sequence[dict[str, Any]], path: str) -> None:
+  """Writes ``summarize`` output as CSV (empty cells for missing values)."""
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=SUMMARY_FIELDS)
+    writer.writeheader()
+    for entry in summary:
+      writer.writerow({k: ("" if entry.get(k) is None else entry[k])
+                       for k in SUMMARY_FIELDS})
+
+
+def plot_loss_vs_width(summary: Sequence[dict[str, Any]], path: str,
+                       title: str = "") -> str:
+  """Median loss vs width, one line per depth, with a min-max band.
+
+  Uses the certified ``loss_refined`` where every group has it, else the
+  end-of-training ``loss``; the dashed line is the linear-model optimum.
+  Returns the loss key plotted.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  key = ("loss_refined" if summary and all(
+      e.get("loss_refined_median") is not None for e in summary) else "loss")
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for depth in sorted({e["depth"] for e in summary}):
+    group = [e for e in summary
+             if e["depth"] == depth and e.get(f"{key}_median") is not None]
+    if not group:
+      continue
+    widths = [e["width"] for e in group]
+    line, = ax.plot(widths, [e[f"{key}_median"] for e in group], "o-",
+                    label=f"depth {depth}")
+    ax.fill_between(widths, [e[f"{key}_min"] for e in group],
+                    [e[f"{key}_max"] for e in group], alpha=0.2,
+                    color=line.get_color())
+  linear = [e["linear_opt"] for e in summary if e.get("linear_opt") is not None]
+  if linear:
+    ax.axhline(linear[0], color="k", ls="--", lw=1, label="linear model optimum")
+  ax.set_xscale("log", base=2)
+  if all(e.get(f"{key}_min") is None or e[f"{key}_min"] > 0 for e in summary):
+    ax.set_yscale("log")
+  ax.set_xlabel("hidden width")
+  ax.set_ylabel("certified local-minimum loss" if key == "loss_refined"
+                else "training loss")
+  ax.set_title(title or "median over seeds (band: min to max)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return key

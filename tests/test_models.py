@@ -1,0 +1,155 @@
+"""Models, losses and the shared projection helpers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+
+import lminima
+from lminima import linalg
+from lminima import losses
+from lminima import models
+
+
+class MLPTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      # d_in, widths, d_out, bias: count by hand.
+      (3, (4, 4), 2, True, 3 * 4 + 4 + 4 * 4 + 4 + 4 * 2 + 2),
+      (3, (4, 4), 2, False, 3 * 4 + 4 * 4 + 4 * 2),
+      (10, (), 1, True, 11),
+      (784, (100, 50, 20), 10, True,
+       784 * 100 + 100 + 100 * 50 + 50 + 50 * 20 + 20 + 20 * 10 + 10),
+  )
+  def test_n_params_exact(self, d_in, widths, d_out, bias, expected):
+    model = models.MLP(d_in, widths, d_out, "tanh", bias)
+    self.assertEqual(model.n_params, expected)
+    params = model.init(jax.random.PRNGKey(0))
+    leaves = jax.tree_util.tree_leaves(params)
+    self.assertEqual(sum(leaf.size for leaf in leaves), expected)
+
+  @parameterized.parameters(*models.ACTIVATIONS)
+  def test_forward_matches_numpy(self, activation):
+    model = models.MLP(3, (5, 4), 2, activation, bias=True)
+    params = model.init(jax.random.PRNGKey(1), jnp.float64)
+    params = jax.tree_util.tree_map(
+        lambda a: a + 0.1 * jnp.ones_like(a), params)  # nonzero biases
+    x = np.random.default_rng(0).standard_normal((6, 3))
+    numpy_sigma = {
+        "relu": lambda z: np.maximum(z, 0),
+        "leaky_relu": lambda z: np.where(z >= 0, z, models.LEAKY_RELU_SLOPE * z),
+        "tanh": np.tanh,
+        "softplus": lambda z: np.log1p(np.exp(z)),
+        "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+        "identity": lambda z: z,
+    }[activation]
+    h = x
+    for layer in params[:-1]:
+      h = numpy_sigma(h @ np.asarray(layer["w"]) + np.asarray(layer["b"]))
+    expected = h @ np.asarray(params[-1]["w"]) + np.asarray(params[-1]["b"])
+    np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-12)
+
+  def test_init_fan_in_scaling(self):
+    model = models.MLP(400, (300,), 1, "relu")
+    w = np.asarray(model.init(jax.random.PRNGKey(0))[0]["w"])
+    # Var = gain^2 / fan_in = 2 / 400; 120k samples give ~0.4% std error.
+    self.assertAlmostEqual(w.var() * 400 / 2, 1.0, delta=0.02)
+
+  def test_init_dtype_is_explicit(self):
+    self.assertTrue(jax.config.jax_enable_x64)
+    model = models.MLP(3, (4,), 2)
+    for leaf in jax.tree_util.tree_leaves(model.init(jax.random.PRNGKey(0))):
+      self.assertEqual(leaf.dtype, lminima.TRAIN_DTYPE)
+    for leaf in jax.tree_util.tree_leaves(
+        model.init(jax.random.PRNGKey(0), jnp.float64)):
+      self.assertEqual(leaf.dtype, jnp.float64)
+
+  def test_bad_arguments(self):
+    with self.assertRaisesRegex(ValueError, "unknown activation"):
+      models.MLP(3, (4,), 2, "swish")
+    with self.assertRaisesRegex(ValueError, "widths must be positive"):
+      models.MLP(3, (4, 0), 2)
+    model = models.MLP(3, (4,), 2)
+    wrong = models.MLP(3, (5,), 2).init(jax.random.PRNGKey(0))
+    with self.assertRaisesRegex(ValueError, "layer_1"):
+      model.apply(wrong, jnp.ones((2, 3)))
+
+  def test_padding_with_masks_reproduces_small_model(self):
+    small = models.MLP(3, (2, 3), 2, "sigmoid")  # sigma(0) != 0
+    big = models.widen(small, (5, 6))
+    params = small.init(jax.random.PRNGKey(3))
+    padded = models.pad_params(params, big)
+    masks = models.width_masks(small.widths, big.widths)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3)),
+                    jnp.float32)
+    np.testing.assert_allclose(big.apply(padded, x, masks),
+                               small.apply(params, x), rtol=1e-6)
+    grads = jax.grad(lambda p: jnp.sum(big.apply(p, x, masks) ** 2))(padded)
+    active = models.pad_params(models.unpad_params(grads, small), big)
+    for g, a in zip(jax.tree_util.tree_leaves(grads),
+                    jax.tree_util.tree_leaves(active)):
+      np.testing.assert_array_equal(g, a)  # padded gradients exactly zero
+    for a, b in zip(jax.tree_util.tree_leaves(models.unpad_params(padded, small)),
+                    jax.tree_util.tree_leaves(params)):
+      np.testing.assert_array_equal(a, b)
+
+  def test_arrays_round_trip(self):
+    model = models.MLP(3, (4, 4), 2, bias=False)
+    params = model.init(jax.random.PRNGKey(0))
+    arrays = models.params_to_arrays(params)
+    self.assertEqual(sorted(arrays), ["layer_1/w", "layer_2/w", "layer_3/w"])
+    back = models.params_from_arrays(arrays)
+    model.check_params(back)
+    np.testing.assert_array_equal(model.apply(back, jnp.ones((1, 3))),
+                                  model.apply(params, jnp.ones((1, 3))))
+
+
+class LossTest(parameterized.TestCase):
+
+  @parameterized.parameters(("sum", 0.5), ("mean", 0.5 / 7))
+  def test_squared_loss_scale(self, normalization, c):
+    rng = np.random.default_rng(0)
+    yhat, y = rng.standard_normal((7, 3)), rng.standard_normal((7, 3))
+    self.assertAlmostEqual(
+        float(losses.squared_loss(yhat, y, normalization)),
+        c * np.sum((yhat - y) ** 2), places=12)
+
+  def test_errors(self):
+    with self.assertRaisesRegex(ValueError, "normalization"):
+      losses.loss_scale("avg", 3)
+    with self.assertRaisesRegex(ValueError, "shape"):
+      losses.squared_loss(jnp.ones((2, 1)), jnp.ones((2, 2)))
+
+  def test_cross_entropy_matches_numpy(self):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((5, 3))
+    y = np.eye(3)[rng.integers(0, 3, 5)]
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    self.assertAlmostEqual(
+        float(losses.softmax_cross_entropy(logits, y, "mean")),
+        -np.sum(y * logp) / 5, places=12)
+
+
+class ProjectTest(parameterized.TestCase):
+
+  def test_matches_lstsq(self):
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((20, 6)) @ rng.standard_normal((6, 9))  # rank 6
+    y = rng.standard_normal((20, 2))
+    proj = linalg.project(m, y, scale=0.25)
+    coef = np.linalg.lstsq(m, y, rcond=None)[0]
+    self.assertEqual(proj.rank, 6)
+    np.testing.assert_allclose(proj.fitted, m @ coef, atol=1e-10)
+    self.assertAlmostEqual(proj.value, 0.25 * np.sum((y - m @ coef) ** 2),
+                           places=10)
+
+  def test_bad_input(self):
+    with self.assertRaisesRegex(ValueError, "rows"):
+      linalg.project(np.ones((3, 2)), np.ones(4))
+    with self.assertRaisesRegex(ValueError, "NaN"):
+      linalg.project(np.full((3, 2), np.nan), np.ones(3))
+
+
+if __name__ == "__main__":
+  absltest.main()
