@@ -136,3 +136,24 @@ def plot_loss_vs_width(summary: Sequence[dict[str, Any]], path: str,
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return key
+
+
+def plot_spectral_density(grid: np.ndarray, density: np.ndarray, path: str,
+                          extremes: Sequence[float] = (), title: str = "",
+                          ) -> None:
+  """Hessian eigenvalue density (symlog density axis) with marked extremes."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  ax.plot(grid, density, lw=1.2)
+  for value in extremes:
+    ax.axvline(value, color="k", ls=":", lw=1)
+  ax.set_yscale("symlog", linthresh=1e-4 * max(float(np.max(density)), 1e-300))
+  ax.set_xlabel("Hessian eigenvalue")
+  ax.set_ylabel("density (SLQ, Gaussian smoothing)")
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -282,6 +282,32 @@ def run(config: ml_collections.ConfigDict,
   return rows
 
 
+def load_member(workdir: str, depth: int, width: int, seed: int
+                ) -> tuple[models.MLP, Any, data_lib.Dataset, dict[str, Any]]:
+  """The refined member (depth, width, seed) of a finished sweep.
+
+  Returns ``(model, params, data, row)``: the float64 refined parameters from
+  ``params/``, and the training data rebuilt from the row's provenance.
+  """
+  rows = [r for r in report.read_results(os.path.join(workdir, RESULTS_FILE))
+          if (r["depth"], r["width"], r["seed"]) == (depth, width, seed)]
+  if not rows:
+    raise WorkdirError(f"no member depth={depth} width={width} seed={seed} in "
+                       f"{workdir}; run scripts/depth_width.py there first")
+  row = rows[-1]
+  if not row.get("params_file"):
+    raise WorkdirError(f"member depth={depth} width={width} seed={seed} has no "
+                       f"refined parameters (diverged, or run with "
+                       f"--nocertify)")
+  with np.load(os.path.join(workdir, row["params_file"])) as arrays:
+    params = models.params_from_arrays(arrays)
+  data = data_lib.load(**row["dataset"])
+  model = models.MLP(data.d_x, (width,) * depth, data.d_y, row["activation"],
+                     row["bias"])
+  model.check_params(params)
+  return model, params, data, row
+
+
 def _append_row(path: str, row: dict[str, Any]) -> None:
   with open(path, "a") as f:
     f.write(json.dumps(row, default=_json_default) + "\n")

@@ -1,0 +1,163 @@
+"""End-to-end: the sweep, its records, resumption, the report and the script."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from absl.testing import absltest
+
+import lminima
+from lminima import data as data_lib
+from lminima import losses
+from lminima import models
+from lminima import report
+from lminima import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+ROW_FIELDS = (
+    "dataset", "depth", "width", "seed", "activation", "bias", "normalization",
+    "n_params", "loss", "grad_norm", "diverged", "steps", "wall_s", "versions",
+    "grad_norm_refined", "refine_iters", "lambda_min", "lambda_max", "index",
+    "n_flat", "verdict", "cert_method", "rank_D", "rank_D_frac",
+    "rank_last_hidden", "identity_gap_full", "identity_gap_last",
+    "euler_residual_max", "linear_opt", "rf_opt", "inclusion_residual_linear",
+    "below_linear")
+
+
+def tiny_config(workdir):
+  config = sweep.get_config()
+  config.data_options = {"m": 24, "d_x": 3, "d_y": 2, "seed": 1}
+  config.depths, config.widths, config.num_seeds = (1, 2), (2, 4), 2
+  config.steps = 300
+  config.workdir = workdir
+  config.progress = False
+  return config
+
+
+class SweepTest(absltest.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.workdir = tempfile.mkdtemp()
+    cls.config = tiny_config(cls.workdir)
+    cls.rows = sweep.run(cls.config, log=lambda _: None)
+
+  def test_one_row_per_member_with_all_fields(self):
+    self.assertLen(self.rows, 2 * 2 * 2)
+    keys = {(r["depth"], r["width"], r["seed"]) for r in self.rows}
+    self.assertLen(keys, 8)
+    for row in self.rows:
+      for field in ROW_FIELDS:
+        self.assertIn(field, row)
+      self.assertEqual(row["versions"]["jax"],
+                       lminima.provenance.library_versions()["jax"])
+      self.assertEqual(row["dataset"]["name"], "synthetic")
+
+  def test_saved_params_reproduce_the_certified_loss(self):
+    ds = data_lib.load(**self.rows[0]["dataset"])
+    for row in self.rows:
+      with np.load(os.path.join(self.workdir, row["params_file"])) as arrays:
+        params = models.params_from_arrays(arrays)
+      model = models.MLP(ds.d_x, (row["width"],) * row["depth"], ds.d_y,
+                         row["activation"], row["bias"])
+      loss = losses.squared_loss(model.apply(params, ds.x), ds.y,
+                                 row["normalization"])
+      self.assertAlmostEqual(float(loss), row["loss_refined"], delta=1e-12)
+
+  def test_refined_rows_satisfy_the_last_layer_identity(self):
+    for row in self.rows:
+      if row["grad_norm_refined"] is not None and row["grad_norm_refined"] < 1e-9:
+        self.assertLess(row["identity_gap_last"], 1e-7 * (1 + row["loss_refined"]))
+
+  def test_summary_and_figure(self):
+    with open(os.path.join(self.workdir, sweep.SUMMARY_FILE)) as f:
+      table = list(csv.DictReader(f))
+    self.assertLen(table, 4)
+    for entry in table:
+      members = [r for r in self.rows if r["depth"] == int(entry["depth"])
+                 and r["width"] == int(entry["width"])]
+      losses_ = [r["loss"] for r in members]
+      self.assertAlmostEqual(float(entry["loss_median"]), np.median(losses_))
+      self.assertEqual(int(entry["n_members"]), 2)
+      fracs = [float(entry[f"frac_{v}"]) for v in report.VERDICTS]
+      self.assertAlmostEqual(sum(fracs), 1.0)
+    self.assertGreater(
+        os.path.getsize(os.path.join(self.workdir, sweep.FIGURE_FILE)), 1000)
+
+  def test_rerun_skips_recorded_members_and_grows_the_grid(self):
+    workdir = tempfile.mkdtemp()
+    config = tiny_config(workdir)
+    config.depths, config.widths, config.num_seeds = (1,), (2,), 1
+    first = sweep.run(config, log=lambda _: None)
+    again = sweep.run(config, log=lambda _: None)
+    self.assertEqual(first, again)
+    config.num_seeds = 2
+    grown = sweep.run(config, log=lambda _: None)
+    self.assertLen(grown, 2)
+    self.assertEqual(grown[0], first[0])
+
+  def test_same_config_same_numbers(self):
+    workdir = tempfile.mkdtemp()
+    rows = sweep.run(tiny_config(workdir), log=lambda _: None)
+    drop = ("wall_s", "train_wall_s", "certificate")
+    strip = lambda r: {k: v for k, v in r.items() if k not in drop}
+    self.assertEqual([strip(r) for r in rows], [strip(r) for r in self.rows])
+
+  def test_member_does_not_depend_on_the_rest_of_the_grid(self):
+    workdir = tempfile.mkdtemp()
+    config = tiny_config(workdir)
+    config.depths, config.widths, config.num_seeds = (2,), (4,), 1
+    (row,) = sweep.run(config, log=lambda _: None)
+    (reference,) = [r for r in self.rows
+                    if (r["depth"], r["width"], r["seed"]) == (2, 4, 0)]
+    # Padded and per-width programs round differently in float32 only.
+    self.assertAlmostEqual(row["loss"], reference["loss"],
+                           delta=1e-5 * reference["loss"])
+
+  def test_other_config_in_same_workdir_is_refused(self):
+    config = tiny_config(self.workdir)
+    config.learning_rate = 0.5
+    with self.assertRaisesRegex(sweep.WorkdirError, "different configuration"):
+      sweep.run(config, log=lambda _: None)
+
+  def test_torn_last_line_is_ignored(self):
+    path = os.path.join(tempfile.mkdtemp(), "results.jsonl")
+    with open(path, "w") as f:
+      f.write(json.dumps({"depth": 1}) + "\n" + '{"depth": 2, "wid')
+    self.assertEqual(report.read_results(path), [{"depth": 1}])
+
+
+class ScriptTest(absltest.TestCase):
+
+  def run_script(self, *args):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "depth_width.py"),
+         *args], capture_output=True, text=True, timeout=300, check=False)
+
+  def test_invalid_flags_exit_nonzero_with_one_line(self):
+    for args in (["--widths=4,-2"], ["--depths="], ["--activation=swish"],
+                 ["--dataset=imagenet"], ["--widths=a,b"]):
+      result = self.run_script(*args, f"--workdir={tempfile.mkdtemp()}")
+      self.assertNotEqual(result.returncode, 0, args)
+      lines = result.stderr.strip().splitlines()
+      self.assertLen(lines, 1, (args, result.stderr))
+      self.assertStartsWith(lines[0], "error: ")
+
+  def test_small_run_writes_the_three_files(self):
+    workdir = tempfile.mkdtemp()
+    result = self.run_script("--depths=1", "--widths=3", "--num_seeds=1",
+                             "--steps=100", "--n=20", f"--workdir={workdir}")
+    self.assertEqual(result.returncode, 0, result.stderr)
+    for name in (sweep.RESULTS_FILE, sweep.SUMMARY_FILE, sweep.FIGURE_FILE):
+      self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
+    self.assertIn(workdir, result.stdout)
+
+
+if __name__ == "__main__":
+  absltest.main()
