@@ -8,6 +8,7 @@ import jax
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
+import threadpoolctl
 
 from lminima import certify
 from lminima.losses import loss_scale
@@ -135,6 +136,105 @@ class ConvexTest(parameterized.TestCase):
     np.testing.assert_allclose(
         cert.loss, c * np.sum((design @ w_star - y) ** 2), rtol=1e-10)
     json.dumps(cert.to_dict(), allow_nan=False)
+
+
+class DegenerateMinimumTest(absltest.TestCase):
+
+  def test_scalar_linear_net_converges_quadratically_onto_the_hyperbola(self):
+    # yhat = b a x: the minimizers form the hyperbola a b = beta (the least
+    # squares slope), so every minimum has a flat direction. There the
+    # residual X beta - Y is orthogonal to X, and the Hessian is
+    # 2c sum(x^2) [b, a]^T [b, a]: eigenvalues 0 and 2c sum(x^2) (a^2 + b^2).
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((9, 1))
+    y = 0.7 * x + 0.1 * rng.standard_normal((9, 1))
+    beta = float(x[:, 0] @ y[:, 0] / (x[:, 0] @ x[:, 0]))
+    model = MLP(d_in=1, widths=(1,), d_out=1, activation="identity",
+                bias=False)
+    start = ({"w": jnp.array([[0.5]])}, {"w": jnp.array([[0.3]])})
+    result = certify.refine(model, start, x, y)
+    self.assertTrue(result.converged, result)
+    a, b = (float(layer["w"][0, 0]) for layer in result.params)
+    self.assertAlmostEqual(a * b, beta, delta=1e-10)
+    c = loss_scale("mean", 9)
+    self.assertAlmostEqual(result.loss, c * np.sum((beta * x - y) ** 2),
+                           delta=1e-15)
+    # mu ~ ||g|| damps the flat direction without slowing the others:
+    # quadratic convergence, ||g_{k+1}|| <= C ||g_k||^2, over the last step
+    # above the roundoff floor (~1e-16 here).
+    history = np.array(result.grad_norm_history)
+    self.assertLess(result.iters, 10)
+    above_roundoff = history[history > 1e-13]
+    self.assertLess(above_roundoff[-2], 1e-4, history)
+    self.assertLess(above_roundoff[-1], 1e2 * above_roundoff[-2] ** 2,
+                    history)
+    cert = certify.certificate(model, result.params, x, y)
+    self.assertEqual((cert.verdict, cert.n_flat), ("local_min", 1))
+    self.assertLess(abs(cert.lambda_min), 1e-10)
+    np.testing.assert_allclose(
+        cert.lambda_max, 2 * c * np.sum(x ** 2) * (a ** 2 + b ** 2),
+        rtol=1e-10)
+
+
+class EscapeTest(absltest.TestCase):
+  """A tanh unit fitting y = sign(x): L > 0 everywhere, inf L = 0.
+
+  ``a tanh(w x + b1) + b2`` is constant (a w = 0) or strictly monotone in x,
+  so it cannot equal -1 at both x = -1 and x = -0.05: L > 0 at every finite
+  point, while a = 1, b1 = b2 = 0, w -> infinity drives L to 0. No critical
+  point lies on the way; the infimum is at infinity.
+  """
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    grid = np.linspace(0.05, 1.0, 10)
+    cls.x = np.concatenate([-grid, grid])[:, None]
+    cls.y = np.sign(cls.x)
+    cls.model = MLP(d_in=1, widths=(1,), d_out=1, activation="tanh")
+    layer = {"w": jnp.ones((1, 1)), "b": jnp.zeros(1)}
+    cls.start = (layer, layer)
+
+  def test_stops_as_escaping(self):
+    result = certify.refine(self.model, self.start, self.x, self.y)
+    self.assertEqual(result.stop_reason, "escaping")
+    self.assertFalse(result.converged)
+    self.assertLess(result.iters, 20)  # no iterations burnt
+    start_norm = np.sqrt(2.0)  # the two unit weights
+    self.assertAlmostEqual(result.param_norm_start, start_norm, delta=1e-15)
+    flat = jax.flatten_util.ravel_pytree(result.params)[0]
+    self.assertAlmostEqual(result.param_norm, float(np.linalg.norm(flat)),
+                           delta=1e-12)
+    self.assertGreater(result.param_norm, 5 * start_norm)
+    self.assertLess(result.loss, _numpy_tanh_loss(self.start, self.x, self.y))
+    self.assertEqual(certify.certificate(self.model, result.params, self.x,
+                                         self.y).verdict, "not_critical")
+
+  def test_without_the_check_it_converges_only_by_saturating(self):
+    # Ignoring the escape, LM "reaches" ||g|| <= 1e-10 far out along the
+    # path, where L ~ 0 and tanh' ~ 0 make g tiny: not a critical point of
+    # L (there is none), just the float64 shadow of the infimum.
+    escaping = certify.refine(self.model, self.start, self.x, self.y)
+    result = certify.refine(self.model, self.start, self.x, self.y,
+                            escape_ratio=None)
+    self.assertNotEqual(result.stop_reason, "escaping")
+    self.assertGreater(result.param_norm, 10 * escaping.param_norm)
+    self.assertLess(_numpy_tanh_loss(result.params, self.x, self.y),
+                    1e-10)
+    self.assertGreater(_numpy_tanh_loss(result.params, self.x, self.y), 0)
+
+  def test_restores_blas_threads(self):
+    before = threadpoolctl.threadpool_info()
+    certify.refine(self.model, self.start, self.x, self.y, max_iters=2)
+    self.assertEqual(threadpoolctl.threadpool_info(), before)
+
+
+def _numpy_tanh_loss(params, x, y):
+  """L of a one-hidden-layer tanh net with biases, in numpy (mean, c=1/2m)."""
+  hidden, out = ({k: np.asarray(v) for k, v in layer.items()}
+                 for layer in params)
+  yhat = np.tanh(x @ hidden["w"] + hidden["b"]) @ out["w"] + out["b"]
+  return 0.5 * np.mean(np.sum((yhat - y) ** 2, axis=1))
 
 
 class RefineTanhTest(parameterized.TestCase):
@@ -277,6 +377,9 @@ class BadInputTest(absltest.TestCase):
                           normalization="avg")
     with self.assertRaisesRegex(ValueError, "lm_max_params"):
       certify.refine(self.model, self.params, self.x, self.y, lm_max_params=3)
+    with self.assertRaisesRegex(ValueError, "escape_ratio"):
+      certify.refine(self.model, self.params, self.x, self.y,
+                     escape_ratio=1.0)
 
   def test_far_point_is_not_critical(self):
     cert = certify.certificate(self.model, self.params, self.x, self.y)
