@@ -112,7 +112,7 @@ from lminima import hessian
 from lminima.losses import loss_scale, squared_loss
 from lminima.models import KINKED_ACTIVATIONS, MLP, Params, cast_params
 
-METHODS = ("lm", "newton_mr")
+METHODS = ("auto", "lm", "newton_mr")
 VERDICTS = ("local_min", "saddle", "not_critical", "non_differentiable")
 STOP_REASONS = ("grad_tol", "max_iters", "stalled", "non_finite", "escaping")
 
@@ -374,8 +374,9 @@ def refine(model: MLP, params: Params, x: Any, y: Any, *,
     x: inputs, shape (m, d_in); cast to float64.
     y: targets, shape (m, d_out); cast to float64.
     normalization: ``"mean"`` or ``"sum"`` (``lminima.losses``).
-    method: ``"lm"`` (minima, dense Hessian) or ``"newton_mr"`` (any
-      critical point, matrix free).
+    method: ``"lm"`` (minima, dense Hessian), ``"newton_mr"`` (any
+      critical point, matrix free) or ``"auto"`` (``"lm"`` up to
+      ``lm_max_params`` parameters, ``"newton_mr"`` above).
     grad_tol: target gradient norm.
     max_iters: cap on Newton iterations.
     lm_max_params: largest n_params for ``"lm"`` (dense eigh per iteration).
@@ -407,6 +408,8 @@ def refine(model: MLP, params: Params, x: Any, y: Any, *,
   if escape_ratio is not None and not escape_ratio > 1:
     raise ValueError(f"refine: need escape_ratio > 1 or None, got "
                      f"{escape_ratio}")
+  if method == "auto":
+    method = "lm" if model.n_params <= lm_max_params else "newton_mr"
   if method == "lm" and model.n_params > lm_max_params:
     raise ValueError(
         f"refine: method='lm' diagonalizes the dense Hessian, and n_params="

@@ -1,10 +1,11 @@
 """Tables and figures from result records (results.jsonl rows).
 
-``summarize`` groups rows by (depth, width) and reports, over the members that
-did not diverge, min / median / max of the end-of-training ``loss`` and of the
-certified ``loss_refined`` (when certification ran), the fraction of members per
-certificate verdict, the median ``rank_D_frac`` and the share of members below
-the linear-model optimum.
+``summarize`` groups rows by (depth, width) and reports min / median / max of
+the end-of-training ``loss`` over the members that did not diverge, the same
+statistics of ``loss_refined`` over the members certified ``local_min`` only
+(a refined point that is not a certified minimum says nothing about minima),
+the fraction of members per certificate verdict, the median ``rank_D_frac`` and
+the share of members below the linear-model optimum.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ VERDICTS = ("local_min", "saddle", "not_critical", "non_differentiable")
 SUMMARY_FIELDS = (
     "depth", "width", "n_members", "n_diverged",
     "loss_min", "loss_median", "loss_max",
-    "loss_refined_min", "loss_refined_median", "loss_refined_max",
+    "n_local_min", "local_min_loss_min", "local_min_loss_median",
+    "local_min_loss_max",
     *(f"frac_{v}" for v in VERDICTS),
     "median_rank_D_frac", "frac_below_linear", "linear_opt",
 )
@@ -67,9 +69,13 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     sane = [r for r in members if not r.get("diverged")]
     entry = {"depth": depth, "width": width, "n_members": len(members),
              "n_diverged": len(members) - len(sane)}
-    for key in ("loss", "loss_refined"):
-      entry[f"{key}_min"], entry[f"{key}_median"], entry[f"{key}_max"] = (
-          _stats(_finite(r.get(key) for r in sane)))
+    entry["loss_min"], entry["loss_median"], entry["loss_max"] = _stats(
+        _finite(r.get("loss") for r in sane))
+    minima = _finite(r.get("loss_refined") for r in members
+                     if r.get("verdict") == "local_min")
+    entry["n_local_min"] = len(minima)
+    (entry["local_min_loss_min"], entry["local_min_loss_median"],
+     entry["local_min_loss_max"]) = _stats(minima)
     verdicts = [r.get("verdict") for r in members if r.get("verdict")]
     for v in VERDICTS:
       entry[f"frac_{v}"] = (verdicts.count(v) / len(verdicts)
@@ -95,47 +101,52 @@ def write_summary_csv(summary: Sequence[dict[str, Any]], path: str) -> None:
                        for k in SUMMARY_FIELDS})
 
 
-def plot_loss_vs_width(summary: Sequence[dict[str, Any]], path: str,
-                       title: str = "") -> str:
-  """Median loss vs width, one line per depth, with a min-max band.
+def plot_loss_vs_width(rows: Sequence[dict[str, Any]],
+                       summary: Sequence[dict[str, Any]], path: str,
+                       title: str = "") -> None:
+  """Median training loss vs width, one line per depth, min-max band.
 
-  Uses the certified ``loss_refined`` where every group has it, else the
-  end-of-training ``loss``; the dashed line is the linear-model optimum.
-  Returns the loss key plotted.
+  Certified local minima (verdict ``local_min``) are overlaid as crosses at
+  their refined loss; the dashed line is the linear-model optimum.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  key = ("loss_refined" if summary and all(
-      e.get("loss_refined_median") is not None for e in summary) else "loss")
   fig, ax = plt.subplots(figsize=(5.5, 4))
+  positive = True
   for depth in sorted({e["depth"] for e in summary}):
     group = [e for e in summary
-             if e["depth"] == depth and e.get(f"{key}_median") is not None]
+             if e["depth"] == depth and e["loss_median"] is not None]
     if not group:
       continue
     widths = [e["width"] for e in group]
-    line, = ax.plot(widths, [e[f"{key}_median"] for e in group], "o-",
+    line, = ax.plot(widths, [e["loss_median"] for e in group], "o-",
                     label=f"depth {depth}")
-    ax.fill_between(widths, [e[f"{key}_min"] for e in group],
-                    [e[f"{key}_max"] for e in group], alpha=0.2,
+    ax.fill_between(widths, [e["loss_min"] for e in group],
+                    [e["loss_max"] for e in group], alpha=0.2,
                     color=line.get_color())
+    positive &= all(e["loss_min"] > 0 for e in group)
+    minima = [(r["width"], r["loss_refined"]) for r in rows
+              if r["depth"] == depth and r.get("verdict") == "local_min"
+              and r.get("loss_refined") is not None]
+    if minima:
+      ax.plot(*zip(*minima), "x", color=line.get_color(), ms=6)
+      positive &= all(v > 0 for _, v in minima)
   linear = [e["linear_opt"] for e in summary if e.get("linear_opt") is not None]
   if linear:
     ax.axhline(linear[0], color="k", ls="--", lw=1, label="linear model optimum")
+  ax.plot([], [], "x", color="gray", label="certified local minimum")
   ax.set_xscale("log", base=2)
-  if all(e.get(f"{key}_min") is None or e[f"{key}_min"] > 0 for e in summary):
+  if positive:
     ax.set_yscale("log")
   ax.set_xlabel("hidden width")
-  ax.set_ylabel("certified local-minimum loss" if key == "loss_refined"
-                else "training loss")
+  ax.set_ylabel("training loss")
   ax.set_title(title or "median over seeds (band: min to max)")
   ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
-  return key
 
 
 def plot_spectral_density(grid: np.ndarray, density: np.ndarray, path: str,

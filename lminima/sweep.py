@@ -84,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 0  # 0: full batch.
   config.width_strategy = "auto"
   config.certify = True
-  config.refine_method = "lm"
+  config.refine_method = "auto"  # lm (dense) up to 5000 params, else newton_mr
   config.refine_grad_tol = 1e-10
   config.refine_max_iters = 200
   config.dense_max_params = 3000
@@ -201,6 +201,9 @@ def analyse_member(result: train.MemberResult, data: data_lib.Dataset,
         loss_refined=_json_float(refined.loss),
         grad_norm_refined=_json_float(refined.grad_norm),
         refine_iters=refined.iters, refine_stop_reason=refined.stop_reason,
+        refine_method=refined.method,
+        param_norm_start=refined.param_norm_start,
+        param_norm_refined=refined.param_norm,
         lambda_min=cert.lambda_min, lambda_max=cert.lambda_max,
         index=cert.index, n_flat=cert.n_flat, verdict=cert.verdict,
         cert_method=cert.method, certificate=cert.to_dict(),
@@ -276,7 +279,7 @@ def run(config: ml_collections.ConfigDict,
   summary = report.summarize(rows)
   report.write_summary_csv(summary, os.path.join(workdir, SUMMARY_FILE))
   report.plot_loss_vs_width(
-      summary, os.path.join(workdir, FIGURE_FILE),
+      rows, summary, os.path.join(workdir, FIGURE_FILE),
       title=f"{config.dataset}, {config.activation}, median over "
             f"{config.num_seeds} seeds")
   return rows

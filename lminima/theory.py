@@ -273,11 +273,18 @@ def derivative_matrix(model: MLP, params: Params, x, *,
       column_slices=_column_slices(model))
 
 
-def _check_derivative(derivative: DerivativeMatrix, model: MLP, m: int):
-  want = (m * model.d_out, model.n_params)
+def _derivative_for(model: MLP, params: Params, x: np.ndarray,
+                    derivative: DerivativeMatrix | None,
+                    memory_budget_bytes: int) -> DerivativeMatrix:
+  """A caller's precomputed D(theta), shape-checked, or D(theta) built now."""
+  if derivative is None:
+    return derivative_matrix(model, params, x,
+                             memory_budget_bytes=memory_budget_bytes)
+  want = (x.shape[0] * model.d_out, model.n_params)
   if derivative.matrix.shape != want:
     raise ValueError(f"derivative has shape {derivative.matrix.shape}, "
                      f"expected {want} for this model and x")
+  return derivative
 
 
 # ---------------------------------------------------------------------------
@@ -344,10 +351,8 @@ def residuals(model: MLP, params: Params, x, y, *,
   m = x.shape[0]
   tol = _resolve_rank_tol(model, m, rank_tol)
   c = loss_scale(normalization, m)
-  if derivative is None:
-    derivative = derivative_matrix(model, params, x,
-                                   memory_budget_bytes=memory_budget_bytes)
-  _check_derivative(derivative, model, m)
+  derivative = _derivative_for(model, params, x, derivative,
+                               memory_budget_bytes)
   vec_y = y.reshape(-1)
   out = {"D": _residual(derivative.matrix, vec_y, c, tol)}
   for name in derivative.column_slices:
@@ -435,9 +440,8 @@ def critical_point_identity(
           gap_last=abs(loss - last.value), rank_D=None,
           rank_last_hidden=last.rank, rank_tol=tol,
           full_D_skipped=_skip_reason(nbytes, memory_budget_bytes))
-    derivative = derivative_matrix(model, params, x,
-                                   memory_budget_bytes=memory_budget_bytes)
-  _check_derivative(derivative, model, m)
+  derivative = _derivative_for(model, params, x, derivative,
+                               memory_budget_bytes)
   full = _residual(derivative.matrix, y.reshape(-1), c, tol)
   return CriticalPointIdentity(
       loss=loss, grad_norm=grad_norm, full_value=full.value,
@@ -546,10 +550,8 @@ def euler_identity(model: MLP, params: Params, x, y, *,
   m = x.shape[0]
   tol = _resolve_rank_tol(model, m, rank_tol)
   c = loss_scale(normalization, m)
-  if derivative is None:
-    derivative = derivative_matrix(model, params, x,
-                                   memory_budget_bytes=memory_budget_bytes)
-  _check_derivative(derivative, model, m)
+  derivative = _derivative_for(model, params, x, derivative,
+                               memory_budget_bytes)
   loss, grad_norm = _loss_and_grad_norm(model, params, x, y, normalization)
   homogeneous = model.activation in HOMOGENEOUS_ACTIVATIONS
   layers = []
@@ -647,10 +649,8 @@ def subspace_bound(model: MLP, params: Params, x, y, features=None, *,
                      f"{features.shape}")
   features = _with_intercept(features, model.bias if intercept is None
                              else intercept)
-  if derivative is None:
-    derivative = derivative_matrix(model, params, x,
-                                   memory_budget_bytes=memory_budget_bytes)
-  _check_derivative(derivative, model, m)
+  derivative = _derivative_for(model, params, x, derivative,
+                               memory_budget_bytes)
   loss, grad_norm = _loss_and_grad_norm(model, params, x, y, normalization)
   bound = classical.basis_function_optimum(
       features, y, normalization=normalization, intercept=False,
@@ -718,10 +718,8 @@ def full_rank_check(model: MLP, params: Params, x, y, *,
   m = x.shape[0]
   tol = _resolve_rank_tol(model, m, rank_tol)
   c = loss_scale(normalization, m)
-  if derivative is None:
-    derivative = derivative_matrix(model, params, x,
-                                   memory_budget_bytes=memory_budget_bytes)
-  _check_derivative(derivative, model, m)
+  derivative = _derivative_for(model, params, x, derivative,
+                               memory_budget_bytes)
   loss, grad_norm = _loss_and_grad_norm(model, params, x, y, normalization)
   full = _residual(derivative.matrix, y.reshape(-1), c, tol)
   n_rows = m * model.d_out

@@ -381,6 +381,14 @@ class BadInputTest(absltest.TestCase):
       certify.refine(self.model, self.params, self.x, self.y,
                      escape_ratio=1.0)
 
+  def test_auto_method_switches_at_lm_max_params(self):
+    kwargs = dict(max_iters=1)
+    small = certify.refine(self.model, self.params, self.x, self.y,
+                           method="auto", **kwargs)
+    large = certify.refine(self.model, self.params, self.x, self.y,
+                           method="auto", lm_max_params=3, **kwargs)
+    self.assertEqual((small.method, large.method), ("lm", "newton_mr"))
+
   def test_far_point_is_not_critical(self):
     cert = certify.certificate(self.model, self.params, self.x, self.y)
     self.assertGreater(cert.grad_norm, 1e-3)

@@ -23,7 +23,8 @@ ROW_FIELDS = (
     "dataset", "depth", "width", "seed", "activation", "bias", "normalization",
     "n_params", "loss", "grad_norm", "diverged", "steps", "wall_s", "versions",
     "grad_norm_refined", "refine_iters", "lambda_min", "lambda_max", "index",
-    "n_flat", "verdict", "cert_method", "rank_D", "rank_D_frac",
+    "n_flat", "verdict", "cert_method", "refine_stop_reason",
+    "param_norm_refined", "rank_D", "rank_D_frac",
     "rank_last_hidden", "identity_gap_full", "identity_gap_last",
     "euler_residual_max", "linear_opt", "rf_opt", "inclusion_residual_linear",
     "below_linear")
@@ -87,6 +88,14 @@ class SweepTest(absltest.TestCase):
       self.assertEqual(int(entry["n_members"]), 2)
       fracs = [float(entry[f"frac_{v}"]) for v in report.VERDICTS]
       self.assertAlmostEqual(sum(fracs), 1.0)
+      minima = [r["loss_refined"] for r in members
+                if r["verdict"] == "local_min"]
+      self.assertEqual(int(entry["n_local_min"]), len(minima))
+      if minima:
+        self.assertAlmostEqual(float(entry["local_min_loss_median"]),
+                               np.median(minima))
+      else:
+        self.assertEqual(entry["local_min_loss_median"], "")
     self.assertGreater(
         os.path.getsize(os.path.join(self.workdir, sweep.FIGURE_FILE)), 1000)
 
