@@ -107,17 +107,22 @@ def plot_loss_vs_width(rows: Sequence[dict[str, Any]],
   """Median training loss vs width, one line per depth, min-max band.
 
   Certified local minima (verdict ``local_min``) are overlaid as crosses at
-  their refined loss; the dashed line is the linear-model optimum.
+  their refined loss; on a log axis, minima more than 1e4 times below the
+  smallest training loss (zero-loss global minima, up to rounding) are drawn
+  as triangles on a floor at that level. The dashed line is the linear-model
+  optimum.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+  curves = {depth: [e for e in summary
+                    if e["depth"] == depth and e["loss_median"] is not None]
+            for depth in sorted({e["depth"] for e in summary})}
+  lows = [e["loss_min"] for group in curves.values() for e in group]
+  floor = 1e-4 * min(lows) if lows and min(lows) > 0 else None
   fig, ax = plt.subplots(figsize=(5.5, 4))
-  positive = True
-  for depth in sorted({e["depth"] for e in summary}):
-    group = [e for e in summary
-             if e["depth"] == depth and e["loss_median"] is not None]
+  for depth, group in curves.items():
     if not group:
       continue
     widths = [e["width"] for e in group]
@@ -126,20 +131,22 @@ def plot_loss_vs_width(rows: Sequence[dict[str, Any]],
     ax.fill_between(widths, [e["loss_min"] for e in group],
                     [e["loss_max"] for e in group], alpha=0.2,
                     color=line.get_color())
-    positive &= all(e["loss_min"] > 0 for e in group)
     minima = [(r["width"], r["loss_refined"]) for r in rows
               if r["depth"] == depth and r.get("verdict") == "local_min"
               and r.get("loss_refined") is not None]
-    if minima:
-      ax.plot(*zip(*minima), "x", color=line.get_color(), ms=6)
-      positive &= all(v > 0 for _, v in minima)
+    above = [(w, v) for w, v in minima if floor is None or v >= floor]
+    below = [(w, floor) for w, v in minima if floor is not None and v < floor]
+    for points, marker in ((above, "x"), (below, "v")):
+      if points:
+        ax.plot(*zip(*points), marker, color=line.get_color(), ms=6)
   linear = [e["linear_opt"] for e in summary if e.get("linear_opt") is not None]
   if linear:
     ax.axhline(linear[0], color="k", ls="--", lw=1, label="linear model optimum")
   ax.plot([], [], "x", color="gray", label="certified local minimum")
-  ax.set_xscale("log", base=2)
-  if positive:
+  if floor is not None:
+    ax.plot([], [], "v", color="gray", label="certified minimum, loss ~ 0")
     ax.set_yscale("log")
+  ax.set_xscale("log", base=2)
   ax.set_xlabel("hidden width")
   ax.set_ylabel("training loss")
   ax.set_title(title or "median over seeds (band: min to max)")
@@ -152,7 +159,7 @@ def plot_loss_vs_width(rows: Sequence[dict[str, Any]],
 def plot_spectral_density(grid: np.ndarray, density: np.ndarray, path: str,
                           extremes: Sequence[float] = (), title: str = "",
                           ) -> None:
-  """Hessian eigenvalue density (symlog density axis) with marked extremes."""
+  """Hessian eigenvalue density (log axis, 6 decades) with marked extremes."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -161,7 +168,9 @@ def plot_spectral_density(grid: np.ndarray, density: np.ndarray, path: str,
   ax.plot(grid, density, lw=1.2)
   for value in extremes:
     ax.axvline(value, color="k", ls=":", lw=1)
-  ax.set_yscale("symlog", linthresh=1e-4 * max(float(np.max(density)), 1e-300))
+  top = max(float(np.max(density)), 1e-300)
+  ax.set_yscale("log")
+  ax.set_ylim(1e-6 * top, 2 * top)
   ax.set_xlabel("Hessian eigenvalue")
   ax.set_ylabel("density (SLQ, Gaussian smoothing)")
   ax.set_title(title)

@@ -32,8 +32,9 @@ ROW_FIELDS = (
 
 def tiny_config(workdir):
   config = sweep.get_config()
-  config.data_options = {"m": 24, "d_x": 3, "d_y": 2, "seed": 1}
-  config.depths, config.widths, config.num_seeds = (1, 2), (2, 4), 2
+  # A grid whose members end both at certified minima and escaping.
+  config.data_options = {"m": 24, "d_x": 3, "d_y": 1, "seed": 1}
+  config.depths, config.widths, config.num_seeds = (1, 2), (2, 8), 2
   config.steps = 300
   config.workdir = workdir
   config.progress = False
@@ -71,10 +72,33 @@ class SweepTest(absltest.TestCase):
                                  row["normalization"])
       self.assertAlmostEqual(float(loss), row["loss_refined"], delta=1e-12)
 
-  def test_refined_rows_satisfy_the_last_layer_identity(self):
-    for row in self.rows:
-      if row["grad_norm_refined"] is not None and row["grad_norm_refined"] < 1e-9:
-        self.assertLess(row["identity_gap_last"], 1e-7 * (1 + row["loss_refined"]))
+  def test_certified_rows_satisfy_the_last_layer_identity(self):
+    certified = [r for r in self.rows if r["verdict"] == "local_min"]
+    self.assertNotEmpty(certified)
+    self.assertLess(len(certified), len(self.rows))
+    for row in certified:
+      self.assertLessEqual(row["grad_norm_refined"], 1e-8)
+      self.assertLess(row["identity_gap_last"],
+                      1e-8 * (1 + row["loss_refined"]))
+
+  def test_spectrum_script_agrees_with_the_certificate(self):
+    row = next(r for r in self.rows if r["verdict"] == "local_min")
+    output = os.path.join(tempfile.mkdtemp(), "spectrum.png")
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "spectrum.py"),
+         f"--workdir={self.workdir}", f"--depth={row['depth']}",
+         f"--width={row['width']}", f"--seed={row['seed']}",
+         f"--output={output}"], capture_output=True, text=True, timeout=300,
+        check=False)
+    self.assertEqual(result.returncode, 0, result.stderr)
+    printed = dict(line.split(" = ") for line in result.stdout.splitlines()
+                   if line.startswith("lambda_"))
+    # Lanczos (script) vs dense eigh (certificate) on the same point.
+    for key in ("lambda_max", "lambda_min"):
+      value = float(printed[key].split()[0])
+      self.assertAlmostEqual(value, row[key],
+                             delta=1e-8 * abs(row["lambda_max"]))
+    self.assertGreater(os.path.getsize(output), 1000)
 
   def test_summary_and_figure(self):
     with open(os.path.join(self.workdir, sweep.SUMMARY_FILE)) as f:
@@ -121,10 +145,10 @@ class SweepTest(absltest.TestCase):
   def test_member_does_not_depend_on_the_rest_of_the_grid(self):
     workdir = tempfile.mkdtemp()
     config = tiny_config(workdir)
-    config.depths, config.widths, config.num_seeds = (2,), (4,), 1
+    config.depths, config.widths, config.num_seeds = (2,), (8,), 1
     (row,) = sweep.run(config, log=lambda _: None)
     (reference,) = [r for r in self.rows
-                    if (r["depth"], r["width"], r["seed"]) == (2, 4, 0)]
+                    if (r["depth"], r["width"], r["seed"]) == (2, 8, 0)]
     # Padded and per-width programs round differently in float32 only.
     self.assertAlmostEqual(row["loss"], reference["loss"],
                            delta=1e-5 * reference["loss"])
