@@ -287,6 +287,20 @@ def _derivative_for(model: MLP, params: Params, x: np.ndarray,
   return derivative
 
 
+def _exact_point(model: MLP, params: Params, x, y, normalization: str,
+                 rank_tol: float | None, derivative: DerivativeMatrix | None,
+                 memory_budget_bytes: int):
+  """Validated float64 (params, x, y), the rank tolerance, c, D(theta), L and
+  ||grad L||: what every identity at a point starts from."""
+  params, x, y = _prepare(model, params, x, y)
+  tol = _resolve_rank_tol(model, x.shape[0], rank_tol)
+  c = loss_scale(normalization, x.shape[0])
+  derivative = _derivative_for(model, params, x, derivative,
+                               memory_budget_bytes)
+  loss, grad_norm = _loss_and_grad_norm(model, params, x, y, normalization)
+  return params, x, y, tol, c, derivative, loss, grad_norm
+
+
 # ---------------------------------------------------------------------------
 # Projection residuals and ranks.
 
@@ -546,13 +560,9 @@ def euler_identity(model: MLP, params: Params, x, y, *,
     >>> out.euler_residual_max < 1e-13
     True
   """
-  params, x, y = _prepare(model, params, x, y)
-  m = x.shape[0]
-  tol = _resolve_rank_tol(model, m, rank_tol)
-  c = loss_scale(normalization, m)
-  derivative = _derivative_for(model, params, x, derivative,
-                               memory_budget_bytes)
-  loss, grad_norm = _loss_and_grad_norm(model, params, x, y, normalization)
+  params, x, y, tol, c, derivative, loss, grad_norm = _exact_point(
+      model, params, x, y, normalization, rank_tol, derivative,
+      memory_budget_bytes)
   homogeneous = model.activation in HOMOGENEOUS_ACTIVATIONS
   layers = []
   for l, names, block, euler_residual in _euler_terms(model, params,
@@ -714,15 +724,11 @@ def full_rank_check(model: MLP, params: Params, x, y, *,
     >>> out.full_rank, out.rank_D
     (True, 3)
   """
-  params, x, y = _prepare(model, params, x, y)
-  m = x.shape[0]
-  tol = _resolve_rank_tol(model, m, rank_tol)
-  c = loss_scale(normalization, m)
-  derivative = _derivative_for(model, params, x, derivative,
-                               memory_budget_bytes)
-  loss, grad_norm = _loss_and_grad_norm(model, params, x, y, normalization)
+  params, x, y, tol, c, derivative, loss, grad_norm = _exact_point(
+      model, params, x, y, normalization, rank_tol, derivative,
+      memory_budget_bytes)
   full = _residual(derivative.matrix, y.reshape(-1), c, tol)
-  n_rows = m * model.d_out
+  n_rows = x.shape[0] * model.d_out
   return FullRankCheck(
       rank_D=full.rank, n_rows=n_rows, n_params=model.n_params,
       full_rank=full.rank == n_rows, loss=loss, grad_norm=grad_norm,
