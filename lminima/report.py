@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-VERDICTS = ("local_min", "saddle", "not_critical", "non_differentiable")
+from lminima.certify import VERDICTS
 
 SUMMARY_FIELDS = (
     "depth", "width", "n_members", "n_diverged",

@@ -23,8 +23,8 @@ Example (a tiny grid, a few seconds on a laptop CPU):
   >>> config.depths, config.widths, config.num_seeds = (1,), (4,), 1
   >>> config.workdir = "/tmp/lminima_example"
   >>> rows = run(config, log=lambda _: None)  # doctest: +SKIP
-  >>> len(rows), rows[0]["verdict"] in ("local_min", "not_critical")  # doctest: +SKIP
-  (1, True)
+  >>> len(rows), rows[0]["depth"]  # doctest: +SKIP
+  (1, 1)
 """
 
 from __future__ import annotations
@@ -120,6 +120,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.width_strategy not in ("auto", "per_width", "masked"):
     raise ValueError(f"--width_strategy must be auto, per_width or masked, "
                      f"got {config.width_strategy!r}")
+  if config.refine_max_iters < 0:
+    raise ValueError(f"--refine_max_iters must be >= 0, got "
+                     f"{config.refine_max_iters}")
   if not config.workdir:
     raise ValueError("--workdir is empty")
 

@@ -48,6 +48,9 @@ _WIDTH_STRATEGY = flags.DEFINE_string("width_strategy",
                                       "auto, per_width or masked.")
 _CERTIFY = flags.DEFINE_bool("certify", _DEFAULTS.certify,
                              "Refine and certify every member.")
+_REFINE_MAX_ITERS = flags.DEFINE_integer(
+    "refine_max_iters", _DEFAULTS.refine_max_iters,
+    "Cap on Newton-type refinement iterations per member.")
 _THEORY = flags.DEFINE_bool("theory", _DEFAULTS.theory,
                             "Compute theory quantities and classical optima.")
 _WORKDIR = flags.DEFINE_string("workdir", _DEFAULTS.workdir,
@@ -80,7 +83,8 @@ def config_from_flags():
   config.widths = _int_list("widths", _WIDTHS.value)
   for name in ("num_seeds", "activation", "bias", "normalization", "optimizer",
                "learning_rate", "steps", "batch_size", "width_strategy",
-               "certify", "theory", "workdir", "data_dir"):
+               "certify", "refine_max_iters", "theory", "workdir",
+               "data_dir"):
     setattr(config, name, flags.FLAGS[name].value)
   return config
 
