@@ -44,6 +44,15 @@ def _gradient_descent(model, params, x, y, steps, lr):
   return params
 
 
+
+def _near_linear_net_saddle():
+  """A 2-2-2 linear net 1e-3 from its origin saddle, and its data."""
+  x, y = _data(m=9, d_x=2, d_y=2, seed=1)
+  model = MLP(d_in=2, widths=(2,), d_out=2, activation="identity", bias=False)
+  start = cast_params(model.init(jax.random.PRNGKey(1)), jnp.float64)
+  return model, jax.tree_util.tree_map(lambda a: 1e-3 * a, start), x, y
+
+
 class SaddleTest(parameterized.TestCase):
 
   @parameterized.parameters("mean", "sum")
@@ -70,11 +79,7 @@ class SaddleTest(parameterized.TestCase):
   def test_newton_mr_converges_to_nearby_saddle(self):
     # d_x = d_y = hidden = 2 with X^T Y of rank 2: the origin is a
     # nondegenerate saddle (eigenvalues +-2c sigma_i, none zero).
-    x, y = _data(m=9, d_x=2, d_y=2, seed=1)
-    model = MLP(d_in=2, widths=(2,), d_out=2, activation="identity",
-                bias=False)
-    start = cast_params(model.init(jax.random.PRNGKey(1)), jnp.float64)
-    start = jax.tree_util.tree_map(lambda a: 1e-3 * a, start)
+    model, start, x, y = _near_linear_net_saddle()
     result = certify.refine(model, start, x, y, method="newton_mr")
     self.assertTrue(result.converged, result)
     self.assertEqual(result.stop_reason, "grad_tol")
@@ -91,11 +96,7 @@ class SaddleTest(parameterized.TestCase):
   def test_lm_from_near_saddle_reaches_global_minimum(self):
     # Same net; LM only accepts loss decreases, so it leaves the saddle and
     # (width 2 = full rank) reaches the least-squares optimum.
-    x, y = _data(m=9, d_x=2, d_y=2, seed=1)
-    model = MLP(d_in=2, widths=(2,), d_out=2, activation="identity",
-                bias=False)
-    start = cast_params(model.init(jax.random.PRNGKey(1)), jnp.float64)
-    start = jax.tree_util.tree_map(lambda a: 1e-3 * a, start)
+    model, start, x, y = _near_linear_net_saddle()
     result = certify.refine(model, start, x, y, method="lm")
     self.assertTrue(result.converged, result)
     w_star = np.linalg.lstsq(x, y, rcond=None)[0]
