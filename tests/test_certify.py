@@ -44,7 +44,6 @@ def _gradient_descent(model, params, x, y, steps, lr):
   return params
 
 
-
 def _near_linear_net_saddle():
   """A 2-2-2 linear net 1e-3 from its origin saddle, and its data."""
   x, y = _data(m=9, d_x=2, d_y=2, seed=1)
