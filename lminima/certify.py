@@ -155,10 +155,14 @@ def _flat_loss_and_grad(model, normalization, flat, unravel_like, x, y):
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _flat_dense_hessian(model, normalization, flat, unravel_like, x, y):
-  params = hessian.flatten_params(unravel_like)[1](flat)
+  # Inputs were validated before tracing (_checked_inputs), so this calls the
+  # unchecked core of hessian.dense_hessian.
+  unravel = hessian.flatten_params(unravel_like)[1]
+  flat_loss = lambda f: _loss(model, normalization, unravel(f), x, y)
+  _, matvec = jax.linearize(jax.grad(flat_loss), flat)
   dim = flat.shape[0]
-  return hessian.dense_hessian(
-      lambda p: _loss(model, normalization, p, x, y), params,
+  return hessian.dense_from_operator(
+      matvec, dim,
       chunk_size=dim if dim <= _ONE_BLOCK_MAX_PARAMS else _HESSIAN_BLOCK)
 
 

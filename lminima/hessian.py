@@ -163,10 +163,7 @@ def _check_exact_params(params: Params) -> None:
           f"dense_hessian needs float64 params (certificates are exact-dtype),"
           f" got a {dtype} leaf; cast first with "
           f"lminima.models.cast_params(params, jnp.float64)")
-    # Under jit (a caller compiling dense_hessian once per shape) values are
-    # abstract; that caller checks finiteness before tracing.
-    if (not isinstance(leaf, jax.core.Tracer)
-        and not bool(jnp.all(jnp.isfinite(leaf)))):
+    if not bool(jnp.all(jnp.isfinite(leaf))):
       raise ValueError("params contain NaN or inf; the Hessian is undefined "
                        "there (did training diverge?)")
 
@@ -216,8 +213,27 @@ def dense_hessian(loss_fn: Callable[[Params], jax.Array], params: Params, *,
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
   _check_exact_params(params)
   matvec, dim = hvp_operator(loss_fn, params)
-  hessian = _dense_from_operator(matvec, dim=dim, chunk_size=chunk_size)
-  return 0.5 * (hessian + hessian.T)
+  return dense_from_operator(matvec, dim, chunk_size=chunk_size)
+
+
+def dense_from_operator(matvec: Matvec, dim: int, *,
+                        chunk_size: int = 256) -> jax.Array:
+  """The symmetrized matrix ``(A + A^T) / 2`` of a symmetric ``matvec``.
+
+  Column i is ``matvec(e_i)``, ``chunk_size`` columns at a time. No input
+  checks: this is the traceable core of ``dense_hessian``, for callers that
+  validate their parameters themselves and compile the whole construction
+  (e.g. once per network shape).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> a = jnp.array([[2.0, 1.0], [1.0, 3.0]])
+    >>> dense_from_operator(lambda v: a @ v, 2).tolist()
+    [[2.0, 1.0], [1.0, 3.0]]
+  """
+  matrix = _dense_from_operator(_as_operator(matvec), dim=int(dim),
+                                chunk_size=int(chunk_size))
+  return 0.5 * (matrix + matrix.T)
 
 
 # ---------------------------------------------------------------------------
