@@ -29,7 +29,6 @@ import datetime
 import importlib.metadata
 import os
 import platform
-import subprocess
 import sys
 import time
 import traceback
@@ -41,6 +40,7 @@ import jax.numpy as jnp
 
 import lminima  # noqa: F401  (float64)
 from lminima import hessian
+from lminima import provenance
 from lminima.data import synthetic
 from lminima.losses import squared_loss
 from lminima.models import MLP
@@ -438,12 +438,7 @@ def density_section(problem, truth, args, lines):
 
 
 def environment() -> list[str]:
-  try:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines()
-                  if l.startswith("Model name")), platform.processor())
-  except OSError:
-    model = platform.processor()
+  model = provenance.machine_info()["cpu"]
   versions = ", ".join(f"{p} {importlib.metadata.version(p)}" for p in (
       "jax", "jaxlib", "torch", "matfree", "pyhessian", "hessian-eigenthings",
       "numpy"))

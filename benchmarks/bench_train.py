@@ -32,7 +32,6 @@ import argparse
 import datetime
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -43,7 +42,7 @@ import optax
 import torch
 
 import lminima
-from lminima import data, losses, train
+from lminima import data, losses, provenance, train
 
 LEARNING_RATE = 0.05
 D_X, D_Y = 10, 2
@@ -176,11 +175,9 @@ def timed(fn):
 
 
 def machine_info() -> dict[str, str]:
-  lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                if line.startswith("Model name")), platform.processor())
+  machine = provenance.machine_info()
   return {
-      "cpu": model, "cores": str(os.cpu_count()),
+      "cpu": machine["cpu"], "cores": machine["cores"],
       "backend": jax.default_backend(),
       "versions": (f"python {platform.python_version()}, jax {jax.__version__}"
                    f", optax {optax.__version__}, torch {torch.__version__}, "
