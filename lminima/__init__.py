@@ -20,3 +20,11 @@ EXACT_DTYPE = jnp.float64
 """Dtype of certificates, theory quantities and classical optima."""
 
 __version__ = "0.1.0"
+
+# The curated public API (import order matters: x64 and the dtypes first).
+from lminima.problem import Problem  # noqa: E402
+from lminima.refinement import RefineResult, refine  # noqa: E402
+from lminima.certify import Certificate, certificate  # noqa: E402
+
+__all__ = ["EXACT_DTYPE", "TRAIN_DTYPE", "Certificate", "Problem",
+           "RefineResult", "certificate", "refine"]

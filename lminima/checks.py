@@ -58,3 +58,33 @@ def float64_tree(tree: Any, name: str) -> None:
       raise ValueError(
           f"{name} must be float64 (exact computations), got a {dtype} leaf; "
           "build an lminima.Problem, which casts")
+
+
+def targets(y: Any, m: int) -> np.ndarray:
+  """Targets as a finite (m, d_y) float64 matrix; a length-m vector gets d_y = 1.
+
+  Example:
+    >>> targets([1.0, 2.0], 2).shape
+    (2, 1)
+  """
+  y = np.asarray(y, dtype=np.float64)
+  y = float64_matrix(y[:, None] if y.ndim == 1 else y, "y")
+  if y.shape[0] != m:
+    raise ValueError(f"y has {y.shape[0]} rows but the features have m={m}")
+  return y
+
+
+def integer(value: Any, name: str, minimum: int = 1) -> int:
+  """``value`` as an int >= ``minimum``; rejects bools and floats."""
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or value < minimum):
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  return int(value)
+
+
+def positive_float(value: Any, name: str) -> float:
+  """``value`` as a finite float > 0."""
+  value = float(value)
+  if not np.isfinite(value) or value <= 0:
+    raise ValueError(f"{name} must be finite and > 0, got {value}")
+  return value

@@ -7,7 +7,7 @@ For a matrix M (n x p) and targets Y (n x k, or a vector of length n),
 Both are computed from a thin SVD M = U S V^T, keeping the singular values
 ``s > rank_tol * s_max``; the projection is ``U_r U_r^T Y``. The relative tolerance
 is recorded with every result because the answer depends on it when M is
-ill-conditioned (DESIGN 1.3, "Numerics"). The default,
+ill-conditioned (docs/theory.md#numerics-and-rank-tolerances). The default,
 ``max(n, p) * eps(float64)``, is numpy's ``matrix_rank`` default.
 """
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from lminima import checks
 
 
 def default_rank_tol(shape: tuple[int, ...]) -> float:
@@ -42,7 +44,7 @@ class Projection:
 def column_basis(m: np.ndarray, rank_tol: float | None = None
                  ) -> tuple[np.ndarray, float]:
   """Orthonormal basis U_r of col(M) and the relative tolerance used."""
-  m = _as_float64_matrix(m, "M")
+  m = checks.float64_matrix(m, "M")
   if rank_tol is None:
     rank_tol = default_rank_tol(m.shape)
   if m.size == 0:
@@ -50,11 +52,6 @@ def column_basis(m: np.ndarray, rank_tol: float | None = None
   u, s, _ = np.linalg.svd(m, full_matrices=False)
   keep = s > rank_tol * s[0] if s.size and s[0] > 0 else np.zeros_like(s, bool)
   return u[:, keep], float(rank_tol)
-
-
-def numerical_rank(m: np.ndarray, rank_tol: float | None = None) -> int:
-  """Number of singular values above ``rank_tol * s_max``."""
-  return column_basis(m, rank_tol)[0].shape[1]
 
 
 def project(m: np.ndarray, y: np.ndarray, scale: float = 1.0,
@@ -67,7 +64,7 @@ def project(m: np.ndarray, y: np.ndarray, scale: float = 1.0,
     >>> round(p.value, 12), p.rank
     (0.5, 2)
   """
-  m = _as_float64_matrix(m, "M")
+  m = checks.float64_matrix(m, "M")
   y = np.asarray(y, dtype=np.float64)
   if y.shape[0] != m.shape[0]:
     raise ValueError(f"M has {m.shape[0]} rows but Y has {y.shape[0]}")
@@ -79,12 +76,3 @@ def project(m: np.ndarray, y: np.ndarray, scale: float = 1.0,
   value = scale * float(np.sum(np.square(y2 - fitted)))
   return Projection(value=value, fitted=fitted.reshape(y.shape),
                     rank=basis.shape[1], rank_tol=tol)
-
-
-def _as_float64_matrix(m: np.ndarray, name: str) -> np.ndarray:
-  m = np.asarray(m, dtype=np.float64)
-  if m.ndim != 2:
-    raise ValueError(f"{name} must be a matrix, got shape {m.shape}")
-  if not np.all(np.isfinite(m)):
-    raise ValueError(f"{name} contains NaN or inf")
-  return m

@@ -39,13 +39,19 @@ def loss_scale(normalization: str, m: int) -> float:
 
 
 def squared_loss(yhat: jax.Array, y: jax.Array,
-                 normalization: str = "mean") -> jax.Array:
+                 normalization: str = "mean", *,
+                 total_m: int | None = None) -> jax.Array:
   """Squared loss ``c * ||yhat - y||_F^2`` over an (m, d_y) batch.
 
+  With ``total_m`` the batch is a minibatch of B rows drawn from a set of
+  ``total_m`` samples, and the result is the unbiased estimate
+  ``c(total_m) * (total_m / B) * ||yhat - y||_F^2`` of the full loss.
+
   Args:
-    yhat: predictions, shape (m, d_y).
-    y: targets, shape (m, d_y).
+    yhat: predictions, shape (B, d_y).
+    y: targets, shape (B, d_y).
     normalization: ``"sum"`` or ``"mean"``, see the module docstring.
+    total_m: size of the full set when the batch is a minibatch.
 
   Returns:
     A scalar in the dtype of ``yhat``.
@@ -54,11 +60,17 @@ def squared_loss(yhat: jax.Array, y: jax.Array,
     >>> import jax.numpy as jnp
     >>> float(squared_loss(jnp.ones((2, 1)), jnp.zeros((2, 1)), "sum"))
     1.0
+    >>> float(squared_loss(jnp.ones((2, 1)), jnp.zeros((2, 1)), "mean",
+    ...                    total_m=8))
+    0.5
   """
   if yhat.shape != y.shape:
     raise ValueError(f"yhat shape {yhat.shape} != y shape {y.shape}")
-  c = loss_scale(normalization, yhat.shape[0])
-  return c * jnp.sum(jnp.square(yhat - y))
+  if total_m is None:
+    scale = loss_scale(normalization, yhat.shape[0])
+  else:
+    scale = loss_scale(normalization, total_m) * total_m / yhat.shape[0]
+  return scale * jnp.sum(jnp.square(yhat - y))
 
 
 def softmax_cross_entropy(logits: jax.Array, y: jax.Array,

@@ -1,21 +1,37 @@
-"""Pure functional MLPs with a linear output layer (DESIGN 1.1).
+"""The MLP family as a ``flax.linen`` module, and the conventions any model follows.
 
 A network with H hidden layers of widths d_1..d_H computes
 
     Z^(l) = h^(l-1) W^(l) + b^(l),   h^(l) = sigma(Z^(l)),   l = 1..H,
     Yhat  = h^(H) W^(H+1) + b^(H+1),
 
-with h^(0) = X (m x d_x) and W^(l) of shape (d_{l-1}, d_l). Biases are all on
-or all off (``bias`` flag). The output layer is always linear.
+with h^(0) = X (m x d_x) and W^(l) of shape (d_{l-1}, d_l) (docs/theory.md,
+"Setup and notation"). Biases are all on or all off (``bias``). The output
+layer is always linear, which is what the analysis needs.
 
-Parameters are a tuple with one dict per layer, ``({"w": W1, "b": b1}, ...,
-{"w": W_{H+1}, "b": b_{H+1}})`` (no ``"b"`` key when biases are off). A tuple
-keeps the layer order explicit under ``jax.tree_util`` flattening; the layer
-names used on disk are ``layer_1 .. layer_{H+1}`` (see ``params_to_arrays``).
+Parameters are flax variables, ``{"params": {"layer_1": {"kernel": W1,
+"bias": b1}, ..., "layer_{H+1}": {...}}}`` (no ``"bias"`` without biases).
 
-Initialization (fan-in scaling): ``W^(l)_ij ~ N(0, gain^2 / d_{l-1})`` with
-``gain = sqrt(2)`` for relu and leaky_relu, 1 otherwise; biases start at 0.
-The output layer uses gain 1.
+Conventions for any model the analysis takes (``lminima.Problem.for_module``):
+``module.apply(variables, x)`` returns Yhat (m, d_y) through a linear output
+layer, and the module may define
+
+* ``features(x)``: the design matrix of that output layer, i.e. the features
+  entering it with a column of ones appended when it has a bias, so that
+  Yhat = features(x) @ B for some B. Needed for the last-layer identities.
+* ``kink_inputs(x)``: a flat array of the arguments of every
+  non-differentiable activation (the pre-activations of relu units); a
+  certificate calls the point non-differentiable when one is within its
+  tolerance of 0.
+* ``bias``: a bool attribute, whether the output layer has a bias (default
+  True for models without it).
+
+Initialization (``init_params``): ``W^(l)_ij ~ N(0, gain^2 / d_{l-1})`` with
+``gain = sqrt(2)`` for relu and leaky_relu, 1 otherwise; the output layer uses
+gain 1; biases start at 0. The draws are a function of the key alone (one
+split per layer), so a seed gives the same network whatever else is trained
+beside it. ``module.init(key, x)`` works too (same distribution, flax's own
+per-parameter keys).
 
 Width masks: to train members of different widths in one padded program, a
 member is embedded in a network of the largest widths, with 0/1 unit masks
@@ -27,25 +43,26 @@ sgd/momentum/adam.
 Example:
   >>> import jax
   >>> model = MLP(d_in=3, widths=(4, 4), d_out=2, activation="tanh")
-  >>> params = model.init(jax.random.PRNGKey(0))
-  >>> model.apply(params, jax.numpy.ones((5, 3))).shape
+  >>> variables = model.init_params(jax.random.PRNGKey(0))
+  >>> model.apply(variables, jax.numpy.ones((5, 3))).shape
   (5, 2)
-  >>> model.n_params
-  46
+  >>> model.n_params, model.apply(variables, jax.numpy.ones((5, 3)),
+  ...                             method="features").shape
+  (46, (5, 5))
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lminima import TRAIN_DTYPE
 
-Params = tuple  # tuple of per-layer dicts {"w": array, "b": array}
+Params = Any  # flax variables {"params": {...}} or any pytree of arrays
 
 LEAKY_RELU_SLOPE = 0.01
 
@@ -59,7 +76,7 @@ ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 HOMOGENEOUS_ACTIVATIONS = ("relu", "leaky_relu", "identity")
-"""Positively homogeneous: sigma(a z) = a sigma(z) for a > 0 (DESIGN 1.3 B)."""
+"""Positively homogeneous: sigma(a z) = a sigma(z) for a > 0."""
 
 KINKED_ACTIVATIONS = ("relu", "leaky_relu")
 """Not differentiable at z = 0: certificates check the distance to the kink."""
@@ -79,9 +96,16 @@ def init_gain(activation: str) -> float:
   return float(np.sqrt(2.0)) if activation in KINKED_ACTIVATIONS else 1.0
 
 
-@dataclasses.dataclass(frozen=True)
-class MLP:
-  """A fully connected network; hashable, so it can be a static jit argument.
+def layer_name(l: int) -> str:
+  """Name of layer l (1-based; H+1 is the output layer) in the variables."""
+  return f"layer_{l}"
+
+
+class MLP(nn.Module):
+  """A fully connected network with a linear output layer.
+
+  Hashable (a flax module is a frozen dataclass), so it can be a static jit
+  argument.
 
   Attributes:
     d_in: input dimension d_x.
@@ -104,6 +128,7 @@ class MLP:
     if any(w <= 0 for w in self.widths):
       raise ValueError(f"hidden widths must be positive, got {self.widths}")
     get_activation(self.activation)
+    super().__post_init__()
 
   @property
   def depth(self) -> int:
@@ -116,144 +141,169 @@ class MLP:
     return (self.d_in, *self.widths, self.d_out)
 
   @property
-  def layer_names(self) -> tuple[str, ...]:
-    return tuple(f"layer_{l}" for l in range(1, self.depth + 2))
-
-  @property
   def n_params(self) -> int:
     """Exact parameter count: sum_l d_{l-1} d_l (+ d_l with biases)."""
     sizes = self.layer_sizes
     return sum(a * b + (b if self.bias else 0)
                for a, b in zip(sizes[:-1], sizes[1:]))
 
-  def init(self, key: jax.Array, dtype=TRAIN_DTYPE) -> Params:
-    """Fan-in scaled Gaussian weights, zero biases (module docstring)."""
-    sizes = self.layer_sizes
-    keys = jax.random.split(key, len(sizes) - 1)
-    gain = init_gain(self.activation)
-    params = []
-    for l, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
-      scale = float((gain if l < self.depth else 1.0) / np.sqrt(fan_in))
-      layer = {"w": scale * jax.random.normal(k, (fan_in, fan_out), dtype)}
-      if self.bias:
-        layer["b"] = jnp.zeros((fan_out,), dtype)
-      params.append(layer)
-    return tuple(params)
-
-  def forward(self, params: Params, x: jax.Array,
-              masks: Sequence[jax.Array] | None = None
+  @nn.compact
+  def forward(self, x: jax.Array, masks: Sequence[jax.Array] | None = None
               ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """Returns ``(yhat, pre_activations, hidden)``.
 
     ``pre_activations[l-1] = Z^(l)`` and ``hidden[l-1] = h^(l)`` for the hidden
     layers l = 1..H (after masking when ``masks`` is given).
     """
-    self.check_params(params)
     sigma = get_activation(self.activation)
-    h = x
-    pre, hidden = [], []
-    for l, layer in enumerate(params[:-1]):
-      z = h @ layer["w"]
-      if self.bias:
-        z = z + layer["b"]
+    h, pre, hidden = x, [], []
+    for l, width in enumerate(self.widths, start=1):
+      z = nn.Dense(width, use_bias=self.bias, name=layer_name(l),
+                   kernel_init=_fan_in_normal(init_gain(self.activation)),
+                   param_dtype=TRAIN_DTYPE)(h)
       h = sigma(z)
       if masks is not None:
-        h = h * masks[l]
+        h = h * masks[l - 1]
       pre.append(z)
       hidden.append(h)
-    out = params[-1]
-    yhat = h @ out["w"]
-    if self.bias:
-      yhat = yhat + out["b"]
+    yhat = nn.Dense(self.d_out, use_bias=self.bias,
+                    name=layer_name(self.depth + 1),
+                    kernel_init=_fan_in_normal(1.0),
+                    param_dtype=TRAIN_DTYPE)(h)
     return yhat, pre, hidden
 
-  def apply(self, params: Params, x: jax.Array,
-            masks: Sequence[jax.Array] | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array,
+               masks: Sequence[jax.Array] | None = None) -> jax.Array:
     """Network output Yhat, shape (m, d_out)."""
-    return self.forward(params, x, masks)[0]
+    return self.forward(x, masks)[0]
 
-  def check_params(self, params: Params) -> None:
-    """Raises ValueError unless ``params`` has this model's layer shapes."""
+  def features(self, x: jax.Array) -> jax.Array:
+    """Design of the output layer: h^(H) (X when H = 0), plus ones with bias."""
+    _, _, hidden = self.forward(x)
+    h = hidden[-1] if hidden else x
+    if self.bias:
+      h = jnp.concatenate([h, jnp.ones((h.shape[0], 1), h.dtype)], axis=1)
+    return h
+
+  def hidden(self, x: jax.Array) -> list[jax.Array]:
+    """[h^(0) = X, h^(1), ..., h^(H)]."""
+    return [x, *self.forward(x)[2]]
+
+  def kink_inputs(self, x: jax.Array) -> jax.Array:
+    """Every hidden pre-activation for relu/leaky_relu nets, else empty."""
+    _, pre, _ = self.forward(x)
+    if self.activation not in KINKED_ACTIVATIONS or not pre:
+      return jnp.zeros((0,), x.dtype)
+    return jnp.concatenate([z.reshape(-1) for z in pre])
+
+  @nn.nowrap
+  def init_params(self, key: jax.Array, dtype=TRAIN_DTYPE) -> Params:
+    """Seeded fan-in Gaussian weights, zero biases (module docstring)."""
     sizes = self.layer_sizes
-    if not isinstance(params, (tuple, list)) or len(params) != len(sizes) - 1:
-      raise ValueError(f"expected {len(sizes) - 1} layers for {self}, got "
-                       f"{type(params).__name__} of length "
-                       f"{len(params) if hasattr(params, '__len__') else '?'}")
-    for l, (layer, fan_in, fan_out) in enumerate(
-        zip(params, sizes[:-1], sizes[1:]), start=1):
-      want = {"w": (fan_in, fan_out)}
+    keys = jax.random.split(key, len(sizes) - 1)
+    gain = init_gain(self.activation)
+    params = {}
+    for l, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+      scale = float((gain if l < self.depth else 1.0) / np.sqrt(fan_in))
+      layer = {"kernel": scale * jax.random.normal(k, (fan_in, fan_out), dtype)}
       if self.bias:
-        want["b"] = (fan_out,)
-      got = {k: tuple(np.shape(v)) for k, v in layer.items()}
-      # Batched (vmapped) params carry leading axes; compare trailing dims.
+        layer["bias"] = jnp.zeros((fan_out,), dtype)
+      params[layer_name(l + 1)] = layer
+    return {"params": params}
+
+  @nn.nowrap
+  def check_params(self, variables: Params) -> None:
+    """Raises ValueError unless ``variables`` has this model's layer shapes.
+
+    Batched (vmapped) variables carry leading axes; trailing dims are compared.
+    """
+    params = variables.get("params") if isinstance(variables, Mapping) else None
+    n_layers = len(self.layer_sizes) - 1
+    if not isinstance(params, Mapping) or set(params) != {
+        layer_name(l) for l in range(1, n_layers + 1)}:
+      got = sorted(params) if isinstance(params, Mapping) else type(
+          variables).__name__
+      raise ValueError(f"expected flax variables {{'params': {{'layer_1', ..., "
+                       f"'layer_{n_layers}'}}}} for {self}, got {got}")
+    sizes = self.layer_sizes
+    for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+      want = {"kernel": (fan_in, fan_out)}
+      if self.bias:
+        want["bias"] = (fan_out,)
+      got = {k: tuple(np.shape(v)) for k, v in params[layer_name(l)].items()}
       if set(got) != set(want) or any(
           got[k][-len(s):] != s for k, s in want.items()):
-        raise ValueError(f"layer_{l}: expected shapes {want}, got {got}")
+        raise ValueError(f"{layer_name(l)}: expected shapes {want}, got {got}")
+
+
+def _fan_in_normal(gain: float):
+  return nn.initializers.variance_scaling(gain ** 2, "fan_in", "normal")
 
 
 def widen(model: MLP, widths: Sequence[int]) -> MLP:
   """The same architecture with other hidden widths."""
-  return dataclasses.replace(model, widths=tuple(widths))
+  return model.clone(widths=tuple(widths), parent=None)
 
 
-def width_masks(true_widths: Sequence[int], max_widths: Sequence[int],
-                dtype=TRAIN_DTYPE) -> tuple[jax.Array, ...]:
-  """0/1 unit masks selecting the first ``true_widths[l]`` of ``max_widths[l]``."""
+def width_masks(true_widths: Sequence[int] | jax.Array,
+                max_widths: Sequence[int], dtype=TRAIN_DTYPE
+                ) -> tuple[jax.Array, ...]:
+  """0/1 unit masks selecting the first ``true_widths[l]`` of ``max_widths[l]``.
+
+  ``true_widths`` may be traced (one member of a vmapped population).
+  """
   if len(true_widths) != len(max_widths):
     raise ValueError(f"depth mismatch: {true_widths} vs {max_widths}")
-  if any(t > m for t, m in zip(true_widths, max_widths)):
+  if not isinstance(true_widths, jax.Array) and any(
+      t > m for t, m in zip(true_widths, max_widths)):
     raise ValueError(f"true widths {true_widths} exceed padded {max_widths}")
   return tuple((jnp.arange(m) < t).astype(dtype)
                for t, m in zip(true_widths, max_widths))
 
 
-def pad_params(params: Params, padded: MLP) -> Params:
-  """Embeds ``params`` in the larger ``padded`` model, padding with zeros."""
-  sizes = padded.layer_sizes
-  out = []
-  for layer, fan_in, fan_out in zip(params, sizes[:-1], sizes[1:]):
-    w = layer["w"]
-    new = {"w": jnp.zeros((fan_in, fan_out), w.dtype)
-                .at[:w.shape[0], :w.shape[1]].set(w)}
-    if "b" in layer:
-      b = layer["b"]
-      new["b"] = jnp.zeros((fan_out,), b.dtype).at[:b.shape[0]].set(b)
-    out.append(new)
-  return tuple(out)
+def pad_params(variables: Params, padded: MLP) -> Params:
+  """Embeds ``variables`` in the larger ``padded`` model, padding with zeros."""
+  def pad(leaf, target):
+    return jnp.zeros(target.shape, leaf.dtype).at[
+        tuple(slice(0, n) for n in leaf.shape)].set(leaf)
+  return jax.tree_util.tree_map(pad, variables, _shapes(padded))
 
 
-def unpad_params(params: Params, model: MLP) -> Params:
+def unpad_params(variables: Params, model: MLP) -> Params:
   """Inverse of ``pad_params``: the active block of each layer for ``model``."""
-  sizes = model.layer_sizes
-  out = []
-  for layer, fan_in, fan_out in zip(params, sizes[:-1], sizes[1:]):
-    new = {"w": layer["w"][:fan_in, :fan_out]}
-    if "b" in layer:
-      new["b"] = layer["b"][:fan_out]
-    out.append(new)
-  return tuple(out)
+  return jax.tree_util.tree_map(
+      lambda leaf, target: leaf[tuple(slice(0, n) for n in target.shape)],
+      variables, _shapes(model))
 
 
-def params_to_arrays(params: Params) -> dict[str, np.ndarray]:
-  """Flat ``{"layer_1/w": array, "layer_1/b": ..., ...}`` for ``np.savez``."""
-  return {f"layer_{l}/{k}": np.asarray(v)
-          for l, layer in enumerate(params, start=1) for k, v in layer.items()}
+def _shapes(model: MLP) -> Params:
+  return jax.eval_shape(lambda: model.init_params(jax.random.PRNGKey(0)))
+
+
+def params_to_arrays(variables: Params) -> dict[str, np.ndarray]:
+  """Flat ``{"layer_1/kernel": array, "layer_1/bias": ..., ...}`` for ``np.savez``.
+
+  Keys are the paths of the variables' ``"params"`` collection joined by "/".
+  """
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(
+      variables["params"])[0]:
+    flat["/".join(str(getattr(k, "key", k)) for k in path)] = np.asarray(leaf)
+  return flat
 
 
 def params_from_arrays(arrays: Mapping[str, np.ndarray]) -> Params:
   """Inverse of ``params_to_arrays`` (accepts an open ``np.load`` archive)."""
-  layers: dict[int, dict[str, np.ndarray]] = {}
+  params: dict[str, Any] = {}
   for key in arrays.keys():
-    name, _, leaf = key.partition("/")
-    if not name.startswith("layer_") or leaf not in ("w", "b"):
-      raise ValueError(f"unexpected parameter key {key!r}")
-    layers.setdefault(int(name[len("layer_"):]), {})[leaf] = np.asarray(
-        arrays[key])
-  if sorted(layers) != list(range(1, len(layers) + 1)):
-    raise ValueError(f"layers must be numbered 1..L, got {sorted(layers)}")
-  return tuple(layers[l] for l in range(1, len(layers) + 1))
+    *scopes, leaf = key.split("/")
+    node = params
+    for scope in scopes:
+      node = node.setdefault(scope, {})
+    node[leaf] = np.asarray(arrays[key])
+  return {"params": params}
 
 
-def cast_params(params: Params, dtype) -> Params:
-  """Returns ``params`` with every leaf cast to ``dtype``."""
-  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
+def cast_params(variables: Params, dtype) -> Params:
+  """Returns ``variables`` with every leaf cast to ``dtype``."""
+  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), variables)

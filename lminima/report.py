@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import collections
 import csv
-import json
 import math
-import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from lminima.certify import VERDICTS
+from lminima.records import VERDICTS
 
 SUMMARY_FIELDS = (
     "depth", "width", "n_members", "n_diverged",
@@ -29,23 +27,6 @@ SUMMARY_FIELDS = (
     *(f"frac_{v}" for v in VERDICTS),
     "median_rank_D_frac", "frac_below_linear", "linear_opt",
 )
-
-
-def read_results(path: str) -> list[dict[str, Any]]:
-  """Rows of a results.jsonl file; a torn last line (killed run) is skipped."""
-  if not os.path.exists(path):
-    return []
-  rows = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue  # Only a write cut short by a kill can leave a partial line.
-  return rows
 
 
 def _finite(values: Iterable[Any]) -> list[float]:

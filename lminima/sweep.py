@@ -5,12 +5,11 @@
 1. load the data set (``lminima.data.load``);
 2. for each depth, train all missing (width, seed) members as one population
    (``lminima.train.train_population``, float32);
-3. for each trained member, in float64 on the same training data: refine to a
-   critical point (``lminima.certify.refine``), certify it
-   (``lminima.certify.certificate``), save the refined parameters as
-   ``params/depth{d}_width{w}_seed{s}.npz``, and compute the theory quantities
-   and classical optima (``lminima.theory.theory_record``);
-4. append the member's row to ``results.jsonl`` at once (flushed), so a killed
+3. for each trained member, build its float64 ``lminima.Problem`` on the same
+   training data, refine it to a critical point (``lminima.refine``), certify
+   it (``lminima.certificate``), save the refined parameters, and compute the
+   theory quantities and classical optima (``lminima.theory.theory_record``);
+4. append the member's row (``lminima.records``) at once (flushed), so a killed
    run loses at most the member in progress; a rerun with the same workdir skips
    the members already recorded;
 5. write ``summary.csv`` and ``loss_vs_width.png`` from all recorded rows.
@@ -22,9 +21,10 @@ Example (a tiny grid, a few seconds on a laptop CPU):
   >>> config = get_config()
   >>> config.depths, config.widths, config.num_seeds = (1,), (4,), 1
   >>> config.workdir = "/tmp/lminima_example"
-  >>> rows = run(config, log=lambda _: None)  # doctest: +SKIP
-  >>> len(rows), rows[0]["depth"]  # doctest: +SKIP
-  (1, 1)
+  >>> config.steps, config.progress = 200, False
+  >>> rows = run(config, log=lambda _: None)
+  >>> len(rows), rows[0]["depth"], rows[0]["verdict"] in certify.VERDICTS
+  (1, 1, True)
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import os
 import time
 from typing import Any, Callable
 
-import jax
 import ml_collections
 import numpy as np
 import tqdm
@@ -44,30 +43,28 @@ from lminima import certify
 from lminima import data as data_lib
 from lminima import losses
 from lminima import models
+from lminima import population
 from lminima import provenance
+from lminima import records
+from lminima import refinement
 from lminima import report
 from lminima import theory
 from lminima import train
-
-RESULTS_FILE = "results.jsonl"
-SUMMARY_FILE = "summary.csv"
-FIGURE_FILE = "loss_vs_width.png"
-PARAMS_DIR = "params"
+from lminima.problem import Problem
 
 # Fields that may change between runs sharing a workdir: the grid can grow, and
 # where results go or how loudly they are reported does not change a number.
 _NOT_IN_FINGERPRINT = ("depths", "widths", "num_seeds", "workdir", "progress")
 
 
-class WorkdirError(ValueError):
-  """The workdir holds results of another configuration."""
-
+WorkdirError = records.WorkdirError
 
 def get_config() -> ml_collections.ConfigDict:
   """Default sweep: synthetic data, depths 1-3, widths 2-16, 3 seeds.
 
   Finishes in under a minute on a 2-core CPU, compilation included.
   """
+  defaults = population.TrainConfig()
   config = ml_collections.ConfigDict()
   config.dataset = "synthetic"
   # Source options for lminima.data.load (e.g. n, classes, grayscale).
@@ -77,12 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.depths = (1, 2, 3)
   config.widths = (2, 4, 8, 16)
   config.num_seeds = 3
-  config.activation = "tanh"
-  config.bias = True
-  config.normalization = "mean"
-  config.optimizer = "adam"
-  config.learning_rate = 0.01
-  config.steps = 3000
+  for name in ("activation", "bias", "normalization", "optimizer",
+               "learning_rate", "steps"):
+    config[name] = getattr(defaults, name)
   config.batch_size = 0  # 0: full batch.
   config.width_strategy = "auto"
   config.certify = True
@@ -134,8 +128,9 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
   return data_lib.load(config.dataset, **options)
 
 
-def train_config(config: ml_collections.ConfigDict) -> train.TrainConfig:
-  return train.TrainConfig(
+def train_config(config: ml_collections.ConfigDict
+                 ) -> population.TrainConfig:
+  return population.TrainConfig(
       activation=config.activation, bias=config.bias,
       normalization=config.normalization, optimizer=config.optimizer,
       learning_rate=config.learning_rate, steps=config.steps,
@@ -150,12 +145,7 @@ def config_fingerprint(config: ml_collections.ConfigDict) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def params_path(workdir: str, depth: int, width: int, seed: int) -> str:
-  return os.path.join(workdir, PARAMS_DIR,
-                      f"depth{depth}_width{width}_seed{seed}.npz")
-
-
-def member_row(result: train.MemberResult, data: data_lib.Dataset,
+def member_row(result: population.MemberResult, data: data_lib.Dataset,
                config: ml_collections.ConfigDict,
                fingerprint: str) -> dict[str, Any]:
   """The end-of-training part of a results.jsonl row."""
@@ -170,8 +160,8 @@ def member_row(result: train.MemberResult, data: data_lib.Dataset,
                     "batch_size": config.batch_size or None,
                     "width_strategy": config.width_strategy},
       "n_params": result.model.n_params,
-      "loss": _json_float(result.loss),
-      "grad_norm": _json_float(result.grad_norm),
+      "loss": records.json_float(result.loss),
+      "grad_norm": records.json_float(result.grad_norm),
       "diverged": bool(result.diverged), "steps": int(result.steps),
       "train_wall_s": float(result.wall_s),
       "config_fingerprint": fingerprint,
@@ -179,45 +169,43 @@ def member_row(result: train.MemberResult, data: data_lib.Dataset,
   }
 
 
-def analyse_member(result: train.MemberResult, data: data_lib.Dataset,
+def analyse_member(result: population.MemberResult, data: data_lib.Dataset,
                    config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Refines, certifies and explains one trained member; returns row fields.
 
-  Saves the refined float64 parameters (layer names as keys) to the workdir.
+  Saves the refined float64 parameters (``records.params_path``).
   """
   fields: dict[str, Any] = {}
   if result.diverged:
     return fields
-  model, params = result.model, result.params
+  problem = Problem.for_module(
+      result.model, result.params, data.x, data.y,
+      normalization=config.normalization,
+      memory_budget_bytes=config.memory_budget_bytes)
   if config.certify:
-    refined = certify.refine(
-        model, params, data.x, data.y, normalization=config.normalization,
-        method=config.refine_method, grad_tol=config.refine_grad_tol,
-        max_iters=config.refine_max_iters)
-    cert = certify.certificate(
-        model, refined.params, data.x, data.y,
-        normalization=config.normalization,
-        dense_max_params=config.dense_max_params)
-    params = refined.params
+    refined = refinement.refine(
+        problem, method=config.refine_method,
+        grad_tol=config.refine_grad_tol, max_iters=config.refine_max_iters)
+    problem = problem.at(refined.params)
+    cert = certify.certificate(problem,
+                               dense_max_params=config.dense_max_params)
     member = result.member
-    path = params_path(config.workdir, member.depth, member.width, member.seed)
-    np.savez(path, **models.params_to_arrays(params))
+    path = records.params_path(config.workdir, member.depth, member.width,
+                               member.seed)
+    np.savez(path, **models.params_to_arrays(problem.params))
     fields.update(
-        loss_refined=_json_float(refined.loss),
-        grad_norm_refined=_json_float(refined.grad_norm),
+        loss_refined=refined.loss, grad_norm_refined=refined.grad_norm,
         refine_iters=refined.iters, refine_stop_reason=refined.stop_reason,
         refine_method=refined.method,
         param_norm_start=refined.param_norm_start,
         param_norm_refined=refined.param_norm,
-        lambda_min=cert.lambda_min, lambda_max=cert.lambda_max,
-        index=cert.index, n_flat=cert.n_flat, verdict=cert.verdict,
-        cert_method=cert.method, certificate=cert.to_dict(),
-        params_file=os.path.relpath(path, config.workdir))
+        params_file=os.path.relpath(path, config.workdir),
+        cert_method=cert.method)
+    # The certificate's loss, gradient norm and size are the refined ones.
+    fields.update({k: v for k, v in cert.to_dict().items()
+                   if k not in ("loss", "grad_norm", "n_params", "method")})
   if config.theory:
-    fields.update(theory.theory_record(
-        model, params, data.x, data.y, normalization=config.normalization,
-        seed=result.member.seed,
-        memory_budget_bytes=config.memory_budget_bytes))
+    fields.update(theory.theory_record(problem, seed=result.member.seed))
   return fields
 
 
@@ -234,10 +222,10 @@ def run(config: ml_collections.ConfigDict,
   """
   validate_config(config)
   workdir = config.workdir
-  os.makedirs(os.path.join(workdir, PARAMS_DIR), exist_ok=True)
-  results_path = os.path.join(workdir, RESULTS_FILE)
+  os.makedirs(os.path.join(workdir, records.PARAMS_DIR), exist_ok=True)
+  results_path = os.path.join(workdir, records.RESULTS_FILE)
   fingerprint = config_fingerprint(config)
-  existing = report.read_results(results_path)
+  existing = records.read_rows(results_path)
   foreign = {r.get("config_fingerprint") for r in existing} - {fingerprint}
   if foreign:
     raise WorkdirError(
@@ -248,11 +236,11 @@ def run(config: ml_collections.ConfigDict,
   data = load_data(config)
   tconfig = train_config(config)
   log(f"data: {data.provenance} (m={data.m}, d_x={data.d_x}, d_y={data.d_y})")
-  with open(os.path.join(workdir, "config.json"), "w") as f:
+  with open(os.path.join(workdir, records.CONFIG_FILE), "w") as f:
     json.dump(config.to_dict(), f, indent=1, default=str)
 
   for depth in config.depths:
-    members = [train.Member(depth=depth, width=w, seed=s)
+    members = [population.Member(depth=depth, width=w, seed=s)
                for w in config.widths for s in range(config.num_seeds)
                if (depth, w, s) not in done]
     if not members:
@@ -277,59 +265,15 @@ def run(config: ml_collections.ConfigDict,
       row = member_row(result, data, config, fingerprint)
       row.update(analyse_member(result, data, config))
       row["wall_s"] = float(result.wall_s + time.perf_counter() - start)
-      _append_row(results_path, row)
+      records.append_row(results_path, row)
     log(f"depth {depth}: trained in {train_s:.1f} s, rows in {results_path}")
 
-  rows = report.read_results(results_path)
+  rows = records.read_rows(results_path)
   summary = report.summarize(rows)
-  report.write_summary_csv(summary, os.path.join(workdir, SUMMARY_FILE))
+  report.write_summary_csv(summary,
+                           os.path.join(workdir, records.SUMMARY_FILE))
   report.plot_loss_vs_width(
-      rows, summary, os.path.join(workdir, FIGURE_FILE),
+      rows, summary, os.path.join(workdir, records.FIGURE_FILE),
       title=f"{config.dataset}, {config.activation}, median over "
             f"{config.num_seeds} seeds")
   return rows
-
-
-def load_member(workdir: str, depth: int, width: int, seed: int
-                ) -> tuple[models.MLP, Any, data_lib.Dataset, dict[str, Any]]:
-  """The refined member (depth, width, seed) of a finished sweep.
-
-  Returns ``(model, params, data, row)``: the float64 refined parameters from
-  ``params/``, and the training data rebuilt from the row's provenance.
-  """
-  rows = [r for r in report.read_results(os.path.join(workdir, RESULTS_FILE))
-          if (r["depth"], r["width"], r["seed"]) == (depth, width, seed)]
-  if not rows:
-    raise WorkdirError(f"no member depth={depth} width={width} seed={seed} in "
-                       f"{workdir}; run scripts/depth_width.py there first")
-  row = rows[-1]
-  if not row.get("params_file"):
-    raise WorkdirError(f"member depth={depth} width={width} seed={seed} has no "
-                       f"refined parameters (diverged, or run with "
-                       f"--nocertify)")
-  with np.load(os.path.join(workdir, row["params_file"])) as arrays:
-    params = models.params_from_arrays(arrays)
-  data = data_lib.load(**row["dataset"])
-  model = models.MLP(data.d_x, (width,) * depth, data.d_y, row["activation"],
-                     row["bias"])
-  model.check_params(params)
-  return model, params, data, row
-
-
-def _append_row(path: str, row: dict[str, Any]) -> None:
-  with open(path, "a") as f:
-    f.write(json.dumps(row, default=_json_default) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _json_float(value: Any) -> float | None:
-  """NaN/inf become null: JSON has no spelling for them."""
-  value = float(value)
-  return value if np.isfinite(value) else None
-
-
-def _json_default(value: Any) -> Any:
-  if isinstance(value, (np.generic, jax.Array)):
-    return value.item() if np.ndim(value) == 0 else np.asarray(value).tolist()
-  raise TypeError(f"cannot store {type(value).__name__} in a result row")

@@ -1,0 +1,252 @@
+"""Refinement of a trained point to a critical point of its ``Problem``.
+
+Training ends near critical points only roughly; ``refine`` polishes the point
+in float64 until ``||grad L|| <= grad_tol`` (docs/theory.md#refinement):
+
+* ``method="lm"``: Levenberg-Marquardt damping of the exact Newton model,
+  ``d = -(H + mu I)^{-1} g`` from a dense eigendecomposition ``H = V diag(lam)
+  V^T``, with ``mu = max(0, -lam_min) + nu ||g||`` so that ``H + mu I`` is
+  positive definite, and ``nu`` adapted by the ratio of actual to predicted
+  decrease of L. ``mu`` proportional to ``||g||`` gives quadratic convergence
+  at nondegenerate minima and keeps it fast at degenerate ones
+  (Yamashita-Fukushima). It converges to minima only. The exact Hessian, not
+  Gauss-Newton: with a nonzero residual at the solution (local minima with
+  L > 0, the case of interest) Gauss-Newton converges only linearly.
+* ``method="newton_mr"``: Newton-MR (Roosta et al. 2022), matrix free: MINRES
+  on ``H d = -g`` with Hessian-vector products and an Armijo backtracking line
+  search on the merit ``||g||^2 / 2``, whose gradient is ``H g``. It converges
+  to any nearby critical point, saddles included.
+
+Both stop with ``"escaping"`` once ``||theta|| > escape_ratio * max(1,
+||theta_0||)``: along a path where hidden units saturate or output weights
+grow, L keeps decreasing while the weights grow without bound, and a tiny
+gradient there is not a nearby critical point (docs/theory.md#escape-to-infinity).
+The floor 1 keeps starts near the origin, whose weights grow to the O(1) scale
+of standardized data, from counting as escapes.
+
+Dense linear algebra runs with single-threaded BLAS (``threadpoolctl``): for
+the matrices here OpenBLAS threads only add synchronization (BUILD_NOTES.md).
+
+Example:
+  >>> import jax, numpy as np
+  >>> from lminima.models import MLP
+  >>> model = MLP(d_in=2, widths=(), d_out=1, activation="identity")
+  >>> x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+  >>> y = np.array([[1.0], [2.0], [2.5]])
+  >>> problem = Problem.for_module(model, model.init_params(
+  ...     jax.random.PRNGKey(0)), x, y)
+  >>> result = refine(problem)
+  >>> result.converged, result.grad_norm <= 1e-10
+  (True, True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse.linalg
+from threadpoolctl import threadpool_limits
+
+from lminima import EXACT_DTYPE
+from lminima.problem import Problem
+
+METHODS = ("auto", "lm", "newton_mr")
+STOP_REASONS = ("grad_tol", "max_iters", "stalled", "non_finite", "escaping")
+
+# Relative size below which a change of L is float64 roundoff of the sum of
+# m * d_y squares; the LM ratio test then falls back to the gradient norm.
+_LOSS_NOISE = 1e4 * float(np.finfo(np.float64).eps)
+
+
+def serial_blas() -> threadpool_limits:
+  """Context in which numpy/scipy BLAS and LAPACK use one thread."""
+  return threadpool_limits(limits=1, user_api="blas")
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineResult:
+  """Outcome of ``refine``.
+
+  Attributes:
+    params: float64 parameters at the last iterate.
+    loss: L at ``params``.
+    grad_norm: ``||grad L||_2`` at ``params``.
+    iters: Newton iterations taken (accepted steps).
+    converged: ``grad_norm <= grad_tol``.
+    stop_reason: one of ``STOP_REASONS``: ``"grad_tol"``, ``"max_iters"``,
+      ``"stalled"`` (no step decreased the merit function), ``"non_finite"``
+      or ``"escaping"`` (the parameter norm outgrew ``escape_ratio``).
+    grad_norm_history: ``||g||`` at the start and after every iteration.
+    method: ``"lm"`` or ``"newton_mr"``.
+    param_norm_start: ``||theta_0||_2`` of the (float64) starting point.
+    param_norm: ``||theta||_2`` at ``params``; a large ratio to
+      ``param_norm_start`` flags saturated units even when ``converged``.
+  """
+  params: Any
+  loss: float
+  grad_norm: float
+  iters: int
+  converged: bool
+  stop_reason: str
+  grad_norm_history: tuple[float, ...]
+  method: str
+  param_norm_start: float
+  param_norm: float
+
+
+def _lm_step(problem: Problem, flat: np.ndarray, loss: float,
+             grad: np.ndarray, nu: float, max_trials: int = 40):
+  """One accepted LM step, or None. Returns (flat, loss, grad, nu)."""
+  lam, vecs = np.linalg.eigh(problem.dense_hessian_at(flat))
+  grad_norm = float(np.linalg.norm(grad))
+  coeffs = vecs.T @ grad
+  shift = max(0.0, -float(lam[0]))
+  for _ in range(max_trials):
+    mu = shift + nu * grad_norm
+    step_coeffs = -coeffs / (lam + mu)
+    # -(g.d + d.H d / 2) in the eigenbasis, positive since H + mu I > 0.
+    predicted = -float(np.sum(step_coeffs * coeffs
+                              + 0.5 * lam * step_coeffs ** 2))
+    candidate = flat + vecs @ step_coeffs
+    new_loss, new_grad = problem.loss_and_grad_at(candidate)
+    new_grad_norm = float(np.linalg.norm(new_grad))
+    if math.isfinite(new_loss) and math.isfinite(new_grad_norm):
+      if predicted <= _LOSS_NOISE * abs(loss):
+        # Decrease too small to measure in L: judge by the gradient norm.
+        accept, very_good = new_grad_norm < grad_norm, True
+      else:
+        ratio = (loss - new_loss) / predicted
+        accept, very_good = ratio > 0.1, ratio > 0.75
+      if accept:
+        return candidate, new_loss, new_grad, (nu / 4 if very_good else nu)
+    nu = max(4.0 * nu, 1e-8)
+  return None
+
+
+def _newton_mr_step(problem: Problem, flat: np.ndarray, grad: np.ndarray,
+                    max_backtracks: int = 40, armijo: float = 1e-4):
+  """One Newton-MR step with Armijo backtracking on ||g||^2 / 2, or None."""
+  operator = problem.hvp_operator_at(flat)
+  matvec = lambda v: np.asarray(operator(jnp.asarray(v, EXACT_DTYPE)))
+  linear_op = scipy.sparse.linalg.LinearOperator(
+      (problem.n_params, problem.n_params), matvec=matvec, dtype=np.float64)
+  grad_norm = float(np.linalg.norm(grad))
+  # Inexact Newton forcing term min(1e-2, ||g||): superlinear convergence.
+  direction, _ = scipy.sparse.linalg.minres(
+      linear_op, -grad, rtol=max(min(1e-2, grad_norm), 1e-14),
+      maxiter=10 * problem.n_params)
+  slope = float(grad @ matvec(direction))  # <H g, d>
+  if not slope < 0:
+    # MINRES failed to give a descent direction for ||g||^2: steepest descent.
+    direction = -matvec(grad)
+    slope = -float(direction @ direction)
+  merit = 0.5 * grad_norm ** 2
+  step = 1.0
+  for _ in range(max_backtracks):
+    candidate = flat + step * direction
+    new_loss, new_grad = problem.loss_and_grad_at(candidate)
+    new_merit = 0.5 * float(new_grad @ new_grad)
+    if math.isfinite(new_loss) and new_merit <= merit + armijo * step * slope:
+      return candidate, new_loss, new_grad
+    step *= 0.5
+  return None
+
+
+def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
+           max_iters: int = 100, lm_max_params: int = 5000,
+           escape_ratio: float | None = 5.0) -> RefineResult:
+  """Drives the problem's point to a critical point of its loss, in float64.
+
+  See the module docstring for the two methods. Stops when ``||grad L||_2 <=
+  grad_tol``, after ``max_iters`` Newton iterations, when no step decreases
+  the merit function (``"stalled"``), or when ``||theta|| > escape_ratio *
+  max(1, ||theta_0||)`` (``"escaping"``; docs/theory.md#escape-to-infinity).
+
+  Args:
+    problem: the objective and the starting point.
+    method: ``"lm"`` (minima, dense Hessian), ``"newton_mr"`` (any
+      critical point, matrix free) or ``"auto"`` (``"lm"`` up to
+      ``lm_max_params`` parameters, ``"newton_mr"`` above).
+    grad_tol: target gradient norm.
+    max_iters: cap on Newton iterations.
+    lm_max_params: largest n_params for ``"lm"`` (dense eigh per iteration).
+    escape_ratio: parameter-norm growth (> 1) that counts as escaping; None
+      never stops for it.
+
+  Returns:
+    A ``RefineResult``; ``problem.at(result.params)`` is the refined problem.
+
+  Raises:
+    ValueError: on an unknown method or bad tolerances.
+
+  Example:
+    >>> import jax, numpy as np
+    >>> from lminima.models import MLP
+    >>> model = MLP(d_in=1, widths=(), d_out=1, activation="identity")
+    >>> x, y = np.array([[1.0], [2.0]]), np.array([[1.0], [3.0]])
+    >>> problem = Problem.for_module(model, model.init_params(
+    ...     jax.random.PRNGKey(0)), x, y)
+    >>> refine(problem).stop_reason
+    'grad_tol'
+  """
+  if method not in METHODS:
+    raise ValueError(f"refine: unknown method {method!r}; choose one of "
+                     f"{METHODS}")
+  if not grad_tol > 0 or max_iters < 0:
+    raise ValueError(f"refine: need grad_tol > 0 and max_iters >= 0, got "
+                     f"grad_tol={grad_tol}, max_iters={max_iters}")
+  if escape_ratio is not None and not escape_ratio > 1:
+    raise ValueError(f"refine: need escape_ratio > 1 or None, got "
+                     f"{escape_ratio}")
+  if method == "auto":
+    method = "lm" if problem.n_params <= lm_max_params else "newton_mr"
+  if method == "lm" and problem.n_params > lm_max_params:
+    raise ValueError(
+        f"refine: method='lm' diagonalizes the dense Hessian, and n_params="
+        f"{problem.n_params} > lm_max_params={lm_max_params}; use "
+        "method='newton_mr' (matrix free) or raise lm_max_params")
+  flat = np.asarray(problem.flat)
+  norm_start = float(np.linalg.norm(flat))
+  escape_norm = (math.inf if escape_ratio is None
+                 else escape_ratio * max(1.0, norm_start))
+  loss, grad = problem.loss, problem.grad
+  history = [float(np.linalg.norm(grad))]
+  nu, iters, stop_reason = 1.0, 0, "max_iters"
+  with serial_blas():
+    while True:
+      if not (math.isfinite(loss) and math.isfinite(history[-1])):
+        stop_reason = "non_finite"
+        break
+      if history[-1] <= grad_tol:
+        stop_reason = "grad_tol"
+        break
+      if np.linalg.norm(flat) > escape_norm:
+        stop_reason = "escaping"
+        break
+      if iters >= max_iters:
+        break
+      if method == "lm":
+        outcome = _lm_step(problem, flat, loss, grad, nu)
+        if outcome is not None:
+          flat, loss, grad, nu = outcome
+      else:
+        outcome = _newton_mr_step(problem, flat, grad)
+        if outcome is not None:
+          flat, loss, grad = outcome
+      if outcome is None:
+        stop_reason = "stalled"
+        break
+      iters += 1
+      history.append(float(np.linalg.norm(grad)))
+  return RefineResult(
+      params=problem.unravel(jnp.asarray(flat, EXACT_DTYPE)), loss=loss,
+      grad_norm=history[-1], iters=iters,
+      converged=stop_reason == "grad_tol", stop_reason=stop_reason,
+      grad_norm_history=tuple(history), method=method,
+      param_norm_start=norm_start, param_norm=float(np.linalg.norm(flat)))
+
+
