@@ -40,7 +40,9 @@ import jax.numpy as jnp
 
 import lminima  # noqa: F401  (float64)
 from lminima import hessian
+from lminima import lanczos
 from lminima import provenance
+from lminima import stochastic
 from lminima.data import synthetic
 from lminima.losses import squared_loss
 from lminima.models import MLP
@@ -153,7 +155,7 @@ class Problem:
               "source": "dense eigvalsh",
               "seconds": time.perf_counter() - start}
     matvec, dim = hessian.hvp_operator(self.loss_fn, self.params)
-    eigs = hessian.lanczos_extreme_eigs(matvec, dim, key=jax.random.PRNGKey(99),
+    eigs = lanczos.lanczos_extreme_eigs(matvec, dim, key=jax.random.PRNGKey(99),
                                         max_iters=900, tol=1e-13)
     return {"lambda_min": eigs.lambda_min, "lambda_max": eigs.lambda_max,
             "trace": None, "trace_sq": None,
@@ -169,7 +171,7 @@ class Problem:
 def lminima_extremes(problem: Problem, tol: float):
   def run():
     matvec, dim = hessian.hvp_operator(problem.loss_fn, problem.params)
-    eigs = hessian.lanczos_extreme_eigs(matvec, dim, key=jax.random.PRNGKey(0),
+    eigs = lanczos.lanczos_extreme_eigs(matvec, dim, key=jax.random.PRNGKey(0),
                                         max_iters=900, tol=tol)
     return eigs.lambda_min, eigs.lambda_max, eigs.num_matvecs
   return run
@@ -355,8 +357,8 @@ def trace_section(problem, truth, args, lines):
 
   def ours():
     matvec, dim = hessian.hvp_operator(problem.loss_fn, problem.params)
-    return hessian.hutchinson_trace(matvec, dim, key=jax.random.PRNGKey(0),
-                                    num_probes=num)[0]
+    return stochastic.hutchinson_trace(matvec, dim, key=jax.random.PRNGKey(0),
+                                       num_probes=num)[0]
 
   def pyh():
     torch.manual_seed(0)
@@ -393,8 +395,8 @@ def density_section(problem, truth, args, lines):
 
   def ours():
     matvec, dim = hessian.hvp_operator(problem.loss_fn, problem.params)
-    d = hessian.slq_density(matvec, dim, key=jax.random.PRNGKey(0),
-                            num_probes=probes, num_iters=steps)
+    d = stochastic.slq_density(matvec, dim, key=jax.random.PRNGKey(0),
+                               num_probes=probes, num_iters=steps)
     return d.nodes, d.weights
 
   def eig():

@@ -1,0 +1,176 @@
+"""Tests for lminima.stochastic against independent references.
+
+References: dense traces and matrix powers, synthetic matrices with
+prescribed spectra, and closed-form variances of the randomized estimators.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+
+import lminima  # noqa: F401  (enables float64)
+from lminima import hessian
+from lminima import stochastic
+
+
+_ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus,
+                "sigmoid": jax.nn.sigmoid}
+
+
+def _mlp_problem(widths, activation="tanh", bias=True, m=40, d_in=3, d_out=2,
+                 seed=0):
+  """(params, loss_fn): a float64 MLP (tuple of layer dicts) with a mean
+  squared loss on Gaussian data; self-contained, independent of
+  lminima.models."""
+  sizes = (d_in, *widths, d_out)
+  keys = jax.random.split(jax.random.PRNGKey(seed), 2 * len(sizes))
+  params = tuple(
+      {"w": jax.random.normal(keys[2 * l], (a, b), jnp.float64) / np.sqrt(a),
+       **({"b": 0.1 * jax.random.normal(keys[2 * l + 1], (b,), jnp.float64)}
+          if bias else {})}
+      for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
+  x = jax.random.normal(keys[-2], (m, d_in), jnp.float64)
+  y = jax.random.normal(keys[-1], (m, d_out), jnp.float64)
+  sigma = _ACTIVATIONS[activation]
+
+  def loss_fn(p):
+    h = x
+    for l, layer in enumerate(p):
+      h = h @ layer["w"] + layer.get("b", 0.0)
+      h = sigma(h) if l < len(p) - 1 else h
+    return 0.5 * jnp.mean(jnp.sum(jnp.square(h - y), axis=1))
+
+  return params, loss_fn
+
+
+def _matrix_with_spectrum(eigenvalues, seed=0):
+  n = len(eigenvalues)
+  q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+  return (q * np.asarray(eigenvalues)) @ q.T
+
+
+def _dense_matvec(a):
+  a = jnp.asarray(a)
+  return lambda v: a @ v
+
+
+def _rademacher_form_std(a, num_probes, scale=1.0):
+  """Standard error of mean_p scale * z_p^T A z_p for Rademacher z_p."""
+  variance = 2.0 * (np.sum(a * a) - np.sum(np.diag(a) ** 2))
+  return scale * np.sqrt(variance / num_probes)
+
+
+class SpectralDensityTest(parameterized.TestCase):
+
+  def test_weights_are_squared_first_components(self):
+    # For diagonal A and num_iters = n the Ritz pairs are the eigenpairs, and
+    # the Gauss weights are (e_i . v)^2 = 1/n for a normalized Rademacher v;
+    # last components (the wrong rule) would differ from 1/n.
+    diagonal = np.array([-2.0, -0.5, 0.0, 0.3, 1.0, 2.5, 4.0, 9.0])
+    density = stochastic.slq_density(_dense_matvec(np.diag(diagonal)), 8,
+                                  key=jax.random.PRNGKey(0), num_probes=3,
+                                  num_iters=8)
+    np.testing.assert_allclose(density.nodes,
+                               np.tile(np.sort(diagonal), (3, 1)), atol=1e-12)
+    np.testing.assert_allclose(density.weights, np.full((3, 8), 1 / 8),
+                               atol=1e-12)
+
+  def test_moments_match_traces(self):
+    params, loss_fn = _mlp_problem((8, 6), d_in=4)
+    dense = np.asarray(hessian.dense_hessian(loss_fn, params))
+    dim = dense.shape[0]
+    matvec, _ = hessian.hvp_operator(loss_fn, params)
+    num_probes = 40
+    density = stochastic.slq_density(matvec, dim, key=jax.random.PRNGKey(3),
+                                  num_probes=num_probes, num_iters=20)
+    np.testing.assert_allclose(density.weights.sum(axis=1), 1.0, atol=1e-12)
+    power = np.eye(dim)
+    for k in (1, 2):
+      power = power @ dense
+      estimate = np.mean(np.sum(density.weights * density.nodes ** k, axis=1))
+      # Gauss quadrature is exact for degree < 2 * num_iters, so the only
+      # error is the Rademacher probe variance of v^T H^k v / n.
+      std = _rademacher_form_std(power, num_probes, scale=1.0 / dim)
+      self.assertLessEqual(abs(estimate - np.trace(power) / dim), 5 * std)
+    # The smoothed density integrates to the quadrature moments (+ sigma^2).
+    grid, values = density.grid, density.density
+    mean = np.mean(np.sum(density.weights * density.nodes, axis=1))
+    second = np.mean(np.sum(density.weights * density.nodes ** 2, axis=1))
+    self.assertAlmostEqual(np.trapezoid(values, grid), 1.0, places=6)
+    self.assertAlmostEqual(np.trapezoid(grid * values, grid), mean, places=6)
+    self.assertAlmostEqual(np.trapezoid(grid ** 2 * values, grid),
+                           second + density.sigma ** 2, places=6)
+
+  def test_user_grid_and_sigma(self):
+    a = np.diag([1.0, 3.0])
+    grid = np.linspace(0.0, 4.0, 5)
+    density = stochastic.slq_density(_dense_matvec(a), 2,
+                                  key=jax.random.PRNGKey(0), num_probes=1,
+                                  num_iters=2, grid=grid, sigma=0.5)
+    expected = 0.5 * sum(
+        np.exp(-0.5 * ((grid - c) / 0.5) ** 2) / (0.5 * np.sqrt(2 * np.pi))
+        for c in (1.0, 3.0))
+    np.testing.assert_allclose(density.density, expected, rtol=1e-10)
+
+
+class TraceTest(parameterized.TestCase):
+
+  def test_hutchinson_within_statistical_error(self):
+    a = _matrix_with_spectrum(np.linspace(-1.0, 3.0, 120), seed=5)
+    num_probes = 400
+    estimate, standard_error = stochastic.hutchinson_trace(
+        _dense_matvec(a), 120, key=jax.random.PRNGKey(4),
+        num_probes=num_probes)
+    std = _rademacher_form_std(a, num_probes)
+    self.assertLessEqual(abs(estimate - np.trace(a)), 5 * std)
+    # The sample standard error estimates the true one (400 probes: ~5%).
+    self.assertBetween(standard_error / std, 0.75, 1.25)
+
+  def test_hutchpp_exact_on_low_rank(self):
+    eigenvalues = np.concatenate([[9.0, 4.0, -2.0, 1.0], np.zeros(96)])
+    a = _matrix_with_spectrum(eigenvalues, seed=2)
+    estimate = stochastic.hutchpp_trace(_dense_matvec(a), 100,
+                                     key=jax.random.PRNGKey(0), num_matvecs=15)
+    self.assertAlmostEqual(estimate, np.trace(a), places=10)
+
+  def test_hutchpp_within_statistical_error(self):
+    eigenvalues = 1.0 / np.arange(1, 201) ** 1.5
+    a = _matrix_with_spectrum(eigenvalues, seed=4)
+    k = 20
+    estimate = stochastic.hutchpp_trace(_dense_matvec(a), 200,
+                                     key=jax.random.PRNGKey(1),
+                                     num_matvecs=3 * k)
+    # Remainder term = Hutchinson with k probes on P A P, variance
+    # <= 2 ||P A||_F^2 / k; the range finder with k = 2r sketch vectors keeps
+    # E||P A||_F <= sqrt(2) ||A - A_r||_F (Halko et al. 2011, Thm 10.5),
+    # taken here at 2x for the probability.
+    tail = np.sqrt(np.sum(np.sort(eigenvalues)[::-1][k // 2:] ** 2))
+    std = np.sqrt(2.0 / k) * 2 * np.sqrt(2) * tail
+    self.assertLessEqual(abs(estimate - np.trace(a)), 5 * std)
+
+
+class BadInputTest(absltest.TestCase):
+
+  def test_bad_inputs_raise(self):
+    a = _dense_matvec(np.eye(4))
+    wrong_shape = lambda v: jnp.concatenate([v, v])
+    with self.assertRaisesRegex(ValueError, "to \\(4,\\), got"):
+      stochastic.slq_density(wrong_shape, 4, key=jax.random.PRNGKey(0))
+    with self.assertRaisesRegex(ValueError, "num_probes and num_iters"):
+      stochastic.slq_density(a, 4, key=jax.random.PRNGKey(0), num_probes=0)
+    with self.assertRaisesRegex(ValueError, "sigma"):
+      stochastic.slq_density(a, 4, key=jax.random.PRNGKey(0), sigma=0.0)
+    with self.assertRaisesRegex(ValueError, "1-D"):
+      stochastic.slq_density(a, 4, key=jax.random.PRNGKey(0),
+                             grid=np.zeros((2, 2)))
+    with self.assertRaisesRegex(ValueError, "num_probes"):
+      stochastic.hutchinson_trace(a, 4, key=jax.random.PRNGKey(0),
+                                  num_probes=0)
+    with self.assertRaisesRegex(ValueError, "num_matvecs"):
+      stochastic.hutchpp_trace(a, 4, key=jax.random.PRNGKey(0), num_matvecs=2)
+
+
+if __name__ == "__main__":
+  absltest.main()
