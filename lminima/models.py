@@ -224,7 +224,8 @@ class MLP(nn.Module):
       got = sorted(params) if isinstance(params, Mapping) else type(
           variables).__name__
       raise ValueError(f"expected flax variables {{'params': {{'layer_1', ..., "
-                       f"'layer_{n_layers}'}}}} for {self}, got {got}")
+                       f"'layer_{n_layers}'}}}} for MLP(d_in={self.d_in}, "
+                       f"widths={self.widths}, d_out={self.d_out}), got {got}")
     sizes = self.layer_sizes
     for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
       want = {"kernel": (fan_in, fan_out)}

@@ -25,16 +25,18 @@ class MLPTest(parameterized.TestCase):
   def test_n_params_exact(self, d_in, widths, d_out, bias, expected):
     model = models.MLP(d_in, widths, d_out, "tanh", bias)
     self.assertEqual(model.n_params, expected)
-    params = model.init(jax.random.PRNGKey(0))
-    leaves = jax.tree_util.tree_leaves(params)
-    self.assertEqual(sum(leaf.size for leaf in leaves), expected)
+    for variables in (model.init_params(jax.random.PRNGKey(0)),
+                      model.init(jax.random.PRNGKey(0), jnp.ones((1, d_in)))):
+      leaves = jax.tree_util.tree_leaves(variables)
+      self.assertEqual(sum(leaf.size for leaf in leaves), expected)
 
   @parameterized.parameters(*models.ACTIVATIONS)
   def test_forward_matches_numpy(self, activation):
     model = models.MLP(3, (5, 4), 2, activation, bias=True)
-    params = model.init(jax.random.PRNGKey(1), jnp.float64)
-    params = jax.tree_util.tree_map(
-        lambda a: a + 0.1 * jnp.ones_like(a), params)  # nonzero biases
+    variables = model.init_params(jax.random.PRNGKey(1), jnp.float64)
+    variables = jax.tree_util.tree_map(
+        lambda a: a + 0.1 * jnp.ones_like(a), variables)  # nonzero biases
+    layers = [variables["params"][f"layer_{l}"] for l in (1, 2, 3)]
     x = np.random.default_rng(0).standard_normal((6, 3))
     numpy_sigma = {
         "relu": lambda z: np.maximum(z, 0),
@@ -44,25 +46,54 @@ class MLPTest(parameterized.TestCase):
         "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
         "identity": lambda z: z,
     }[activation]
-    h = x
-    for layer in params[:-1]:
-      h = numpy_sigma(h @ np.asarray(layer["w"]) + np.asarray(layer["b"]))
-    expected = h @ np.asarray(params[-1]["w"]) + np.asarray(params[-1]["b"])
-    np.testing.assert_allclose(model.apply(params, x), expected, rtol=1e-12)
+    h, hidden = x, [x]
+    for layer in layers[:-1]:
+      h = numpy_sigma(h @ np.asarray(layer["kernel"])
+                      + np.asarray(layer["bias"]))
+      hidden.append(h)
+    expected = (h @ np.asarray(layers[-1]["kernel"])
+                + np.asarray(layers[-1]["bias"]))
+    np.testing.assert_allclose(model.apply(variables, x), expected,
+                               rtol=1e-12)
+    np.testing.assert_allclose(
+        model.apply(variables, x, method="features"),
+        np.hstack([h, np.ones((6, 1))]), rtol=1e-12)
+    for got, want in zip(model.apply(variables, x, method="hidden"), hidden):
+      np.testing.assert_allclose(got, want, rtol=1e-12)
+    kinks = model.apply(variables, x, method="kink_inputs")
+    if activation in models.KINKED_ACTIVATIONS:
+      pre = np.concatenate([
+          (hidden[l] @ np.asarray(layers[l]["kernel"])
+           + np.asarray(layers[l]["bias"])).reshape(-1) for l in (0, 1)])
+      np.testing.assert_allclose(kinks, pre, rtol=1e-12)
+    else:
+      self.assertEqual(kinks.shape, (0,))
+
+  def test_init_params_is_a_function_of_the_key_alone(self):
+    model = models.MLP(3, (4,), 2, "relu")
+    keys = jax.random.split(jax.random.PRNGKey(7), 2)
+    first = model.init_params(jax.random.PRNGKey(7))["params"]
+    expected = np.sqrt(2.0) / np.sqrt(3.0) * np.asarray(
+        jax.random.normal(keys[0], (3, 4), jnp.float32), np.float64)
+    np.testing.assert_allclose(first["layer_1"]["kernel"], expected,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(first["layer_1"]["bias"], np.zeros(4))
 
   def test_init_fan_in_scaling(self):
     model = models.MLP(400, (300,), 1, "relu")
-    w = np.asarray(model.init(jax.random.PRNGKey(0))[0]["w"])
+    w = np.asarray(model.init_params(jax.random.PRNGKey(0))["params"][
+        "layer_1"]["kernel"])
     # Var = gain^2 / fan_in = 2 / 400; 120k samples give ~0.4% std error.
     self.assertAlmostEqual(w.var() * 400 / 2, 1.0, delta=0.02)
 
   def test_init_dtype_is_explicit(self):
     self.assertTrue(jax.config.jax_enable_x64)
     model = models.MLP(3, (4,), 2)
-    for leaf in jax.tree_util.tree_leaves(model.init(jax.random.PRNGKey(0))):
+    for leaf in jax.tree_util.tree_leaves(
+        model.init_params(jax.random.PRNGKey(0))):
       self.assertEqual(leaf.dtype, lminima.TRAIN_DTYPE)
     for leaf in jax.tree_util.tree_leaves(
-        model.init(jax.random.PRNGKey(0), jnp.float64)):
+        model.init_params(jax.random.PRNGKey(0), jnp.float64)):
       self.assertEqual(leaf.dtype, jnp.float64)
 
   def test_bad_arguments(self):
@@ -71,14 +102,17 @@ class MLPTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "widths must be positive"):
       models.MLP(3, (4, 0), 2)
     model = models.MLP(3, (4,), 2)
-    wrong = models.MLP(3, (5,), 2).init(jax.random.PRNGKey(0))
+    wrong = models.MLP(3, (5,), 2).init_params(jax.random.PRNGKey(0))
     with self.assertRaisesRegex(ValueError, "layer_1"):
-      model.apply(wrong, jnp.ones((2, 3)))
+      model.check_params(wrong)
+    with self.assertRaisesRegex(ValueError, "'layer_1', ..., 'layer_2'") as e:
+      model.check_params({"params": {"layer_1": {}}})
+    self.assertNotIn("\n", str(e.exception))
 
   def test_padding_with_masks_reproduces_small_model(self):
     small = models.MLP(3, (2, 3), 2, "sigmoid")  # sigma(0) != 0
     big = models.widen(small, (5, 6))
-    params = small.init(jax.random.PRNGKey(3))
+    params = small.init_params(jax.random.PRNGKey(3))
     padded = models.pad_params(params, big)
     masks = models.width_masks(small.widths, big.widths)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3)),
@@ -96,9 +130,10 @@ class MLPTest(parameterized.TestCase):
 
   def test_arrays_round_trip(self):
     model = models.MLP(3, (4, 4), 2, bias=False)
-    params = model.init(jax.random.PRNGKey(0))
+    params = model.init_params(jax.random.PRNGKey(0))
     arrays = models.params_to_arrays(params)
-    self.assertEqual(sorted(arrays), ["layer_1/w", "layer_2/w", "layer_3/w"])
+    self.assertEqual(sorted(arrays), ["layer_1/kernel", "layer_2/kernel",
+                                      "layer_3/kernel"])
     back = models.params_from_arrays(arrays)
     model.check_params(back)
     np.testing.assert_array_equal(model.apply(back, jnp.ones((1, 3))),
@@ -114,6 +149,11 @@ class LossTest(parameterized.TestCase):
     self.assertAlmostEqual(
         float(losses.squared_loss(yhat, y, normalization)),
         c * np.sum((yhat - y) ** 2), places=12)
+    # A minibatch of 7 from 28 samples: the unbiased estimate of the full loss.
+    c_full = losses.loss_scale(normalization, 28)
+    self.assertAlmostEqual(
+        float(losses.squared_loss(yhat, y, normalization, total_m=28)),
+        c_full * 28 / 7 * np.sum((yhat - y) ** 2), places=12)
 
   def test_errors(self):
     with self.assertRaisesRegex(ValueError, "normalization"):
