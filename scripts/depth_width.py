@@ -14,6 +14,7 @@ from absl import app
 from absl import flags
 
 from lminima import data as data_lib
+from lminima import records
 from lminima import sweep
 
 _DEFAULTS = sweep.get_config()
@@ -102,10 +103,10 @@ def main(argv):
   except (data_lib.DataError, sweep.WorkdirError) as e:
     sys.exit(f"error: {e}")
   workdir = config.workdir
-  print(f"results: {workdir}/{sweep.RESULTS_FILE}\n"
-        f"summary: {workdir}/{sweep.SUMMARY_FILE}\n"
-        f"figure:  {workdir}/{sweep.FIGURE_FILE}\n"
-        f"params:  {workdir}/{sweep.PARAMS_DIR}/")
+  print(f"results: {workdir}/{records.RESULTS_FILE}\n"
+        f"summary: {workdir}/{records.SUMMARY_FILE}\n"
+        f"figure:  {workdir}/{records.FIGURE_FILE}\n"
+        f"params:  {workdir}/{records.PARAMS_DIR}/")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,12 @@ import os
 import sys
 
 import jax
-import numpy as np
 from absl import app
 from absl import flags
 
-from lminima import hessian
-from lminima import losses
-from lminima import models
+from lminima import records
 from lminima import report
-from lminima import sweep
+from lminima import spectrum
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/depth_width",
                                "Workdir of a finished depth_width.py run.")
@@ -37,18 +34,16 @@ def main(argv):
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   depth, width, seed = _DEPTH.value, _WIDTH.value, _SEED.value
   try:
-    model, params, data, row = sweep.load_member(_WORKDIR.value, depth, width,
-                                                 seed)
+    problem, row = records.load_member(_WORKDIR.value, depth, width, seed)
+    result = spectrum.hessian_spectrum(
+        problem, key=jax.random.PRNGKey(seed), num_probes=_NUM_PROBES.value,
+        num_iters=_NUM_ITERS.value)
   except (ValueError, OSError) as e:
     sys.exit(f"error: {e}")
-  params = models.cast_params(params, np.float64)
-  loss_fn = lambda p: losses.squared_loss(model.apply(p, data.x), data.y,
-                                          row["normalization"])
-  matvec, dim = hessian.hvp_operator(loss_fn, params)
-  key_eigs, key_slq = jax.random.split(jax.random.PRNGKey(seed))
-  eigs = hessian.lanczos_extreme_eigs(matvec, dim, key=key_eigs)
-  print(f"member depth={depth} width={width} seed={seed}: {dim} parameters, "
-        f"loss {row.get('loss_refined')}, verdict {row.get('verdict')}")
+  eigs = result.extremes
+  print(f"member depth={depth} width={width} seed={seed}: "
+        f"{result.n_params} parameters, loss {row.get('loss_refined')}, "
+        f"verdict {row.get('verdict')}")
   print(f"lambda_max = {eigs.lambda_max:+.10e}  (residual "
         f"{eigs.residual_max:.1e})")
   print(f"lambda_min = {eigs.lambda_min:+.10e}  (residual "
@@ -56,15 +51,13 @@ def main(argv):
   ritz = eigs.ritz_values
   print("largest Ritz values: ", " ".join(f"{v:+.4e}" for v in ritz[::-1][:5]))
   print("smallest Ritz values:", " ".join(f"{v:+.4e}" for v in ritz[:5]))
-  density = hessian.slq_density(matvec, dim, key=key_slq,
-                                num_probes=_NUM_PROBES.value,
-                                num_iters=_NUM_ITERS.value)
   path = _OUTPUT.value or os.path.join(
       _WORKDIR.value, f"spectrum_depth{depth}_width{width}_seed{seed}.png")
   report.plot_spectral_density(
-      density.grid, density.density, path,
+      result.density.grid, result.density.density, path,
       extremes=(eigs.lambda_min, eigs.lambda_max),
-      title=f"depth {depth}, width {width}, seed {seed} ({dim} parameters)")
+      title=f"depth {depth}, width {width}, seed {seed} "
+            f"({result.n_params} parameters)")
   print(f"spectral density: {path}")
 
 

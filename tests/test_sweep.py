@@ -12,9 +12,7 @@ from absl.testing import absltest
 
 import lminima
 from lminima import data as data_lib
-from lminima import losses
-from lminima import models
-from lminima import report
+from lminima import records
 from lminima import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,17 +58,27 @@ class SweepTest(absltest.TestCase):
       self.assertEqual(row["versions"]["jax"],
                        lminima.provenance.library_versions()["jax"])
       self.assertEqual(row["dataset"]["name"], "synthetic")
+      # The certificate is stored once, as flat fields of the schema.
+      self.assertContainsSubset(set(row), records.ROW_FIELDS)
+      self.assertNotIn("certificate", row)
 
   def test_saved_params_reproduce_the_certified_loss(self):
     ds = data_lib.load(**self.rows[0]["dataset"])
     for row in self.rows:
+      problem, loaded = records.load_member(self.workdir, row["depth"],
+                                            row["width"], row["seed"])
+      self.assertEqual(loaded, row)
+      # Independent of the Problem: numpy forward pass of the saved arrays.
       with np.load(os.path.join(self.workdir, row["params_file"])) as arrays:
-        params = models.params_from_arrays(arrays)
-      model = models.MLP(ds.d_x, (row["width"],) * row["depth"], ds.d_y,
-                         row["activation"], row["bias"])
-      loss = losses.squared_loss(model.apply(params, ds.x), ds.y,
-                                 row["normalization"])
-      self.assertAlmostEqual(float(loss), row["loss_refined"], delta=1e-12)
+        h = ds.x
+        for l in range(1, row["depth"] + 1):
+          h = np.tanh(h @ arrays[f"layer_{l}/kernel"]
+                      + arrays[f"layer_{l}/bias"])
+        out = f"layer_{row['depth'] + 1}"
+        yhat = h @ arrays[f"{out}/kernel"] + arrays[f"{out}/bias"]
+      loss = 0.5 * np.mean(np.sum((yhat - ds.y) ** 2, axis=1))
+      self.assertAlmostEqual(loss, row["loss_refined"], delta=1e-12)
+      self.assertAlmostEqual(problem.loss, row["loss_refined"], delta=1e-12)
 
   def test_certified_rows_satisfy_the_last_layer_identity(self):
     certified = [r for r in self.rows if r["verdict"] == "local_min"]
@@ -98,10 +106,10 @@ class SweepTest(absltest.TestCase):
       value = float(printed[key].split()[0])
       self.assertAlmostEqual(value, row[key],
                              delta=1e-8 * abs(row["lambda_max"]))
-    self.assertGreater(os.path.getsize(output), 1000)
+    _assert_png_has_content(self, output)
 
   def test_summary_and_figure(self):
-    with open(os.path.join(self.workdir, sweep.SUMMARY_FILE)) as f:
+    with open(os.path.join(self.workdir, records.SUMMARY_FILE)) as f:
       table = list(csv.DictReader(f))
     self.assertLen(table, 4)
     for entry in table:
@@ -110,7 +118,7 @@ class SweepTest(absltest.TestCase):
       losses_ = [r["loss"] for r in members]
       self.assertAlmostEqual(float(entry["loss_median"]), np.median(losses_))
       self.assertEqual(int(entry["n_members"]), 2)
-      fracs = [float(entry[f"frac_{v}"]) for v in report.VERDICTS]
+      fracs = [float(entry[f"frac_{v}"]) for v in records.VERDICTS]
       self.assertAlmostEqual(sum(fracs), 1.0)
       minima = [r["loss_refined"] for r in members
                 if r["verdict"] == "local_min"]
@@ -120,8 +128,8 @@ class SweepTest(absltest.TestCase):
                                np.median(minima))
       else:
         self.assertEqual(entry["local_min_loss_median"], "")
-    self.assertGreater(
-        os.path.getsize(os.path.join(self.workdir, sweep.FIGURE_FILE)), 1000)
+    _assert_png_has_content(self,
+                            os.path.join(self.workdir, records.FIGURE_FILE))
 
   def test_rerun_skips_recorded_members_and_grows_the_grid(self):
     workdir = tempfile.mkdtemp()
@@ -138,7 +146,7 @@ class SweepTest(absltest.TestCase):
   def test_same_config_same_numbers(self):
     workdir = tempfile.mkdtemp()
     rows = sweep.run(tiny_config(workdir), log=lambda _: None)
-    drop = ("wall_s", "train_wall_s", "certificate")
+    drop = ("wall_s", "train_wall_s")
     strip = lambda r: {k: v for k, v in r.items() if k not in drop}
     self.assertEqual([strip(r) for r in rows], [strip(r) for r in self.rows])
 
@@ -163,7 +171,7 @@ class SweepTest(absltest.TestCase):
     path = os.path.join(tempfile.mkdtemp(), "results.jsonl")
     with open(path, "w") as f:
       f.write(json.dumps({"depth": 1}) + "\n" + '{"depth": 2, "wid')
-    self.assertEqual(report.read_results(path), [{"depth": 1}])
+    self.assertEqual(records.read_rows(path), [{"depth": 1}])
 
 
 class ScriptTest(absltest.TestCase):
@@ -187,9 +195,24 @@ class ScriptTest(absltest.TestCase):
     result = self.run_script("--depths=1", "--widths=3", "--num_seeds=1",
                              "--steps=100", "--n=20", f"--workdir={workdir}")
     self.assertEqual(result.returncode, 0, result.stderr)
-    for name in (sweep.RESULTS_FILE, sweep.SUMMARY_FILE, sweep.FIGURE_FILE):
-      self.assertTrue(os.path.exists(os.path.join(workdir, name)), name)
+    (row,) = records.read_rows(os.path.join(workdir, records.RESULTS_FILE))
+    self.assertEqual((row["depth"], row["width"], row["seed"]), (1, 3, 0))
+    self.assertEqual(row["dataset"]["m"], 20)
+    self.assertEqual(row["optimizer"]["steps"], 100)
+    with open(os.path.join(workdir, records.SUMMARY_FILE)) as f:
+      (entry,) = list(csv.DictReader(f))
+    self.assertAlmostEqual(float(entry["loss_median"]), row["loss"])
+    _assert_png_has_content(self, os.path.join(workdir, records.FIGURE_FILE))
     self.assertIn(workdir, result.stdout)
+
+
+def _assert_png_has_content(test, path):
+  """A decodable PNG that is not a blank canvas."""
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  pixels = matplotlib.image.imread(path)
+  test.assertGreater(min(pixels.shape[:2]), 200)
+  test.assertGreater(len(np.unique(pixels.reshape(-1, pixels.shape[-1]),
+                                   axis=0)), 10)
 
 
 if __name__ == "__main__":
