@@ -66,10 +66,10 @@ PYHESSIAN_TOLS = (1e-6, 1e-7, 1e-8, 1e-9, 1e-10, 1e-11, 1e-12)
 
 
 # ---------------------------------------------------------------------------
-# Problem in both frameworks.
+# Case in both frameworks.
 
 
-class Problem:
+class Case:
   """One MLP size: JAX loss/params, the same network in torch, the truth."""
 
   def __init__(self, label: str, widths: tuple[int, int], seed: int = 0):
@@ -78,7 +78,7 @@ class Problem:
     data = synthetic(m=M, d_x=D_IN, d_y=D_OUT, seed=seed)
     self.x = jnp.asarray(data.x)
     self.y = jnp.asarray(data.y)
-    self.params = self.model.init(jax.random.PRNGKey(seed), jnp.float64)
+    self.params = self.model.init_params(jax.random.PRNGKey(seed), jnp.float64)
     x, y, model = self.x, self.y, self.model
     self.loss_fn = lambda p: squared_loss(model.apply(p, x), y, "mean")
     self.dim = self.model.n_params
@@ -94,14 +94,16 @@ class Problem:
 
   def _torch_model(self) -> torch.nn.Module:
     layers = []
-    for l, layer in enumerate(self.params):
-      w = np.asarray(layer["w"])
+    n_layers = self.model.depth + 1
+    for l in range(1, n_layers + 1):
+      layer = self.params["params"][f"layer_{l}"]
+      w = np.asarray(layer["kernel"])
       linear = torch.nn.Linear(w.shape[0], w.shape[1], dtype=torch.float64)
       with torch.no_grad():
         linear.weight.copy_(torch.from_numpy(w.T.copy()))
-        linear.bias.copy_(torch.from_numpy(np.array(layer["b"])))
+        linear.bias.copy_(torch.from_numpy(np.array(layer["bias"])))
       layers.append(linear)
-      if l < len(self.params) - 1:
+      if l < n_layers:
         layers.append(torch.nn.Tanh())
     return torch.nn.Sequential(*layers)
 
@@ -120,7 +122,8 @@ class Problem:
       raise RuntimeError("JAX and torch Hessian-vector products differ")
 
   def torch_param_order(self) -> list[torch.Tensor]:
-    """Torch params in lminima's flat order (per layer: b then w^T)."""
+    """Torch params in lminima's flat order (per layer: bias, then kernel =
+    weight^T; the layer names layer_1..layer_3 sort in layer order)."""
     linears = [m for m in self.torch_model if isinstance(m, torch.nn.Linear)]
     return [t for lin in linears for t in (lin.bias, lin.weight)]
 
@@ -168,7 +171,7 @@ class Problem:
 # Extreme eigenvalues: one callable per tool and setting.
 
 
-def lminima_extremes(problem: Problem, tol: float):
+def lminima_extremes(problem: Case, tol: float):
   def run():
     matvec, dim = hessian.hvp_operator(problem.loss_fn, problem.params)
     eigs = lanczos.lanczos_extreme_eigs(matvec, dim, key=jax.random.PRNGKey(0),
@@ -180,7 +183,7 @@ def lminima_extremes(problem: Problem, tol: float):
 _matfree_cache: dict = {}
 
 
-def matfree_extremes(problem: Problem, steps: int):
+def matfree_extremes(problem: Case, steps: int):
   if steps not in _matfree_cache:
     tridiag = decomp.tridiag_sym(steps, reortho="full")
     _matfree_cache[steps] = jax.jit(
@@ -194,7 +197,7 @@ def matfree_extremes(problem: Problem, steps: int):
   return run
 
 
-def eigenthings_extremes(problem: Problem, steps: int):
+def eigenthings_extremes(problem: Case, steps: int):
   def run():
     operator = he.HessianOperator(
         problem.torch_model, [problem.torch_data],
@@ -209,7 +212,7 @@ def eigenthings_extremes(problem: Problem, steps: int):
   return run
 
 
-def pyhessian_top(problem: Problem, tol: float):
+def pyhessian_top(problem: Case, tol: float):
   def run():
     torch.manual_seed(0)
     h = pyhessian_hessian(problem.torch_model, problem.criterion,
@@ -219,7 +222,7 @@ def pyhessian_top(problem: Problem, tol: float):
   return run
 
 
-def dense_route(problem: Problem):
+def dense_route(problem: Case):
   flat, unravel = hessian.flatten_params(problem.params)
   flat_loss = lambda t: problem.loss_fn(unravel(t))
   dense_fn = jax.jit(jax.hessian(flat_loss))
@@ -499,7 +502,7 @@ def main():
             "target on both ends."]
   decision_rows = []
   for label in sizes:
-    problem = Problem(label, SIZES[label])
+    problem = Case(label, SIZES[label])
     print(f"size {label}: P = {problem.dim}", flush=True)
     truth = problem.truth()
     print(f"  truth: {truth['source']} in {truth['seconds']:.1f} s",

@@ -1,4 +1,4 @@
-"""Losses with an explicit normalization (DESIGN 1.1).
+"""Losses with an explicit normalization (docs/theory.md#setup-and-notation).
 
 The squared loss is ``L = c * sum_i ||yhat_i - y_i||^2`` with
 

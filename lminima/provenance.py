@@ -9,7 +9,7 @@ import platform
 
 import jax
 
-_PACKAGES = ("lminima", "jax", "jaxlib", "flax", "optax", "optimistix",
+_PACKAGES = ("lminima", "jax", "jaxlib", "flax", "optax",
              "numpy", "scipy", "scikit-learn", "tensorflow-datasets")
 
 

@@ -138,7 +138,7 @@ def residuals(problem: Problem, *, rank_tol: float | None = None
     >>> x = np.random.default_rng(0).standard_normal((6, 2)); y = x[:, :1]
     >>> out = residuals(Problem.for_module(
     ...     model, model.init_params(jax.random.PRNGKey(0)), x, y))
-    >>> out["D"].rank, round(out["D"].value, 12), sorted(out)[-1]
+    >>> out["D"].rank, round(out["D"].value, 12), list(out)[-1]
     (3, 0.0, 'last_layer')
   """
   tol = resolve_rank_tol(problem, rank_tol)

@@ -2,7 +2,9 @@
 
 import doctest
 import importlib
+import os
 import pkgutil
+import re
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -17,13 +19,34 @@ class DocstringExamplesTest(parameterized.TestCase):
 
   def test_every_module_is_listed(self):
     self.assertContainsSubset(
-        {"lminima.train", "lminima.hessian", "lminima.certify",
-         "lminima.theory", "lminima.classical", "lminima.sweep"}, MODULES)
+        {"lminima.problem", "lminima.refinement", "lminima.certify",
+         "lminima.theory", "lminima.derivative", "lminima.classical",
+         "lminima.kernels", "lminima.hessian", "lminima.lanczos",
+         "lminima.stochastic", "lminima.train", "lminima.records",
+         "lminima.sweep"}, MODULES)
+
+  def test_docstrings_point_to_the_projects_own_docs(self):
+    theory_md = os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                             "docs", "theory.md")
+    with open(theory_md) as f:
+      anchors = {_anchor(line) for line in f if line.startswith("#")}
+    for name in MODULES:
+      with open(importlib.import_module(name).__file__) as f:
+        source = f.read()
+      self.assertNotIn("DESIGN", source, name)
+      for anchor in re.findall(r"docs/theory\.md#([a-z0-9-]+)", source):
+        self.assertIn(anchor, anchors, f"{name}: docs/theory.md#{anchor}")
 
   @parameterized.parameters(*MODULES)
   def test_examples(self, name):
     result = doctest.testmod(importlib.import_module(name))
     self.assertEqual(result.failed, 0, f"{result.failed} examples failed")
+
+
+def _anchor(heading: str) -> str:
+  """GitHub's anchor of a Markdown heading."""
+  text = heading.lstrip("#").strip().lower()
+  return re.sub(r"[^a-z0-9 -]", "", text).replace(" ", "-")
 
 
 if __name__ == "__main__":
