@@ -43,6 +43,21 @@ class DocstringExamplesTest(parameterized.TestCase):
     self.assertEqual(result.failed, 0, f"{result.failed} examples failed")
 
 
+class ReadmeTest(absltest.TestCase):
+
+  def test_library_example_runs_and_certifies(self):
+    readme = os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                          "README.md")
+    with open(readme) as f:
+      example = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]
+    namespace = {}
+    exec(example, namespace)  # pylint: disable=exec-used
+    self.assertEqual(namespace["result"].stop_reason, "grad_tol")
+    import lminima  # pylint: disable=g-import-not-at-top
+    self.assertEqual(lminima.certificate(namespace["refined"]).verdict,
+                     "local_min")
+
+
 def _anchor(heading: str) -> str:
   """GitHub's anchor of a Markdown heading."""
   text = heading.lstrip("#").strip().lower()
