@@ -52,7 +52,6 @@ import numpy as np
 
 from lminima import lanczos
 from lminima.problem import Problem
-from lminima.records import VERDICTS
 from lminima.refinement import serial_blas
 
 
@@ -106,106 +105,6 @@ class Certificate:
       return value
     return {field.name: plain(getattr(self, field.name))
             for field in dataclasses.fields(self)}
-
-
-def _spectrum_summary(problem: _Problem, flat: jax.Array,
-                      dense_max_params: int, key: jax.Array):
-  """(ascending eigenvalues or Ritz values, lam_min, lam_max, res_min,
-  res_max, method)."""
-  if problem.dim <= dense_max_params:
-    matrix = problem.dense_hessian(flat)
-    with _serial_blas():
-      lam, vecs = np.linalg.eigh(matrix)
-    ends = vecs[:, [0, -1]]
-    residuals = np.linalg.norm(matrix @ ends - ends * lam[[0, -1]], axis=0)
-    return (lam, float(lam[0]), float(lam[-1]), float(residuals[0]),
-            float(residuals[1]), "dense")
-  eigs = hessian.lanczos_extreme_eigs(problem.hvp_operator(flat), problem.dim,
-                                      key=key)
-  return (np.asarray(eigs.ritz_values), eigs.lambda_min, eigs.lambda_max,
-          eigs.residual_min, eigs.residual_max, "lanczos")
-
-
-def certificate(model: MLP, params: Params, x: Any, y: Any, *,
-                normalization: str = "mean", dense_max_params: int = 3000,
-                grad_tol: float = 1e-8, eig_tol: float | None = None,
-                kink_tol: float = 1e-8, key: jax.Array | None = None
-                ) -> Certificate:
-  """Certifies ``params`` as a local minimum, saddle or neither (float64).
-
-  Args:
-    model: the network.
-    params: float64 parameters (``refine`` returns them).
-    x: float64 inputs, shape (m, d_in): the FULL training set.
-    y: float64 targets, shape (m, d_out).
-    normalization: ``"mean"`` or ``"sum"``; must match training.
-    dense_max_params: dense eigh up to this many parameters, Lanczos above.
-    grad_tol: absolute tolerance on ``||grad L||``.
-    eig_tol: eigenvalue tolerance; default ``1e-6 * max(|lambda_min|,
-      |lambda_max|)``.
-    kink_tol: relu/leaky_relu pre-activations within this of 0 make the
-      verdict ``non_differentiable``.
-    key: PRNG key of the Lanczos start vector (default ``PRNGKey(0)``).
-
-  Returns:
-    A ``Certificate``.
-
-  Raises:
-    ValueError: if params do not fit ``model``, params/x/y are not float64,
-      contain NaN/inf, or x and y shapes do not match the model.
-
-  Example:
-    >>> import jax.numpy as jnp, numpy as np
-    >>> from lminima.models import MLP
-    >>> model = MLP(d_in=1, widths=(1,), d_out=1, activation="identity",
-    ...             bias=False)
-    >>> origin = ({"w": jnp.zeros((1, 1))}, {"w": jnp.zeros((1, 1))})
-    >>> cert = certificate(model, origin, np.ones((2, 1)), np.ones((2, 1)))
-    >>> cert.verdict, cert.index
-    ('saddle', 1)
-  """
-  if not (grad_tol > 0 and kink_tol >= 0 and dense_max_params >= 0
-          and (eig_tol is None or eig_tol >= 0)):
-    raise ValueError(
-        "certificate: need grad_tol > 0, kink_tol >= 0, dense_max_params >= 0"
-        f" and eig_tol >= 0 or None; got grad_tol={grad_tol}, kink_tol="
-        f"{kink_tol}, dense_max_params={dense_max_params}, eig_tol={eig_tol}")
-  params, x, y = _checked_inputs(model, params, x, y, normalization,
-                                 require_float64=True, caller="certificate")
-  problem = _Problem(model, normalization, params, x, y)
-  flat = problem.start
-  loss, grad = problem.loss_and_grad(flat)
-  grad_norm = float(np.linalg.norm(grad))
-  finite = math.isfinite(loss) and math.isfinite(grad_norm)
-  min_abs_pre = None
-  if model.activation in KINKED_ACTIVATIONS and model.depth > 0:
-    min_abs_pre = float(_min_abs_preactivation(model, params, x))
-  nan = float("nan")
-  values, lam_min, lam_max, res_min, res_max, method = (
-      (np.array([]), nan, nan, nan, nan,
-       "dense" if problem.dim <= dense_max_params else "lanczos")
-      if not finite else _spectrum_summary(
-          problem, flat, dense_max_params,
-          jax.random.PRNGKey(0) if key is None else key))
-  if eig_tol is None:
-    eig_tol = 1e-6 * max(abs(lam_min), abs(lam_max)) if finite else nan
-  index = int(np.sum(values < -eig_tol))
-  n_flat = int(np.sum(np.abs(values) <= eig_tol))
-  if not finite or grad_norm > grad_tol:
-    verdict = "not_critical"
-  elif min_abs_pre is not None and min_abs_pre <= kink_tol:
-    verdict = "non_differentiable"
-  elif index > 0:
-    verdict = "saddle"
-  else:
-    verdict = "local_min"
-  return Certificate(
-      n_params=problem.dim, loss=loss, grad_norm=grad_norm,
-      grad_norm_rel=grad_norm / (1.0 + abs(loss)), lambda_min=lam_min,
-      lambda_max=lam_max, residual_min=res_min, residual_max=res_max,
-      index=index, n_flat=n_flat, grad_tol=float(grad_tol),
-      eig_tol=float(eig_tol), kink_tol=float(kink_tol),
-      min_abs_preactivation=min_abs_pre, method=method, verdict=verdict)
 
 
 def _spectrum_summary(problem: Problem, dense_max_params: int,

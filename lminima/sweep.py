@@ -23,7 +23,7 @@ Example (a tiny grid, a few seconds on a laptop CPU):
   >>> config.workdir = "/tmp/lminima_example"
   >>> config.steps, config.progress = 200, False
   >>> rows = run(config, log=lambda _: None)
-  >>> len(rows), rows[0]["depth"], rows[0]["verdict"] in certify.VERDICTS
+  >>> len(rows), rows[0]["depth"], rows[0]["verdict"] in records.VERDICTS
   (1, 1, True)
 """
 
