@@ -7,17 +7,17 @@ m x 10 -> 2) three ways on the same data and the same initial parameters:
 1. ``lminima.train.train_population`` with ``width_strategy`` "auto", and
    separately "per_width" and "masked";
 2. a sequential JAX loop: per (depth, width) one jitted step
-   (value_and_grad + SGD update), a Python loop over steps, one seed at a time,
-   parameters from ``model.init`` (eager);
+   (value_and_grad + SGD update) of the flax MLP, a Python loop over steps,
+   one seed at a time, parameters from ``model.init_params`` (eager);
 3. an idiomatic PyTorch loop (nn.Sequential, torch.optim.SGD), float32 on the
    CPU with ``torch.set_num_threads(cores)``, one configuration at a time,
    starting from lminima's initial parameters (copied in).
 
 End to end = cold run with JAX's caches cleared (compile included); steady
 state = the same run again at once. Useful GFLOP/s counts the FLOPs of the
-unpadded networks (``train.training_flops``: 2 per multiply-add, forward +
-backward = 3x forward) and is set against the best dense float32 matmul
-(JAX and torch, n x n for n in 512..2048) measured in the same run. Final
+unpadded networks (``population.training_flops``: 2 per multiply-add,
+forward + backward = 3x forward) and is set against the best dense float32
+matmul (JAX and torch, n x n for n in 512..2048) measured in the same run. Final
 losses are compared with lminima's (accuracy first).
 
 Usage:
@@ -39,10 +39,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import torch
+try:
+  import torch
+except ImportError:  # the PyTorch peer (and its matmul) are then skipped
+  torch = None
 
 import lminima
-from lminima import data, losses, provenance, train
+from lminima import data, losses, models, planner, population, provenance
+from lminima import train
+from lminima.population import Member, TrainConfig, member_model
 
 LEARNING_RATE = 0.05
 D_X, D_Y = 10, 2
@@ -78,14 +83,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def make_population(args, config):
-  return [train.Member(depth, width, seed) for depth in args.depths
+  return [Member(depth, width, seed) for depth in args.depths
           for width in args.widths for seed in range(args.seeds)]
 
 
 def initial_params(members, config):
   """Each member's lminima initialization (numpy float32) for PyTorch."""
-  return [jax.tree_util.tree_map(np.asarray, train.member_model(
-      D_X, D_Y, m, config).init(jax.random.PRNGKey(m.seed), jnp.float32))
+  return [jax.tree_util.tree_map(np.asarray, member_model(
+      D_X, D_Y, m, config).init_params(jax.random.PRNGKey(m.seed),
+                                       jnp.float32))
           for m in members]
 
 
@@ -102,7 +108,7 @@ def run_sequential_jax(ds, members, config):
   steps_by_model = {}
   final = []
   for member in members:
-    model = train.member_model(D_X, D_Y, member, config)
+    model = member_model(D_X, D_Y, member, config)
     if model not in steps_by_model:
       def loss_fn(params, model=model):
         return losses.squared_loss(model.apply(params, x), y, "mean")
@@ -114,7 +120,7 @@ def run_sequential_jax(ds, members, config):
                                       params, grads), loss
       steps_by_model[model] = (step, jax.jit(loss_fn))
     step, loss_fn = steps_by_model[model]
-    params = model.init(jax.random.PRNGKey(member.seed), jnp.float32)
+    params = model.init_params(jax.random.PRNGKey(member.seed), jnp.float32)
     for _ in range(config.steps):
       params, _ = step(params)
     final.append(float(loss_fn(params)))
@@ -129,13 +135,15 @@ def run_torch(ds, members, config, inits):
   final = []
   for member, init in zip(members, inits):
     layers = []
-    for l, layer in enumerate(init):
-      linear = torch.nn.Linear(*layer["w"].shape)
+    n_layers = member.depth + 1
+    for l in range(1, n_layers + 1):
+      layer = init["params"][models.layer_name(l)]
+      linear = torch.nn.Linear(*layer["kernel"].shape)
       with torch.no_grad():
-        linear.weight.copy_(torch.tensor(layer["w"].T))
-        linear.bias.copy_(torch.tensor(layer["b"]))
+        linear.weight.copy_(torch.tensor(layer["kernel"].T))
+        linear.bias.copy_(torch.tensor(layer["bias"]))
       layers.append(linear)
-      if l < len(init) - 1:
+      if l < n_layers:
         layers.append(torch.nn.Tanh())
     net = torch.nn.Sequential(*layers)
     optimizer = torch.optim.SGD(net.parameters(), lr=LEARNING_RATE)
@@ -150,21 +158,23 @@ def run_torch(ds, members, config, inits):
 
 
 def matmul_peak_gflops(reps: int = 5) -> float:
-  """Best dense float32 n x n matmul GFLOP/s of JAX and torch."""
+  """Best dense float32 n x n matmul GFLOP/s of JAX and torch (if any)."""
   best = 0.0
   for n in (512, 1024, 2048):
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda a: a @ a)
     f(a).block_until_ready()
-    ta = torch.ones((n, n))
-    torch.mm(ta, ta)
+    if torch is not None:
+      ta = torch.ones((n, n))
+      torch.mm(ta, ta)
     for _ in range(reps):
       start = time.perf_counter()
       f(a).block_until_ready()
       best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
-      start = time.perf_counter()
-      torch.mm(ta, ta)
-      best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+      if torch is not None:
+        start = time.perf_counter()
+        torch.mm(ta, ta)
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
   return best
 
 
@@ -180,7 +190,8 @@ def machine_info() -> dict[str, str]:
       "cpu": machine["cpu"], "cores": machine["cores"],
       "backend": jax.default_backend(),
       "versions": (f"python {platform.python_version()}, jax {jax.__version__}"
-                   f", optax {optax.__version__}, torch {torch.__version__}, "
+                   f", optax {optax.__version__}, torch "
+                   f"{torch.__version__ if torch else 'not installed'}, "
                    f"numpy {np.__version__}, lminima {lminima.__version__}"),
       "date": datetime.datetime.now().isoformat(timespec="seconds"),
       "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
@@ -194,15 +205,19 @@ def median_range(values) -> str:
 
 def main():
   args = parse_args()
-  torch.set_num_threads(os.cpu_count())
-  config = train.TrainConfig(activation="tanh", optimizer="sgd",
-                             learning_rate=LEARNING_RATE, steps=args.steps,
-                             chunk_steps=250)
+  if torch is None and "torch" in args.methods:
+    print("torch is not installed: skipping the PyTorch loop", flush=True)
+    args.methods.remove("torch")
+  if torch is not None:
+    torch.set_num_threads(os.cpu_count())
+  config = TrainConfig(activation="tanh", optimizer="sgd",
+                       learning_rate=LEARNING_RATE, steps=args.steps,
+                       chunk_steps=250)
   ds = data.synthetic(m=args.m, d_x=D_X, d_y=D_Y, seed=0)
   members = make_population(args, config)
   inits = initial_params(members, config)
-  useful_gflop = sum(train.training_flops(
-      train.member_model(D_X, D_Y, m, config), args.m, args.steps)
+  useful_gflop = sum(population.training_flops(
+      member_model(D_X, D_Y, m, config), args.m, args.steps)
                      for m in members) / 1e9
 
   def jax_pair(fn):
@@ -244,8 +259,9 @@ def main():
     print(" ".join(f"{n}: {cold[n][-1]:.2f}/{warm[n][-1]:.2f}s"
                    for n in methods), flush=True)
   ours = "lminima auto"
-  plan = train.plan_groups(members, D_X, D_Y, config, width_strategy="auto",
-                           batch=args.m, cost_model=train.backend_cost_model())
+  plan = planner.plan_groups(members, D_X, D_Y, config,
+                             width_strategy="auto", batch=args.m,
+                             cost_model=train.backend_cost_model())
   info = machine_info()
   lines = [
       "# Population training benchmark (bench_train.py)", "",

@@ -1,7 +1,6 @@
-"""Tests for lminima.train (population training)."""
+"""Tests for lminima.train (the driver) and lminima.population."""
 
 import dataclasses
-import functools
 import itertools
 from unittest import mock
 
@@ -16,9 +15,19 @@ import optax
 from lminima import data
 from lminima import losses
 from lminima import models
+from lminima import population
+from lminima import program
 from lminima import train
 
 DS = data.synthetic(m=40, d_x=3, d_y=2, seed=7, noise=0.1)
+TrainConfig = population.TrainConfig
+Member = population.Member
+
+
+def _layer(params, l):
+  """(kernel, bias) of layer l (1-based) of flax variables."""
+  layer = params["params"][models.layer_name(l)]
+  return layer["kernel"], layer["bias"]
 
 
 def _reference_loss_and_grad_norm(model, params, ds, normalization):
@@ -32,7 +41,13 @@ def _reference_loss_and_grad_norm(model, params, ds, normalization):
   return float(loss), float(norm)
 
 
-class ConfigTest(parameterized.TestCase):
+class PopulationTest(parameterized.TestCase):
+
+  def test_defaults(self):
+    """The project's training defaults (the sweep reads them from here)."""
+    config = TrainConfig()
+    self.assertEqual((config.optimizer, config.learning_rate, config.steps),
+                     ("adam", 0.01, 3000))
 
   @parameterized.named_parameters(
       ("activation", dict(activation="swish")),
@@ -49,7 +64,7 @@ class ConfigTest(parameterized.TestCase):
   )
   def test_bad_config_raises(self, kwargs):
     with self.assertRaises(ValueError):
-      train.TrainConfig(**kwargs)
+      TrainConfig(**kwargs)
 
   @parameterized.named_parameters(
       ("depth", dict(depth=-1, width=4, seed=0)),
@@ -59,45 +74,57 @@ class ConfigTest(parameterized.TestCase):
   )
   def test_bad_member_raises(self, kwargs):
     with self.assertRaises(ValueError):
-      train.Member(**kwargs)
+      Member(**kwargs)
+
+  def test_training_flops(self):
+    model = models.MLP(d_in=3, widths=(4, 5), d_out=2)
+    # 3 x forward, 2 FLOPs per multiply-add, 7 samples, 2 steps.
+    self.assertEqual(population.training_flops(model, 7, 2),
+                     3 * 2 * 7 * (3 * 4 + 4 * 5 + 5 * 2) * 2)
+
+  def test_member_model(self):
+    config = TrainConfig(activation="relu", bias=False)
+    model = population.member_model(3, 2, Member(2, 6, 0), config)
+    self.assertEqual(model, models.MLP(3, (6, 6), 2, "relu", bias=False))
+    self.assertEqual(population.member_model(3, 2, Member(0, 6, 0),
+                                             config).widths, ())
+    self.assertEqual(Member(0, 6, 0).true_width, 0)
+
+
+class TrainPopulationTest(parameterized.TestCase):
 
   def test_bad_population_raises(self):
-    config = train.TrainConfig(steps=2)
+    config = TrainConfig(steps=2)
     with self.assertRaisesRegex(ValueError, "width_strategy"):
-      train.train_population(DS, [train.Member(1, 2, 0)], config,
+      train.train_population(DS, [Member(1, 2, 0)], config,
                              width_strategy="padded")
     with self.assertRaisesRegex(ValueError, "empty"):
       train.train_population(DS, [], config)
     with self.assertRaisesRegex(ValueError, "batch_size"):
-      train.train_population(DS, [train.Member(1, 2, 0)],
+      train.train_population(DS, [Member(1, 2, 0)],
                              dataclasses.replace(config, batch_size=DS.m + 1))
-
-
-class TrainPopulationTest(parameterized.TestCase):
 
   def test_linear_sgd_matches_numpy_gradient_descent(self):
     """widths=() is linear regression: Y_hat = X W + b, exact GD in numpy."""
     lr, steps = 0.1, 30
     for normalization in ("mean", "sum"):
-      config = train.TrainConfig(normalization=normalization, steps=steps,
-                                 chunk_steps=7, learning_rate=lr)
-      member = train.Member(depth=0, width=1, seed=3)
+      config = TrainConfig(normalization=normalization, steps=steps,
+                           chunk_steps=7, optimizer="sgd", learning_rate=lr)
+      member = Member(depth=0, width=1, seed=3)
       lr_used = lr / DS.m if normalization == "sum" else lr
       member = dataclasses.replace(member, learning_rate=lr_used)
       (result,) = train.train_population(DS, [member], config)
-      model = train.member_model(DS.d_x, DS.d_y, member, config)
-      init = model.init(jax.random.PRNGKey(3), jnp.float32)
-      w = np.asarray(init[0]["w"], np.float64)
-      b = np.asarray(init[0]["b"], np.float64)
+      model = population.member_model(DS.d_x, DS.d_y, member, config)
+      w, b = (np.asarray(a, np.float64) for a in _layer(
+          model.init_params(jax.random.PRNGKey(3), jnp.float32), 1))
       c = 0.5 if normalization == "sum" else 0.5 / DS.m
       for _ in range(steps):
         residual = DS.x @ w + b - DS.y
         w, b = (w - lr_used * 2 * c * DS.x.T @ residual,
                 b - lr_used * 2 * c * residual.sum(0))
-      np.testing.assert_allclose(result.params[0]["w"], w, rtol=1e-4,
-                                 atol=1e-6)
-      np.testing.assert_allclose(result.params[0]["b"], b, rtol=1e-4,
-                                 atol=1e-6)
+      got_w, got_b = _layer(result.params, 1)
+      np.testing.assert_allclose(got_w, w, rtol=1e-4, atol=1e-6)
+      np.testing.assert_allclose(got_b, b, rtol=1e-4, atol=1e-6)
       residual = DS.x @ w + b - DS.y
       self.assertAlmostEqual(result.loss / (c * np.sum(residual ** 2)), 1.0,
                              places=5)
@@ -107,12 +134,12 @@ class TrainPopulationTest(parameterized.TestCase):
   @parameterized.parameters("sgd", "momentum", "adam")
   def test_matches_plain_optax_loop(self, optimizer):
     """One member against a hand-written optax loop on the same network."""
-    config = train.TrainConfig(optimizer=optimizer, steps=25, chunk_steps=10,
-                               learning_rate=0.02, momentum=0.8)
-    member = train.Member(depth=2, width=5, seed=11)
+    config = TrainConfig(optimizer=optimizer, steps=25, chunk_steps=10,
+                         learning_rate=0.02, momentum=0.8)
+    member = Member(depth=2, width=5, seed=11)
     (result,) = train.train_population(DS, [member], config)
-    model = train.member_model(DS.d_x, DS.d_y, member, config)
-    params = model.init(jax.random.PRNGKey(11), jnp.float32)
+    model = population.member_model(DS.d_x, DS.d_y, member, config)
+    params = model.init_params(jax.random.PRNGKey(11), jnp.float32)
     tx = {"sgd": optax.sgd(0.02), "momentum": optax.sgd(0.02, momentum=0.8),
           "adam": optax.adam(0.02)}[optimizer]
     opt_state = tx.init(params)
@@ -125,8 +152,9 @@ class TrainPopulationTest(parameterized.TestCase):
     chex.assert_trees_all_close(result.params, params, rtol=2e-4, atol=2e-6)
 
   def test_loss_grad_norm_and_history_are_consistent(self):
-    config = train.TrainConfig(steps=40, chunk_steps=15, learning_rate=0.1)
-    members = [train.Member(2, 4, 0), train.Member(1, 6, 1)]
+    config = TrainConfig(steps=40, chunk_steps=15, optimizer="sgd",
+                         learning_rate=0.1)
+    members = [Member(2, 4, 0), Member(1, 6, 1)]
     for result in train.train_population(DS, members, config):
       loss, norm = _reference_loss_and_grad_norm(result.model, result.params,
                                                  DS, "mean")
@@ -140,9 +168,9 @@ class TrainPopulationTest(parameterized.TestCase):
 
   @parameterized.parameters("tanh", "sigmoid", "softplus")
   def test_per_width_and_masked_agree(self, activation):
-    config = train.TrainConfig(activation=activation, optimizer="momentum",
-                               steps=30, chunk_steps=30, learning_rate=0.05)
-    members = [train.Member(2, width, seed)
+    config = TrainConfig(activation=activation, optimizer="momentum",
+                         steps=30, chunk_steps=30, learning_rate=0.05)
+    members = [Member(2, width, seed)
                for width, seed in itertools.product((2, 3, 6), (0, 1))]
     per_width = train.train_population(DS, members, config,
                                        width_strategy="per_width")
@@ -155,33 +183,10 @@ class TrainPopulationTest(parameterized.TestCase):
       chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)
       np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-5)
 
-  @parameterized.parameters("sgd", "momentum", "adam")
-  def test_padded_weights_stay_exactly_zero(self, optimizer):
-    """Trains a padded program directly and inspects the padded blocks."""
-    config = train.TrainConfig(activation="sigmoid", optimizer=optimizer,
-                               steps=20, chunk_steps=20)
-    members = [train.Member(2, 2, 0), train.Member(2, 5, 1)]
-    true_models = [train.member_model(DS.d_x, DS.d_y, m, config)
-                   for m in members]
-    padded = true_models[1]
-    x, y = jnp.asarray(DS.x, jnp.float32), jnp.asarray(DS.y, jnp.float32)
-    spec, state = train._start_program(members, padded, config, x, y,
-                                       batch=DS.m, chunk_len=20)
-    state, _, _ = train._run_chunk(state, x, y, np.int32(20), np.float32(1e4),
-                                   spec=spec)
-    small = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf[0]),
-                                   state.params)
-    active = models.pad_params(models.unpad_params(small, true_models[0]),
-                               padded)
-    moved = jax.tree_util.tree_map(
-        lambda a, b: np.any(a != b), small,
-        models.pad_params(true_models[0].init(jax.random.PRNGKey(0)), padded))
-    self.assertTrue(any(jax.tree_util.tree_leaves(moved)))  # it did train
-    chex.assert_trees_all_equal(small, active)  # padding is exactly zero
-
   def test_diverging_member_is_frozen_and_isolated(self):
-    config = train.TrainConfig(steps=30, chunk_steps=10, learning_rate=0.05)
-    sane = [train.Member(1, 4, seed) for seed in range(4)]
+    config = TrainConfig(steps=30, chunk_steps=10, optimizer="sgd",
+                         learning_rate=0.05)
+    sane = [Member(1, 4, seed) for seed in range(4)]
     wild = list(sane)
     wild[2] = dataclasses.replace(sane[2], learning_rate=1e6)
     for strategy in ("per_width", "masked"):
@@ -199,9 +204,9 @@ class TrainPopulationTest(parameterized.TestCase):
         chex.assert_trees_all_equal(results[i].params, baseline[i].params)
 
   def test_deterministic(self):
-    config = train.TrainConfig(optimizer="adam", steps=15, chunk_steps=5,
-                               batch_size=8, learning_rate=0.01)
-    members = [train.Member(1, 3, 5), train.Member(2, 4, 6)]
+    config = TrainConfig(optimizer="adam", steps=15, chunk_steps=5,
+                         batch_size=8, learning_rate=0.01)
+    members = [Member(1, 3, 5), Member(2, 4, 6)]
     first = train.train_population(DS, members, config)
     second = train.train_population(DS, members, config)
     for a, b in zip(first, second):
@@ -211,18 +216,18 @@ class TrainPopulationTest(parameterized.TestCase):
   def test_minibatch_follows_documented_order(self):
     """Linear model, batch 8 of 40: numpy SGD over the documented order."""
     lr, batch, steps = 0.05, 8, 12
-    config = train.TrainConfig(steps=steps, batch_size=batch,
-                               learning_rate=lr, chunk_steps=5)
-    member = train.Member(depth=0, width=1, seed=4)
+    config = TrainConfig(steps=steps, batch_size=batch, optimizer="sgd",
+                         learning_rate=lr, chunk_steps=5)
+    member = Member(depth=0, width=1, seed=4)
     (mini,) = train.train_population(DS, [member], config)
     (full,) = train.train_population(
         DS, [member], dataclasses.replace(config, batch_size=None))
-    self.assertGreater(np.abs(mini.params[0]["w"] - full.params[0]["w"]).max(),
-                       1e-4)
-    init = train.member_model(DS.d_x, DS.d_y, member, config).init(
+    self.assertGreater(
+        np.abs(_layer(mini.params, 1)[0] - _layer(full.params, 1)[0]).max(),
+        1e-4)
+    init = population.member_model(DS.d_x, DS.d_y, member, config).init_params(
         jax.random.PRNGKey(4), jnp.float32)
-    w = np.asarray(init[0]["w"], np.float64)
-    b = np.asarray(init[0]["b"], np.float64)
+    w, b = (np.asarray(a, np.float64) for a in _layer(init, 1))
     order_key = jax.random.fold_in(jax.random.PRNGKey(4), 1)
     n_batches = DS.m // batch
     for step in range(steps):
@@ -233,112 +238,42 @@ class TrainPopulationTest(parameterized.TestCase):
       # mean normalization over the batch: c * m / B = 1 / (2 B).
       w = w - lr * DS.x[rows].T @ residual / batch
       b = b - lr * residual.sum(0) / batch
-    np.testing.assert_allclose(mini.params[0]["w"], w, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(mini.params[0]["b"], b, rtol=1e-4, atol=1e-6)
+    got_w, got_b = _layer(mini.params, 1)
+    np.testing.assert_allclose(got_w, w, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got_b, b, rtol=1e-4, atol=1e-6)
 
-  def test_results_in_member_order_and_initialization_by_seed(self):
-    config = train.TrainConfig(steps=3)
-    members = [train.Member(2, 3, 9), train.Member(0, 1, 2),
-               train.Member(1, 5, 0), train.Member(2, 6, 9),
-               train.Member(1, 2, 4)]
+  def test_results_in_member_order(self):
+    config = TrainConfig(steps=3)
+    members = [Member(2, 3, 9), Member(0, 1, 2),
+               Member(1, 5, 0), Member(2, 6, 9),
+               Member(1, 2, 4)]
     results = train.train_population(DS, members, config,
                                      width_strategy="masked")
     self.assertEqual([r.member for r in results], members)
     for result, member in zip(results, members):
       self.assertEqual(result.model.widths, (member.width,) * member.depth)
       result.model.check_params(result.params)
-    # A member's initial parameters depend on its own seed only.
-    pair = [members[0], members[3]]
-    true_models = [train.member_model(DS.d_x, DS.d_y, m, config) for m in pair]
-    x, y = jnp.asarray(DS.x, jnp.float32), jnp.asarray(DS.y, jnp.float32)
-    _, state = train._start_program(pair, true_models[1], config, x, y,
-                                    batch=DS.m, chunk_len=1)
-    for k, (member, model) in enumerate(zip(pair, true_models)):
-      got = models.unpad_params(
-          jax.tree_util.tree_map(lambda leaf: leaf[k], state.params), model)
-      # Compiled, XLA may fold the init scale into the sampler: 1 ulp.
-      chex.assert_trees_all_close(
-          got, model.init(jax.random.PRNGKey(member.seed), jnp.float32),
-          rtol=2.5e-7, atol=0)
 
-  def test_training_is_float32(self):
-    config = train.TrainConfig(optimizer="adam", steps=4, batch_size=10)
-    members = [train.Member(1, 2, 0), train.Member(1, 4, 1)]
+  def test_results_are_float32(self):
+    config = TrainConfig(optimizer="adam", steps=4, batch_size=10)
+    members = [Member(1, 2, 0), Member(1, 4, 1)]
     for result in train.train_population(DS, members, config,
                                          width_strategy="masked"):
       chex.assert_type(jax.tree_util.tree_leaves(result.params), np.float32)
       self.assertEqual(result.loss_history.dtype, np.float32)
-    padded = train.member_model(DS.d_x, DS.d_y, members[1], config)
-    x, y = jnp.asarray(DS.x, jnp.float32), jnp.asarray(DS.y, jnp.float32)
-    spec, state = train._start_program(members, padded, config, x, y,
-                                       batch=10, chunk_len=4)
-    chunk = jax.make_jaxpr(functools.partial(train._chunk, spec=spec))(
-        state, x, y, np.int32(4), np.float32(1e4))
-    init = train._init_state.trace(
-        np.array([0, 1]), np.ones(2, np.float32), np.float32(0.9), x, y,
-        spec=spec, member_widths=(2, 4)).jaxpr
-    for jaxpr in (str(chunk), str(init)):
-      self.assertIn("f32", jaxpr)
-      self.assertNotIn("f64", jaxpr)
 
   def test_one_trace_per_program_and_progress(self):
     chex.clear_trace_counter()
-    counted = jax.jit(chex.assert_max_traces(train._chunk, n=1),
+    counted = jax.jit(chex.assert_max_traces(program.chunk, n=1),
                       static_argnames="spec", donate_argnames="state")
     calls = []
-    config = train.TrainConfig(steps=10, chunk_steps=3)
-    members = [train.Member(1, 3, 0), train.Member(1, 3, 1)]
-    with mock.patch.object(train, "_run_chunk", counted):
+    config = TrainConfig(steps=10, chunk_steps=3)
+    members = [Member(1, 3, 0), Member(1, 3, 1)]
+    with mock.patch.object(program, "run_chunk", counted):
       train.train_population(DS, members, config,
                              progress=lambda *a: calls.append(a))
     # 10 steps in chunks of at most 3: four chunks of 3 (2 no-op slots).
     self.assertEqual(calls, [(6, 20), (12, 20), (18, 20), (20, 20)])
-
-
-class PlanGroupsTest(parameterized.TestCase):
-
-  @parameterized.parameters(
-      (train.CostModel(compile_s=100.0, step_s=0.0, flops_per_s=1e12),),
-      (train.CostModel(compile_s=0.0, step_s=0.0, flops_per_s=1e9),),
-      (train.CostModel(compile_s=0.3, step_s=1e-5, flops_per_s=3e10),),
-  )
-  def test_auto_is_the_cheapest_contiguous_split(self, cost_model):
-    config = train.TrainConfig(steps=500)
-    widths = (4, 8, 16, 32, 64)
-    members = [train.Member(3, w, s) for w in widths for s in range(3)]
-    plan = train.plan_groups(members, 10, 2, config, width_strategy="auto",
-                             batch=1000, cost_model=cost_model)
-    best = np.inf
-    for mask in itertools.product((False, True), repeat=len(widths) - 1):
-      cuts = [0] + [i + 1 for i, cut in enumerate(mask) if cut] + [5]
-      cost = sum(cost_model.predict(
-          3 * (b - a), train.training_flops(
-              models.MLP(10, (widths[b - 1],) * 3, 2), 1000), 500)
-                 for a, b in zip(cuts[:-1], cuts[1:]))
-      best = min(best, cost)
-    self.assertAlmostEqual(sum(g.predicted_s for g in plan) / best, 1.0)
-    covered = sorted(i for g in plan for i in g.member_indices)
-    self.assertEqual(covered, list(range(len(members))))
-
-  def test_extremes(self):
-    config = train.TrainConfig(steps=10)
-    members = [train.Member(d, w, 0) for d in (1, 2) for w in (2, 5)]
-    members.append(train.Member(0, 7, 0))
-    per_width = train.plan_groups(members, 3, 1, config,
-                                  width_strategy="per_width", batch=10)
-    self.assertEqual([g.padded_model.widths for g in per_width],
-                     [(), (2,), (5,), (2, 2), (5, 5)])
-    masked = train.plan_groups(members, 3, 1, config,
-                               width_strategy="masked", batch=10)
-    self.assertEqual([g.padded_model.widths for g in masked],
-                     [(), (5,), (5, 5)])
-    self.assertEqual(masked[1].member_indices, (0, 1))
-
-  def test_training_flops(self):
-    model = models.MLP(d_in=3, widths=(4, 5), d_out=2)
-    # 3 x forward, 2 FLOPs per multiply-add, 7 samples, 2 steps.
-    self.assertEqual(train.training_flops(model, 7, 2),
-                     3 * 2 * 7 * (3 * 4 + 4 * 5 + 5 * 2) * 2)
 
 
 if __name__ == "__main__":

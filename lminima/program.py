@@ -1,0 +1,312 @@
+"""The compiled program that trains one group of a population.
+
+A program trains n members of one depth, embedded in one padded network
+``spec.model`` (``lminima.planner`` decides who shares a program). It is two
+jit-compiled functions:
+
+* ``init_state``: draws every member's parameters from its seed, writes its
+  learning rate into its optimizer state and evaluates the loss and gradient
+  of its first update;
+* ``run_chunk``: ``vmap`` of one training step over the members, ``lax.scan``
+  over ``spec.chunk_len`` steps. The state is donated, so a chunk updates it
+  in place.
+
+Rotated loop. A step is "update, then evaluate the loss and gradient at the
+new parameters" (``State.loss``/``State.grads`` belong to the next update), so
+a full-batch chunk ends with its final loss and gradient already computed and
+the loss history costs nothing extra. A step whose slot lies past
+``total_steps``, or whose member has diverged, leaves that member unchanged
+(``jnp.where`` per member): chunks are all the same length, so one compiled
+chunk serves every chunk of a run.
+
+Width masks. When a program's members have different widths, member k is
+embedded in the widest network with ``models.pad_params`` (padded weights
+exactly zero) and its forward pass multiplies hidden layer l by the 0/1 unit
+mask ``models.width_masks`` of its traced true width. Masked units contribute
+nothing to the output, so the gradient of every padded weight is exactly zero
+and padded weights stay zero under sgd, momentum and adam: the member follows
+the trajectory of its unpadded network (up to the rounding of the larger
+kernels).
+
+Minibatches (``minibatch``). Update t of a member uses block ``t mod (m // B)``
+of the permutation of the m rows drawn from
+``fold_in(data_key, t // (m // B))`` (a fresh permutation per epoch), where
+``data_key = fold_in(PRNGKey(seed), 1)`` is a stream apart from the
+initialization key ``PRNGKey(seed)``; the loss is the unbiased estimate
+``losses.squared_loss(..., total_m=m)``.
+
+Example:
+  >>> import jax.numpy as jnp, numpy as np
+  >>> from lminima import data
+  >>> from lminima.population import Member, TrainConfig, member_model
+  >>> ds = data.synthetic(m=32, d_x=2, d_y=1, seed=0)
+  >>> x, y = jnp.asarray(ds.x, jnp.float32), jnp.asarray(ds.y, jnp.float32)
+  >>> config = TrainConfig(optimizer="sgd", learning_rate=0.05, steps=10)
+  >>> members = [Member(1, 3, seed=0), Member(1, 5, seed=1)]
+  >>> padded = member_model(2, 1, members[1], config)
+  >>> spec, state = start_program(members, padded, config, x, y, batch=32,
+  ...                             chunk_len=10)
+  >>> spec.masked
+  True
+  >>> state, loss, grad_norm = run_chunk(state, x, y, np.int32(10),
+  ...                                    np.float32(1e4), spec=spec)
+  >>> loss.shape, state.applied.tolist()
+  ((2,), [10, 10])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lminima import TRAIN_DTYPE
+from lminima import losses
+from lminima import models
+from lminima.population import Member, TrainConfig
+
+DATA_ORDER_STREAM = 1
+"""Minibatch orders come from ``fold_in(PRNGKey(seed), DATA_ORDER_STREAM)``, a
+stream apart from the initialization key ``PRNGKey(seed)`` itself."""
+
+
+class State(NamedTuple):
+  """Per-member training state (leading member axis) and the shared step.
+
+  The loop is rotated: ``loss`` and ``grads`` are the (minibatch) loss and
+  gradient at the current ``params``, evaluated after the last update, so a
+  full-batch chunk ends with its final loss and gradient already computed.
+  """
+  params: models.Params
+  opt_state: optax.OptState
+  grads: models.Params  # gradient of the next update, at params
+  loss: jax.Array  # float32 (n,): loss at params (on the next update's batch)
+  loss0: jax.Array  # float32 (n,): full-batch loss at the initial params
+  diverged: jax.Array  # bool (n,)
+  applied: jax.Array  # int32 (n,): optimizer steps applied
+  width: jax.Array  # int32 (n,): true width (for the unit masks)
+  data_key: jax.Array  # uint32 (n, 2): minibatch-order key
+  step: jax.Array  # int32 (): update slots run by the program, shared
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramSpec:
+  """Everything that shapes a compiled program (its jit static key).
+
+  Attributes:
+    model: the padded network every member is embedded in.
+    optimizer: one of ``population.OPTIMIZERS``.
+    normalization: ``"mean"`` or ``"sum"``.
+    m: number of training samples.
+    batch: samples per update (``m`` for full batch).
+    chunk_len: update slots per ``run_chunk`` call.
+    masked: whether members carry width masks (they differ in width).
+  """
+  model: models.MLP
+  optimizer: str
+  normalization: str
+  m: int
+  batch: int
+  chunk_len: int
+  masked: bool
+
+
+def make_optimizer(name: str) -> optax.GradientTransformation:
+  """The optimizer ``name`` with its hyperparameters injected into its state.
+
+  The values given here are placeholders: ``init_state`` writes each member's
+  learning rate (and the momentum) into the state, and ``update`` reads them
+  from there, so per-member rates are vmapped state. optax casts the
+  hyperparameters to the parameters' dtype (float32).
+  """
+  if name == "sgd":
+    return optax.inject_hyperparams(optax.sgd)(learning_rate=1.0)
+  if name == "momentum":
+    return optax.inject_hyperparams(optax.sgd)(learning_rate=1.0,
+                                               momentum=0.0)
+  return optax.inject_hyperparams(optax.adam)(learning_rate=1.0)
+
+
+def minibatch(spec: ProgramSpec, data_key: jax.Array, step: jax.Array,
+              x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Rows of update ``step``: block ``step mod (m // B)`` of the permutation
+  drawn from ``fold_in(data_key, step // (m // B))``; all rows at full batch."""
+  if spec.batch == spec.m:
+    return x, y
+  n_batches = spec.m // spec.batch
+  order = jax.random.permutation(
+      jax.random.fold_in(data_key, step // n_batches), spec.m)
+  rows = jax.lax.dynamic_slice_in_dim(order, (step % n_batches) * spec.batch,
+                                      spec.batch)
+  return x[rows], y[rows]
+
+
+def _masks(spec: ProgramSpec, width: jax.Array):
+  if not spec.masked:
+    return None
+  return models.width_masks(jnp.full((spec.model.depth,), width),
+                            spec.model.widths, TRAIN_DTYPE)
+
+
+def _loss(spec: ProgramSpec, params, width, x, y, *, total_m=None):
+  """One member's squared loss on (x, y), masked to its true width."""
+  return losses.squared_loss(spec.model.apply(params, x, _masks(spec, width)),
+                             y, spec.normalization, total_m=total_m)
+
+
+def batch_value_and_grad(spec: ProgramSpec, params: models.Params,
+                         width: jax.Array, data_key: jax.Array,
+                         step: jax.Array, x: jax.Array, y: jax.Array):
+  """One member's loss estimate and gradient on the batch of update ``step``.
+
+  The minibatch form of the loss (``total_m=m``) is used even at full batch,
+  where it equals the full loss.
+  """
+  xb, yb = minibatch(spec, data_key, step, x, y)
+  return jax.value_and_grad(functools.partial(_loss, spec, total_m=spec.m))(
+      params, width, xb, yb)
+
+
+def full_value_and_grad(spec: ProgramSpec, params: models.Params,
+                        width: jax.Array, x: jax.Array, y: jax.Array):
+  """One member's full-batch loss and gradient."""
+  return jax.value_and_grad(functools.partial(_loss, spec))(params, width, x, y)
+
+
+# The init program runs once per program, but its random sampling is slow to
+# compile on CPU at the default LLVM optimization level, so it is compiled for
+# compile time, not run time.
+@functools.partial(
+    jax.jit, static_argnames=("spec", "member_widths"),
+    compiler_options={"xla_backend_optimization_level": 0})
+def init_state(seeds: jax.Array, learning_rates: jax.Array,
+               momentum: jax.Array, x: jax.Array, y: jax.Array, *,
+               spec: ProgramSpec, member_widths: tuple[int, ...]) -> State:
+  """Initial state of a program's members, in one compiled call.
+
+  Member k is ``model.init_params(PRNGKey(seeds[k]), float32)`` for the model
+  of true width ``member_widths[k]``, embedded in ``spec.model`` by
+  ``models.pad_params``; its loss and gradient are evaluated for the first
+  update. Compiled, XLA may fold the init scale into the sampler, so a weight
+  can differ from the eager ``init_params`` by 1 ulp (an eager op-by-op init
+  would compile every op of every width separately, which is why it is done
+  here).
+  """
+  keys = jax.vmap(jax.random.PRNGKey)(seeds)
+  parts, order = [], []
+  for width in sorted(set(member_widths)):
+    rows = [k for k, w in enumerate(member_widths) if w == width]
+    true_model = models.widen(spec.model, (width,) * spec.model.depth)
+    parts.append(jax.vmap(lambda key, true_model=true_model: models.pad_params(
+        true_model.init_params(key, TRAIN_DTYPE), spec.model))(
+            keys[np.array(rows)]))
+    order += rows
+  back = np.argsort(order)
+  params = jax.tree_util.tree_map(
+      lambda *leaves: jnp.concatenate(leaves)[back], *parts)
+  optimizer = make_optimizer(spec.optimizer)
+  opt_state = jax.vmap(optimizer.init)(params)
+  opt_state.hyperparams["learning_rate"] = learning_rates
+  if "momentum" in opt_state.hyperparams:
+    opt_state.hyperparams["momentum"] = jnp.broadcast_to(
+        momentum, learning_rates.shape)
+  widths = jnp.asarray(member_widths, jnp.int32)
+  data_key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(
+      keys, DATA_ORDER_STREAM)
+  loss, grads = jax.vmap(
+      functools.partial(batch_value_and_grad, spec),
+      in_axes=(0, 0, 0, None, None, None))(params, widths, data_key, 0, x, y)
+  if spec.batch == spec.m:
+    loss0 = loss
+  else:
+    loss0 = jax.vmap(functools.partial(full_value_and_grad, spec),
+                     in_axes=(0, 0, None, None))(params, widths, x, y)[0]
+  n = len(member_widths)
+  return State(params=params, opt_state=opt_state, grads=grads, loss=loss,
+               loss0=loss0, diverged=jnp.zeros((n,), bool),
+               applied=jnp.zeros((n,), jnp.int32), width=widths,
+               data_key=data_key, step=jnp.zeros((), jnp.int32))
+
+
+def start_program(members: Sequence[Member], padded: models.MLP,
+                  config: TrainConfig, x: jax.Array, y: jax.Array,
+                  batch: int, chunk_len: int) -> tuple[ProgramSpec, State]:
+  """The program spec and initial state of ``members`` padded to ``padded``.
+
+  Dispatches ``init_state`` (asynchronously, like any jitted call).
+  """
+  widths = tuple(member.true_width for member in members)
+  spec = ProgramSpec(model=padded, optimizer=config.optimizer,
+                     normalization=config.normalization, m=x.shape[0],
+                     batch=batch, chunk_len=chunk_len,
+                     masked=len(set(widths)) > 1)
+  state = init_state(
+      np.array([member.seed for member in members]),
+      np.array([config.learning_rate if member.learning_rate is None
+                else member.learning_rate for member in members], np.float32),
+      np.float32(config.momentum), x, y, spec=spec, member_widths=widths)
+  return spec, state
+
+
+def chunk(state: State, x: jax.Array, y: jax.Array,
+          total_steps: jax.Array, divergence_factor: jax.Array, *,
+          spec: ProgramSpec) -> tuple[State, jax.Array, jax.Array]:
+  """``spec.chunk_len`` update slots of every member (uncompiled).
+
+  Returns the new state and the full-batch loss and gradient norm of every
+  member at its new parameters. ``run_chunk`` is its compiled form.
+  """
+  optimizer = make_optimizer(spec.optimizer)
+
+  def member_slot(params, opt_state, grads, loss, loss0, diverged, applied,
+                  width, data_key, step):
+    active = (step < total_steps) & ~diverged
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    select = lambda old, new: jnp.where(active, new, old)
+    params = jax.tree_util.tree_map(select, params, new_params)
+    opt_state = jax.tree_util.tree_map(select, opt_state, new_opt_state)
+    applied = applied + active.astype(jnp.int32)
+    loss, grads = batch_value_and_grad(spec, params, width, data_key,
+                                       step + 1, x, y)
+    grad_sq = sum(jnp.sum(jnp.square(g))
+                  for g in jax.tree_util.tree_leaves(grads))
+    healthy = (jnp.isfinite(loss) & jnp.isfinite(grad_sq) &
+               (loss <= divergence_factor * loss0))
+    return params, opt_state, grads, loss, diverged | (active & ~healthy), \
+        applied
+
+  batched_slot = jax.vmap(member_slot, in_axes=(0,) * 9 + (None,))
+
+  def scan_body(carry, _):
+    params, opt_state, grads, loss, diverged, applied, step = carry
+    carry = batched_slot(params, opt_state, grads, loss, state.loss0,
+                         diverged, applied, state.width, state.data_key, step)
+    return (*carry, step + 1), None
+
+  (params, opt_state, grads, loss, diverged, applied, step), _ = jax.lax.scan(
+      scan_body, (state.params, state.opt_state, state.grads, state.loss,
+                  state.diverged, state.applied, state.step), None,
+      length=spec.chunk_len)
+  if spec.batch == spec.m:
+    end_loss, end_grads = loss, grads
+  else:
+    end_loss, end_grads = jax.vmap(
+        functools.partial(full_value_and_grad, spec),
+        in_axes=(0, 0, None, None))(params, state.width, x, y)
+  end_grad_norm = jnp.sqrt(sum(
+      jnp.sum(jnp.square(g), axis=tuple(range(1, g.ndim)))
+      for g in jax.tree_util.tree_leaves(end_grads)))
+  state = state._replace(params=params, opt_state=opt_state, grads=grads,
+                         loss=loss, diverged=diverged, applied=applied,
+                         step=step)
+  return state, end_loss, end_grad_norm
+
+
+run_chunk = jax.jit(chunk, static_argnames="spec", donate_argnames="state")
+"""``chunk`` compiled once per ``ProgramSpec``, with the state donated."""
