@@ -53,6 +53,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -277,8 +278,10 @@ def unpad_params(variables: Params, model: MLP) -> Params:
       variables, _shapes(model))
 
 
+@functools.lru_cache(maxsize=256)
 def _shapes(model: MLP) -> Params:
-  return jax.eval_shape(lambda: model.init_params(jax.random.PRNGKey(0)))
+  """Shapes of ``model``'s variables, traced once per model (hashable)."""
+  return jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
 
 
 def params_to_arrays(variables: Params) -> dict[str, np.ndarray]:

@@ -140,7 +140,7 @@ def train_population(data: Dataset, members: Sequence[Member],
     history = np.stack(history, axis=1)
     for k, (i, member) in enumerate(zip(group.member_indices, group_members)):
       model = member_model(data.d_x, data.d_y, member, config)
-      member_params = _unpad(
+      member_params = models.unpad_params(
           jax.tree_util.tree_map(lambda leaf: leaf[k], params), model)
       results[i] = MemberResult(
           member=member, model=model, params=member_params,
@@ -212,22 +212,6 @@ def calibrate_cost_model(steps: int = 200) -> CostModel:
   _, heavy_s, heavy_flops = timed_program(2, 128, 8)
   return CostModel(compile_s=compile_s, step_s=tiny_s / steps,
                    flops_per_s=heavy_flops / max(heavy_s - tiny_s, 1e-9))
-
-
-def _unpad(variables: models.Params, model: models.MLP) -> models.Params:
-  """``models.unpad_params`` with the shapes of ``model`` cached per model.
-
-  ``models.unpad_params`` traces ``model.init_params`` for its shapes on every
-  call, which a large population would pay once per member.
-  """
-  return jax.tree_util.tree_map(
-      lambda leaf, target: leaf[tuple(slice(0, n) for n in target.shape)],
-      variables, _variable_shapes(model))
-
-
-@functools.lru_cache(maxsize=256)
-def _variable_shapes(model: models.MLP) -> models.Params:
-  return jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
 
 
 def _batch_size(data: Dataset, config: TrainConfig) -> int:
