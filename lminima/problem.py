@@ -13,8 +13,14 @@ parameters and its ordering (``jax.flatten_util.ravel_pytree``; docs/theory.md,
 "Orderings"), the Hessian-vector operator, the dense Hessian, the derivative
 matrix D(theta) and the features entering the output layer.
 
-Compiled pieces are keyed by ``(apply_fn, normalization)`` and the array
-shapes, so the problems of all members of one shape share one compilation:
+The loss is the squared loss by default, the one every identity is about;
+``loss="cross_entropy"`` (softmax cross-entropy) and a ``penalty(params)``
+added to it serve objectives beyond the paper's (refinement, certificates and
+spectra work for any of them; ``lminima.theory`` refuses all but the plain
+squared loss).
+
+Compiled pieces are keyed by the ``Objective`` (model, loss, normalization,
+penalty) and the array shapes, so the problems of all members of one shape share one compilation:
 pass the same ``apply_fn`` object (``for_module`` does: flax modules compare
 by value).
 
@@ -44,18 +50,37 @@ import numpy as np
 from lminima import EXACT_DTYPE
 from lminima import checks
 from lminima import hessian
-from lminima.losses import loss_scale, squared_loss
+from lminima.losses import loss_scale, softmax_cross_entropy, squared_loss
 
 DEFAULT_MEMORY_BUDGET_BYTES = 2**30
 """Largest dense object (D(theta), the Hessian) built unless told otherwise."""
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
+LOSSES = {"squared": squared_loss, "cross_entropy": softmax_cross_entropy}
+"""Losses of the output: ``name -> fn(yhat, y, normalization)``."""
+
 # Hessian columns are H e_i, vmapped in blocks: up to _ONE_BLOCK_MAX_PARAMS
 # columns in one block (one loop body to compile), above it blocks of
 # _HESSIAN_BLOCK keep the tangent working set in cache (BUILD_NOTES.md).
 _HESSIAN_BLOCK = 64
 _ONE_BLOCK_MAX_PARAMS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """The static part of a problem: L(theta) = loss(apply_fn(theta; X), Y)
+  (+ penalty(theta)); hashable, the key of the compiled pieces."""
+  apply_fn: ApplyFn
+  loss: str = "squared"
+  normalization: str = "mean"
+  penalty: Callable[[Any], jax.Array] | None = None
+
+  def __call__(self, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    value = LOSSES[self.loss](self.apply_fn(params, x), y, self.normalization)
+    if self.penalty is not None:
+      value = value + self.penalty(params)
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +107,10 @@ class Problem:
     params: the point theta, float64 pytree.
     x: inputs, float64 ``jax.Array`` with m rows (any trailing shape).
     y: targets, float64 (m, d_y).
-    normalization: ``"sum"`` or ``"mean"``; ``c`` its constant.
+    normalization: ``"sum"`` or ``"mean"``; ``c`` its squared-loss constant.
+    loss: ``"squared"`` (default) or ``"cross_entropy"``; ``penalty`` an
+      optional ``params -> scalar`` added to it; ``objective`` the three
+      with ``apply_fn``.
     features_fn: ``(params, x) -> F`` (m, p), the design of the output layer
       (features entering it, plus a ones column when it has a bias); or None.
     kinks_fn: ``(params, x) ->`` flat array of the arguments of
@@ -96,7 +124,8 @@ class Problem:
   """
 
   def __init__(self, apply_fn: ApplyFn, params: Any, x: Any, y: Any, *,
-               normalization: str = "mean",
+               normalization: str = "mean", loss: str = "squared",
+               penalty: Callable[[Any], jax.Array] | None = None,
                features_fn: ApplyFn | None = None,
                kinks_fn: ApplyFn | None = None, intercept: bool = True,
                module: Any = None,
@@ -111,6 +140,9 @@ class Problem:
     if y.shape[0] != x.shape[0]:
       raise ValueError(f"y has {y.shape[0]} rows but x has {x.shape[0]}")
     self.c = loss_scale(normalization, x.shape[0])
+    if loss not in LOSSES:
+      raise ValueError(f"unknown loss {loss!r}; choose one of {list(LOSSES)}")
+    self.objective = Objective(apply_fn, loss, normalization, penalty)
     if not memory_budget_bytes > 0:
       raise ValueError(f"memory_budget_bytes must be positive, got "
                        f"{memory_budget_bytes}")
@@ -191,7 +223,7 @@ class Problem:
 
   def loss_and_grad_at(self, flat: Any) -> tuple[float, np.ndarray]:
     """L and the flat gradient at the flat point ``flat``."""
-    loss, grad = _loss_and_flat_grad(self.apply_fn, self.normalization,
+    loss, grad = _loss_and_flat_grad(self.objective,
                                      jnp.asarray(flat, EXACT_DTYPE),
                                      self.params, self.x, self.y)
     return float(loss), np.asarray(grad)
@@ -199,7 +231,7 @@ class Problem:
   def hvp_operator_at(self, flat: Any) -> jax.tree_util.Partial:
     """Flat ``v -> H v`` at ``flat``; a pytree, so jitted solvers take it."""
     return jax.tree_util.Partial(
-        _flat_hvp(self.apply_fn, self.normalization),
+        _flat_hvp(self.objective),
         jnp.asarray(flat, EXACT_DTYPE), self.params, self.x, self.y)
 
   def dense_hessian_at(self, flat: Any) -> np.ndarray:
@@ -210,7 +242,7 @@ class Problem:
                        f" n_params={self.n_params}) > memory budget "
                        f"{self.memory_budget_bytes}; use the matrix-free path")
     return np.asarray(_dense_hessian(
-        self.apply_fn, self.normalization, jnp.asarray(flat, EXACT_DTYPE),
+        self.objective, jnp.asarray(flat, EXACT_DTYPE),
         self.params, self.x, self.y))
 
   # -- cached quantities at the problem's own point --------------------------
@@ -294,26 +326,20 @@ class Problem:
 
 
 # ---------------------------------------------------------------------------
-# Compiled pieces, one per (apply_fn, normalization) and array shapes.
+# Compiled pieces, one per Objective and array shapes.
 
 
-def _loss(apply_fn, normalization, params, x, y):
-  return squared_loss(apply_fn(params, x), y, normalization)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _loss_and_flat_grad(apply_fn, normalization, flat, like, x, y):
+@functools.partial(jax.jit, static_argnums=0)
+def _loss_and_flat_grad(objective, flat, like, x, y):
   unravel = hessian.flatten_params(like)[1]
-  loss, grad = jax.value_and_grad(
-      lambda f: _loss(apply_fn, normalization, unravel(f), x, y))(flat)
-  return loss, grad
+  return jax.value_and_grad(lambda f: objective(unravel(f), x, y))(flat)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _dense_hessian(apply_fn, normalization, flat, like, x, y):
+@functools.partial(jax.jit, static_argnums=0)
+def _dense_hessian(objective, flat, like, x, y):
   unravel = hessian.flatten_params(like)[1]
-  flat_loss = lambda f: _loss(apply_fn, normalization, unravel(f), x, y)
-  _, matvec = jax.linearize(jax.grad(flat_loss), flat)
+  _, matvec = jax.linearize(jax.grad(lambda f: objective(unravel(f), x, y)),
+                            flat)
   dim = flat.shape[0]
   return hessian.dense_from_operator(
       matvec, dim,
@@ -321,7 +347,7 @@ def _dense_hessian(apply_fn, normalization, flat, like, x, y):
 
 
 @functools.lru_cache(maxsize=64)
-def _flat_hvp(apply_fn, normalization) -> Callable[..., jax.Array]:
+def _flat_hvp(objective) -> Callable[..., jax.Array]:
   """Jitted ``(flat, like, x, y, v) -> H v``; one function object per key.
 
   The stable identity makes ``Partial(fn, flat, like, x, y)`` an operator whose
@@ -331,7 +357,7 @@ def _flat_hvp(apply_fn, normalization) -> Callable[..., jax.Array]:
   @jax.jit
   def flat_hvp(flat, like, x, y, v):
     unravel = hessian.flatten_params(like)[1]
-    flat_loss = lambda f: _loss(apply_fn, normalization, unravel(f), x, y)
+    flat_loss = lambda f: objective(unravel(f), x, y)
     return jax.jvp(jax.grad(flat_loss), (flat,), (v,))[1]
   return flat_hvp
 

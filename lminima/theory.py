@@ -63,7 +63,16 @@ class _Record:
 
 
 def resolve_rank_tol(problem: Problem, rank_tol: float | None) -> float:
-  """One relative tolerance for every rank and projection of a call."""
+  """One relative tolerance for every rank and projection of a call.
+
+  Every function here starts from it, so it also refuses problems whose
+  objective is not the plain squared loss: the identities are about that one.
+  """
+  objective = problem.objective
+  if objective.loss != "squared" or objective.penalty is not None:
+    raise ValueError("the identities hold for the plain squared loss; this "
+                     f"problem's loss is {objective.loss!r}"
+                     + (" with a penalty" if objective.penalty else ""))
   if rank_tol is None:
     return linalg.default_rank_tol((problem.m * problem.d_y,
                                     problem.n_params))

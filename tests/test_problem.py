@@ -218,6 +218,24 @@ class ProblemTest(parameterized.TestCase):
       lminima.Problem(self.model.apply, self.variables, self.x,
                       self.y).features()
 
+  def test_cross_entropy_with_a_penalty(self):
+    labels = np.eye(2)[np.arange(7) % 2]
+    penalty = lambda p: 0.3 * jnp.sum(p["params"]["layer_2"]["kernel"] ** 2)
+    problem = lminima.Problem.for_module(self.model, self.variables, self.x,
+                                         labels, loss="cross_entropy",
+                                         penalty=penalty)
+    logits = np.asarray(self.model.apply(problem.params, self.x))
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    kernel = np.asarray(problem.params["params"]["layer_2"]["kernel"])
+    self.assertAlmostEqual(problem.loss, -np.sum(labels * logp) / 7
+                           + 0.3 * np.sum(kernel ** 2), delta=1e-12)
+    np.testing.assert_allclose(problem.dense_hessian(),
+                               _finite_difference_hessian(problem), atol=1e-7)
+    with self.assertRaisesRegex(ValueError, "plain squared loss"):
+      theory.critical_point_identity(problem)
+    with self.assertRaisesRegex(ValueError, "unknown loss"):
+      self._problem(loss="hinge")
+
   def test_dense_hessian_over_budget_is_refused(self):
     problem = self._problem(memory_budget_bytes=100)
     with self.assertRaisesRegex(ValueError, "memory budget"):
