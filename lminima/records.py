@@ -93,22 +93,25 @@ def _encode(value: Any) -> Any:
   return value
 
 
-def encode_row(row: dict[str, Any]) -> str:
+def encode_row(row: dict[str, Any],
+               schema: frozenset[str] | set[str] = ROW_FIELDS) -> str:
   """One JSON line for ``row`` (numpy/JAX scalars as numbers, NaN as null).
 
   Raises:
-    ValueError: on a field outside ``ROW_FIELDS``.
+    ValueError: on a field outside ``schema`` (the sweep's ``ROW_FIELDS`` by
+      default; other scripts pass their own).
   """
-  unknown = set(row) - ROW_FIELDS
+  unknown = set(row) - set(schema)
   if unknown:
-    raise ValueError(f"unknown row fields {sorted(unknown)}; add them to "
-                     "lminima.records.ROW_FIELDS")
+    raise ValueError(f"unknown row fields {sorted(unknown)}; add them to the "
+                     "row schema")
   return json.dumps(_encode(row), allow_nan=False)
 
 
-def append_row(path: str, row: dict[str, Any]) -> None:
+def append_row(path: str, row: dict[str, Any],
+               schema: frozenset[str] | set[str] = ROW_FIELDS) -> None:
   """Appends ``row`` to the JSONL file ``path`` and flushes it to disk."""
-  line = encode_row(row) + "\n"
+  line = encode_row(row, schema) + "\n"
   with open(path, "a") as f:
     f.write(line)
     f.flush()
