@@ -144,6 +144,8 @@ def _newton_mr_step(problem: Problem, flat: np.ndarray, grad: np.ndarray,
     # MINRES failed to give a descent direction for ||g||^2: steepest descent.
     direction = -matvec(grad)
     slope = -float(direction @ direction)
+    if not slope < 0:
+      return None  # H g = 0: the merit ||g||^2 / 2 is flat, no step helps.
   merit = 0.5 * grad_norm ** 2
   step = 1.0
   for _ in range(max_backtracks):
