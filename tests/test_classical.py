@@ -1,4 +1,7 @@
-"""Classical optima against numpy.linalg.lstsq, scikit-learn and Monte Carlo."""
+"""Classical optima against numpy.linalg.lstsq and scikit-learn.
+
+Kernel regression is tested in test_kernels.py.
+"""
 
 import json
 
@@ -7,11 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
-from sklearn import kernel_ridge
 from sklearn import linear_model
-from sklearn import metrics
 from sklearn import preprocessing
 
+import lminima
 from lminima import classical
 from lminima import models
 
@@ -40,16 +42,33 @@ def _with_ones(a):
   return np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
 
 
-def _numpy_hidden(params, x, activation, bias):
+def _numpy_hidden(variables, x, activation, bias):
   """[h^(0) = X, h^(1), ..., h^(H)] by an independent numpy forward pass."""
   sigma = NUMPY_ACTIVATIONS[activation]
+  params = variables["params"]
   layers = [x]
-  for layer in params[:-1]:
-    z = layers[-1] @ np.asarray(layer["w"], np.float64)
+  for l in range(1, len(params)):
+    z = layers[-1] @ np.asarray(params[f"layer_{l}"]["kernel"], np.float64)
     if bias:
-      z = z + np.asarray(layer["b"], np.float64)
+      z = z + np.asarray(params[f"layer_{l}"]["bias"], np.float64)
     layers.append(sigma(z))
   return layers
+
+
+def _first_kernel(d_in, width, d_out, activation, bias, seed):
+  """W^(1) of MLP(...).init_params(PRNGKey(seed), float64)."""
+  variables = models.MLP(d_in, (width,), d_out, activation, bias).init_params(
+      jax.random.PRNGKey(seed), jnp.float64)
+  return np.asarray(variables["params"]["layer_1"]["kernel"])
+
+
+def _problem(model, variables, x, y=None, **kwargs):
+  y = np.zeros((x.shape[0], model.d_out)) if y is None else y
+  return lminima.Problem.for_module(model, variables, x, y, **kwargs)
+
+
+def _two_layer(params, x):
+  return jnp.tanh(x @ params["w1"]) @ params["w2"]
 
 
 class LinearAndBasisTest(parameterized.TestCase):
@@ -122,9 +141,8 @@ class FeatureMapTest(parameterized.TestCase):
     features = classical.random_features(x, 11, activation, seed=seed,
                                          bias=bias)
     # Any output width: the first layer's key does not depend on d_out.
-    params = models.MLP(3, (11,), 4, activation, bias).init(
-        jax.random.PRNGKey(seed), jnp.float64)
-    expected = NUMPY_ACTIVATIONS[activation](x @ np.asarray(params[0]["w"]))
+    expected = NUMPY_ACTIVATIONS[activation](
+        x @ _first_kernel(3, 11, 4, activation, bias, seed))
     np.testing.assert_allclose(features, expected, rtol=1e-13, atol=1e-14)
     self.assertFalse(np.allclose(
         features, classical.random_features(x, 11, activation, seed=seed + 1)))
@@ -132,9 +150,7 @@ class FeatureMapTest(parameterized.TestCase):
   def test_random_features_optimum_matches_lstsq(self):
     x, y = _data(m=40)
     opt = classical.random_features_optimum(x, y, 12, "tanh", seed=2)
-    params = models.MLP(4, (12,), 1, "tanh").init(jax.random.PRNGKey(2),
-                                                  jnp.float64)
-    phi = np.tanh(x @ np.asarray(params[0]["w"]))
+    phi = np.tanh(x @ _first_kernel(4, 12, 1, "tanh", True, 2))
     np.testing.assert_allclose(opt.value,
                                _lstsq_loss(_with_ones(phi), y, 1 / 80),
                                rtol=RTOL)
@@ -168,27 +184,71 @@ class FeatureMapTest(parameterized.TestCase):
                                                  param_dtype):
     x, y = _data(m=20, d_x=3)
     model = models.MLP(3, (6, 5), 2, "tanh", bias)
-    params = model.init(jax.random.PRNGKey(4), param_dtype)
-    params = jax.tree_util.tree_map(  # nonzero biases, a point "at theta"
-        lambda a: a + jnp.asarray(0.3, param_dtype), params)
-    opt = classical.hidden_features_optimum(model, params, x, y, layer=layer)
-    h = _numpy_hidden(params, x, "tanh", bias)[layer]
+    variables = model.init_params(jax.random.PRNGKey(4), param_dtype)
+    variables = jax.tree_util.tree_map(  # nonzero biases, a point "at theta"
+        lambda a: a + jnp.asarray(0.3, param_dtype), variables)
+    problem = _problem(model, variables, x, y)
+    opt = classical.hidden_features_optimum(problem, layer=layer)
+    h = _numpy_hidden(variables, x, "tanh", bias)[layer]
     np.testing.assert_allclose(
-        classical.hidden_features(model, params, x, layer=layer), h,
+        classical.hidden_features(problem, layer=layer), h,
         rtol=1e-13, atol=1e-14)
     design = _with_ones(h) if bias else h
     np.testing.assert_allclose(opt.value, _lstsq_loss(design, y, 1 / 40),
                                rtol=RTOL)
+    self.assertEqual(opt.rank, np.linalg.matrix_rank(design))
     self.assertEqual(opt.details["layer"], layer % 3)
     self.assertEqual(opt.details["intercept"], bias)
+    self.assertEqual(opt.details["widths"], [6, 5])
+
+  def test_hidden_features_intercept_override(self):
+    x, y = _data(m=20, d_x=3)
+    model = models.MLP(3, (6,), 2, "tanh", True)
+    problem = _problem(model, model.init_params(jax.random.PRNGKey(1)), x, y)
+    h = _numpy_hidden(problem.params, x, "tanh", True)[-1]
+    opt = classical.hidden_features_optimum(problem, intercept=False)
+    np.testing.assert_allclose(opt.value, _lstsq_loss(h, y, 1 / 40),
+                               rtol=RTOL)
+    self.assertEqual(opt.rank, 6)
+    self.assertFalse(opt.details["intercept"])
 
   def test_hidden_features_at_init_are_random_features(self):
     x, _ = _data(m=8, d_x=3)
     model = models.MLP(3, (9,), 2, "relu")
-    params = model.init(jax.random.PRNGKey(5), jnp.float64)
+    problem = _problem(model, model.init_params(jax.random.PRNGKey(5),
+                                                jnp.float64), x)
     np.testing.assert_array_equal(
-        classical.hidden_features(model, params, x),
+        classical.hidden_features(problem),
         classical.random_features(x, 9, "relu", seed=5))
+
+  def test_hidden_features_optimum_is_the_loss_at_a_critical_point(self):
+    # Identity (A), last-layer form: at a critical point the output layer is
+    # the least-squares fit on the last hidden layer.
+    # Noisy data of a random teacher, refined from near the teacher.
+    rng = np.random.default_rng(4)
+    model = models.MLP(3, (3,), 2, "tanh", True)
+    x = rng.standard_normal((40, 3))
+    teacher = jax.tree_util.tree_map(
+        lambda a: np.asarray(a) + 0.3 * rng.standard_normal(a.shape),
+        model.init_params(jax.random.PRNGKey(4), jnp.float64))
+    y = np.asarray(model.apply(teacher, x)) + 0.1 * rng.standard_normal(
+        (40, 2))
+    start = _problem(model, jax.tree_util.tree_map(
+        lambda a: a + 0.05 * rng.standard_normal(a.shape), teacher), x, y)
+    problem = start.at(lminima.refine(start).params)
+    h = _numpy_hidden(problem.params, x, "tanh", True)[-1]
+    params = problem.params["params"]["layer_2"]
+    yhat = h @ np.asarray(params["kernel"]) + np.asarray(params["bias"])
+    gradient = (_with_ones(h).T @ (yhat - y)) / 40  # output-layer gradient
+    self.assertLess(np.max(np.abs(gradient)), 1e-10)
+    loss = np.sum((yhat - y) ** 2) / 80
+    self.assertGreater(loss, 1e-4)
+    opt = classical.hidden_features_optimum(problem)
+    self.assertAlmostEqual(opt.value, loss, delta=1e-10 * loss)
+    np.testing.assert_allclose(opt.fitted, yhat, atol=1e-8)
+    # Before refinement the output layer is not optimal: strictly above.
+    self.assertGreater(start.loss,
+                       classical.hidden_features_optimum(start).value + 1e-3)
 
 
 class NormalizationTest(parameterized.TestCase):
@@ -203,14 +263,8 @@ class NormalizationTest(parameterized.TestCase):
       ("polynomial", lambda x, y, n: classical.polynomial_optimum(
           x, y, 2, normalization=n)),
       ("hidden", lambda x, y, n: classical.hidden_features_optimum(
-          models.MLP(4, (5,), 2), models.MLP(4, (5,), 2).init(
-              jax.random.PRNGKey(0), jnp.float64), x, y, normalization=n)),
-      ("kernel_ridge", lambda x, y, n: classical.kernel_regression_optimum(
-          classical.rbf_kernel(x, x, lengthscale=1.0), y, ridge=0.5,
-          normalization=n)),
-      ("kernel_interpolation", lambda x, y, n:
-       classical.kernel_regression_optimum(np.cos(x) @ np.cos(x).T, y,
-                                           normalization=n)),
+          _problem(models.MLP(4, (5,), 2), models.MLP(4, (5,), 2).init_params(
+              jax.random.PRNGKey(0), jnp.float64), x, y, normalization=n))),
   )
   def test_sum_is_m_times_mean(self, optimum):
     x, y = _data()
@@ -219,146 +273,6 @@ class NormalizationTest(parameterized.TestCase):
     np.testing.assert_allclose(total.value, x.shape[0] * mean.value,
                                rtol=1e-13)
     np.testing.assert_array_equal(total.fitted, mean.fitted)
-
-
-class KernelTest(parameterized.TestCase):
-
-  @parameterized.parameters(0.3, 1.0, 4.0)
-  def test_rbf_matches_sklearn(self, lengthscale):
-    x1, _ = _data(m=7)
-    x2, _ = _data(m=5, seed=1)
-    np.testing.assert_allclose(
-        classical.rbf_kernel(x1, x2, lengthscale=lengthscale),
-        metrics.pairwise.rbf_kernel(x1, x2, gamma=0.5 / lengthscale ** 2),
-        rtol=1e-12, atol=1e-300)
-
-  @parameterized.product(ridge=(0.1, 1.0), d_y=(1, 2))
-  def test_kernel_ridge_matches_sklearn(self, ridge, d_y):
-    x, y = _data(m=25, d_y=d_y)
-    lengthscale = 1.5
-    k = classical.rbf_kernel(x, x, lengthscale=lengthscale)
-    opt = classical.kernel_regression_optimum(k, y, ridge=ridge)
-    c = 1 / 50
-    precomputed = kernel_ridge.KernelRidge(alpha=ridge, kernel="precomputed")
-    prediction = precomputed.fit(k, y).predict(k)
-    rbf = kernel_ridge.KernelRidge(alpha=ridge, kernel="rbf",
-                                   gamma=0.5 / lengthscale ** 2)
-    rbf_prediction = rbf.fit(x, y).predict(x)
-    for theirs in (prediction, rbf_prediction):
-      np.testing.assert_allclose(
-          opt.value, c * np.sum(np.square(y - theirs.reshape(y.shape))),
-          rtol=RTOL)
-      np.testing.assert_allclose(opt.fitted, theirs.reshape(y.shape),
-                                 atol=RTOL * np.abs(y).max())
-    np.testing.assert_allclose(opt.coef,
-                               precomputed.dual_coef_.reshape(y.shape),
-                               rtol=1e-9)
-
-  def test_interpolation_full_rank_kernel_fits_exactly(self):
-    x, y = _data(m=10, d_x=3)
-    k = classical.rbf_kernel(x, x, lengthscale=1.0)
-    opt = classical.kernel_regression_optimum(k, y)
-    self.assertEqual(opt.rank, 10)
-    self.assertLess(opt.value, 1e-24 * np.sum(np.square(y)))
-    np.testing.assert_allclose(opt.fitted, y, atol=1e-12)
-    np.testing.assert_allclose(k @ opt.coef, y, atol=1e-9)
-
-  def test_interpolation_rank_deficient_kernel_is_projection(self):
-    rng = np.random.default_rng(3)
-    features = rng.standard_normal((12, 4))
-    y = rng.standard_normal((12, 2))
-    k = features @ features.T  # rank 4
-    opt = classical.kernel_regression_optimum(k, y)
-    self.assertEqual(opt.rank, 4)
-    np.testing.assert_allclose(opt.value, _lstsq_loss(features, y, 1 / 24),
-                               rtol=RTOL)
-    # The ridge fit tends to the interpolating limit as ridge -> 0+.
-    tiny = classical.kernel_regression_optimum(k, y, ridge=1e-9)
-    np.testing.assert_allclose(tiny.value, opt.value, rtol=1e-6)
-
-  @parameterized.parameters((1, 2.0, 0.0), (2, 2.0, 0.1), (3, 1.5, 0.3))
-  def test_relu_nngp_matches_monte_carlo_networks(self, depth, weight_var,
-                                                  bias_var):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((5, 3))
-    x[1] = 0.9 * x[0] + 0.1 * x[1]  # a highly correlated pair
-    estimates = _monte_carlo_relu_kernel(x, depth, weight_var, bias_var,
-                                         width=20_000, n_networks=64, rng=rng)
-    mean = estimates.mean(axis=0)
-    std_error = estimates.std(axis=0, ddof=1) / np.sqrt(len(estimates))
-    kernel = classical.relu_nngp_kernel(x, x, depth=depth,
-                                        weight_var=weight_var,
-                                        bias_var=bias_var)
-    # Finite-width bias is O(1/width), far below the O(1/sqrt(width * n))
-    # standard error, so a 5-sigma band is a sound test.
-    self.assertLess(np.max(np.abs(mean - kernel) / std_error), 5.0)
-    # The band is tight enough to tell neighbouring depths apart.
-    wrong = classical.relu_nngp_kernel(x, x, depth=depth + 1,
-                                       weight_var=weight_var,
-                                       bias_var=bias_var)
-    self.assertGreater(np.max(np.abs(mean - wrong) / std_error), 20.0)
-
-  @parameterized.parameters((2.0, 0.0), (1.0, 0.5))
-  def test_relu_nngp_depth_one_is_arc_cosine(self, weight_var, bias_var):
-    x1, _ = _data(m=6, d_x=3)
-    x2, _ = _data(m=4, d_x=3, seed=1)
-    x2[0] = -x1[0]  # an antipodal pair, angle pi
-
-    def augment(a):
-      # u = w . (sqrt(weight_var / d) x) + sqrt(bias_var) g with w, g standard.
-      constant = np.full((len(a), 1), np.sqrt(bias_var))
-      return np.concatenate([np.sqrt(weight_var / 3) * a, constant], axis=1)
-
-    a1, a2 = augment(x1), augment(x2)
-    norms = np.outer(np.linalg.norm(a1, axis=1), np.linalg.norm(a2, axis=1))
-    angle = np.arccos(np.clip(a1 @ a2.T / norms, -1, 1))
-    # Cho & Saul (2009): E[relu(w.a) relu(w.b)] = |a||b| J1(angle) / (2 pi).
-    arc_cosine = norms * (np.sin(angle) + (np.pi - angle) * np.cos(angle)) / (
-        2 * np.pi)
-    np.testing.assert_allclose(
-        classical.relu_nngp_kernel(x1, x2, depth=1, weight_var=weight_var,
-                                   bias_var=bias_var),
-        bias_var + weight_var * arc_cosine, rtol=1e-12)
-
-  def test_relu_nngp_structure(self):
-    x1, _ = _data(m=6, d_x=3)
-    x2, _ = _data(m=4, d_x=3, seed=1)
-    np.testing.assert_allclose(
-        classical.relu_nngp_kernel(x1, x2, depth=0, weight_var=1.5,
-                                   bias_var=0.2), 0.2 + 1.5 * x1 @ x2.T / 3,
-        rtol=1e-13)
-    np.testing.assert_allclose(
-        classical.relu_nngp_kernel(x1, x2, depth=3),
-        classical.relu_nngp_kernel(x2, x1, depth=3).T, rtol=1e-13)
-    # He scaling (weight_var = 2, no bias) keeps E h^2 constant over depth.
-    np.testing.assert_allclose(
-        np.diag(classical.relu_nngp_kernel(x1, x1, depth=4)),
-        2 * np.sum(x1 ** 2, axis=1) / 3, rtol=1e-13)
-    zero = classical.relu_nngp_kernel(np.zeros((1, 3)), x2, depth=2)
-    np.testing.assert_array_equal(zero, np.zeros((1, 4)))
-
-
-def _monte_carlo_relu_kernel(x, depth, weight_var, bias_var, width,
-                             n_networks, rng):
-  """Per-network estimates bias_var + weight_var * (1/n) h^(H) h^(H)^T.
-
-  Each network has ``depth`` ReLU layers of ``width`` units with
-  W_ij ~ N(0, weight_var / fan_in) and b_j ~ N(0, bias_var). Given h^(l-1),
-  the columns of Z^(l) = h^(l-1) W + b are independent N(0, G) over the
-  samples with G = weight_var / fan_in h h^T + bias_var, so drawing them
-  from G is exactly that random layer, at m * width draws, not
-  fan_in * width.
-  """
-  estimates = []
-  for _ in range(n_networks):
-    h = x
-    for _ in range(depth):
-      gram = weight_var / h.shape[1] * h @ h.T + bias_var
-      eigenvalues, eigenvectors = np.linalg.eigh(gram)
-      root = eigenvectors * np.sqrt(np.clip(eigenvalues, 0, None))
-      h = np.maximum(root @ rng.standard_normal((len(x), width)), 0)
-    estimates.append(bias_var + weight_var * h @ h.T / width)
-  return np.array(estimates)
 
 
 class BadInputTest(parameterized.TestCase):
@@ -391,31 +305,21 @@ class BadInputTest(parameterized.TestCase):
       ("degree_negative", lambda x, y: classical.polynomial_optimum(x, y, -1),
        "degree"),
       ("layer_range", lambda x, y: classical.hidden_features(
-          models.MLP(4, (3,), 2), models.MLP(4, (3,), 2).init(
-              jax.random.PRNGKey(0)), x, layer=2), "layer"),
-      ("hidden_d_in", lambda x, y: classical.hidden_features_optimum(
-          models.MLP(3, (3,), 2), models.MLP(3, (3,), 2).init(
-              jax.random.PRNGKey(0)), x, y), "d_in"),
-      ("lengthscale", lambda x, y: classical.rbf_kernel(
-          x, x, lengthscale=0.0), "lengthscale"),
-      ("kernel_dims", lambda x, y: classical.rbf_kernel(
-          x, x[:, :2], lengthscale=1.0), "columns"),
-      ("depth", lambda x, y: classical.relu_nngp_kernel(x, x, depth=-1),
-       "depth"),
-      ("weight_var", lambda x, y: classical.relu_nngp_kernel(
-          x, x, depth=1, weight_var=0.0), "weight_var"),
-      ("bias_var", lambda x, y: classical.relu_nngp_kernel(
-          x, x, depth=1, bias_var=-1.0), "bias_var"),
-      ("kernel_square", lambda x, y: classical.kernel_regression_optimum(
-          x, y), "square"),
-      ("kernel_symmetric", lambda x, y: classical.kernel_regression_optimum(
-          np.triu(x @ x.T), y), "symmetric"),
-      ("ridge_negative", lambda x, y: classical.kernel_regression_optimum(
-          x @ x.T, y, ridge=-1e-3), "ridge"),
-      ("kernel_indefinite", lambda x, y: classical.kernel_regression_optimum(
-          -x @ x.T, y, ridge=1e-3), "positive definite"),
-      ("kernel_y_rows", lambda x, y: classical.kernel_regression_optimum(
-          x @ x.T, y[:-1]), "rows"),
+          _problem(models.MLP(4, (3,), 2), models.MLP(4, (3,), 2).init_params(
+              jax.random.PRNGKey(0)), x), layer=2),
+       r"layer must be .*\[-2, 1\]"),
+      ("layer_bool", lambda x, y: classical.hidden_features_optimum(
+          _problem(models.MLP(4, (3,), 2), models.MLP(4, (3,), 2).init_params(
+              jax.random.PRNGKey(0)), x), layer=True), "layer must be"),
+      ("hidden_not_mlp", lambda x, y: classical.hidden_features(
+          lminima.Problem(_two_layer, {"w1": np.ones((4, 3)),
+                                       "w2": np.ones((3, 2))}, x, y)),
+       "needs a problem of an lminima.models.MLP"),
+      ("hidden_optimum_not_mlp", lambda x, y:
+       classical.hidden_features_optimum(
+           lminima.Problem(_two_layer, {"w1": np.ones((4, 3)),
+                                        "w2": np.ones((3, 2))}, x, y)),
+       "needs a problem of an lminima.models.MLP"),
   )
   def test_raises(self, call, message):
     x, y = _data()

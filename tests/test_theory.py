@@ -1,85 +1,117 @@
-"""Tests of lminima.theory: D(theta) and the identities of DESIGN 1.3.
+"""Tests of lminima.theory: the identities of docs/theory.md against references.
 
-Critical points are reached with ``lminima.certify.refine``; every test that
-needs one first asserts, with theory's own autodiff gradient, that the
-gradient norm is <= 1e-10, so a refinement that stops early fails loudly
-instead of weakening the identity checks.
+Every value is compared with something computed independently of lminima:
+numpy forward passes, D(theta) by central finite differences of the outputs,
+numpy.linalg.lstsq / pinv / matrix_rank, and exact values of matrices built
+with a known SVD. Critical points are reached with ``lminima.refine``; every
+test that needs one first asserts ||grad L|| <= 1e-10 (``Problem.grad``,
+checked against jax.grad in test_derivative.py), so a refinement that stops
+early fails loudly instead of weakening the identity checks. D(theta) itself
+is tested in test_derivative.py; ranks are compared with numpy on it where
+exact zero singular values (parameter symmetries) would be finite-difference
+noise in a numerical D.
 """
 
+import functools
 import json
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 import numpy as np
+import scipy.linalg
 
-from lminima import certify
+import lminima
 from lminima import classical
 from lminima import theory
-from lminima.losses import loss_scale, squared_loss
-from lminima.models import ACTIVATIONS, HOMOGENEOUS_ACTIVATIONS, MLP
-from lminima.models import cast_params
+from lminima.models import HOMOGENEOUS_ACTIVATIONS, MLP
 
 GRAD_TOL = 1e-10
 IDENTITY_RTOL = 1e-8  # |L - rhs| <= IDENTITY_RTOL * (1 + L) at critical points.
+EPS = np.finfo(np.float64).eps
+
+NUMPY_ACTIVATIONS = {
+    "relu": lambda z: np.maximum(z, 0),
+    "leaky_relu": lambda z: np.where(z >= 0, z, 0.01 * z),
+    "tanh": np.tanh,
+    "softplus": lambda z: np.logaddexp(0, z),
+    "identity": lambda z: z,
+}
 
 
-def _perturbed(params, rng, scale):
-  """float64 params plus N(0, scale^2) noise (makes the zero biases nonzero)."""
-  return jax.tree_util.tree_map(
-      lambda a: np.asarray(a, np.float64) + scale * rng.standard_normal(
-          a.shape), cast_params(params, jnp.float64))
+# ---------------------------------------------------------------------------
+# Independent references.
 
 
-def _random_point(activation, bias, widths=(4, 3), d_in=3, d_out=2, m=7,
-                  seed=0):
-  model = MLP(d_in, widths, d_out, activation, bias)
-  rng = np.random.default_rng(seed)
-  params = _perturbed(model.init(jax.random.PRNGKey(seed)), rng, 0.3)
-  x = rng.standard_normal((m, d_in))
-  y = rng.standard_normal((m, d_out))
-  return model, params, x, y
+def _c(normalization, m):
+  """The loss constant, written out (not lminima.losses.loss_scale)."""
+  return {"sum": 0.5, "mean": 0.5 / m}[normalization]
 
 
-def _teacher_problem(activation, widths, bias, *, m=40, d_in=3, d_out=2,
-                     seed=0, noise=0.01, margin=0.1):
-  """Noisy targets of a random teacher; the start is near the teacher.
-
-  Inputs are kept only where every teacher pre-activation is at least
-  ``margin`` away from 0, and the noise is small, so that the nearby minimum
-  tends to be an interior, differentiable critical point (no ReLU kinks, no
-  units at infinity) with a nonzero loss. Tests check both.
-  """
-  model = MLP(d_in, widths, d_out, activation, bias)
-  rng = np.random.default_rng(seed)
-  teacher = _perturbed(model.init(jax.random.PRNGKey(seed)), rng, 0.3)
-  x = rng.standard_normal((8 * m, d_in))
-  pre = model.forward(teacher, x)[1]
-  far_from_kink = np.all(np.concatenate(
-      [np.abs(np.asarray(z)) > margin for z in pre], axis=1), axis=1)
-  x = x[far_from_kink][:m]
-  assert x.shape[0] == m, "too few inputs away from the kinks"
-  y = np.asarray(model.apply(teacher, x)) + noise * rng.standard_normal(
-      (m, d_out))
-  return model, _perturbed(teacher, rng, 0.01), x, y
+def _numpy_forward(variables, x, activation, bias):
+  """(yhat, [h^(0) = X, ..., h^(H)]) by a numpy forward pass of an MLP."""
+  params = variables["params"]
+  sigma = NUMPY_ACTIVATIONS[activation]
+  hidden = [np.asarray(x)]
+  n_layers = len(params)
+  for l in range(1, n_layers + 1):
+    z = hidden[-1] @ np.asarray(params[f"layer_{l}"]["kernel"])
+    if bias:
+      z = z + np.asarray(params[f"layer_{l}"]["bias"])
+    if l == n_layers:
+      return z, hidden
+    hidden.append(sigma(z))
 
 
-def _refine(model, params, x, y):
-  """float64 parameters at the critical point ``certify.refine`` reaches."""
-  return certify.refine(model, params, x, y).params
+def _numpy_loss(problem, activation, bias):
+  yhat, _ = _numpy_forward(problem.params, problem.x, activation, bias)
+  c = _c(problem.normalization, problem.m)
+  return c * np.sum((yhat - np.asarray(problem.y)) ** 2)
 
 
-def _numpy_loss(model, params, x, y, normalization="mean"):
-  yhat = np.asarray(model.apply(params, x))
-  return loss_scale(normalization, x.shape[0]) * np.sum((yhat - y) ** 2)
+# Compiled once per model and shapes (eager flax calls compile every op).
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(fn, params, x):
+  return fn(params, x)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _module_apply(module, variables, x, method=None):
+  return module.apply(variables, x, method=method)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _outputs_at(fn, flats, like, x):
+  """vec(fn(theta_k, x)) for every row theta_k of ``flats``."""
+  unravel = ravel_pytree(like)[1]
+  return jax.vmap(lambda f: fn(unravel(f), x).reshape(-1))(flats)
+
+
+def _fd_derivative(problem, step=1e-6):
+  """D(theta) by central differences of vec(apply_fn), ravel_pytree order."""
+  flat = np.asarray(ravel_pytree(problem.params)[0])
+  shifts = step * np.eye(flat.size)
+  out = np.asarray(_outputs_at(problem.apply_fn,
+                               np.concatenate([flat + shifts, flat - shifts]),
+                               problem.params, problem.x))
+  return (out[:flat.size] - out[flat.size:]).T / (2 * step)
 
 
 def _lstsq_value(features, y, c):
-  """c ||Y - F F^+ Y||^2 by numpy.linalg.lstsq (independent reference)."""
+  """c ||Y - F F^+ Y||^2 by numpy.linalg.lstsq."""
   coef = np.linalg.lstsq(features, y, rcond=None)[0]
   return c * np.sum((y - features @ coef) ** 2)
+
+
+def _pinv_value(matrix, vec_y, c):
+  """c ||(I - M M^+) vec Y||^2 by numpy.linalg.pinv."""
+  residual = vec_y - matrix @ (np.linalg.pinv(matrix) @ vec_y)
+  return c * float(np.sum(residual ** 2))
 
 
 def _ones(m):
@@ -93,258 +125,620 @@ def _inclusion_residual(d, features):
   return np.linalg.norm(design - fitted) / np.linalg.norm(design)
 
 
-class DerivativeMatrixTest(parameterized.TestCase):
+# ---------------------------------------------------------------------------
+# Problems.
 
-  @parameterized.product(activation=sorted(ACTIVATIONS), bias=(True, False),
-                         normalization=("mean", "sum"))
-  def test_gradient_is_2c_dt_residual(self, activation, bias, normalization):
-    model, params, x, y = _random_point(activation, bias)
-    d = theory.derivative_matrix(model, params, x)
-    grad = ravel_pytree(jax.grad(
-        lambda p: squared_loss(model.apply(p, x), y, normalization))(params))[0]
-    c = loss_scale(normalization, x.shape[0])
-    predicted = 2 * c * d.matrix.T @ (d.yhat - y).reshape(-1)
-    np.testing.assert_allclose(predicted, grad, rtol=0,
-                               atol=1e-12 * np.linalg.norm(grad))
-    self.assertEqual(d.matrix.shape, (x.shape[0] * 2, model.n_params))
 
-  def test_matches_central_differences(self):
-    model, params, x, _ = _random_point("tanh", True, widths=(3,), m=4)
-    flat, unravel = ravel_pytree(params)
-    step = 1e-6
-    columns = []
-    for j in range(flat.size):
-      e = np.zeros(flat.size)
-      e[j] = step
-      columns.append((np.asarray(model.apply(unravel(flat + e), x))
-                      - np.asarray(model.apply(unravel(flat - e), x))
-                      ).reshape(-1) / (2 * step))
-    d = theory.derivative_matrix(model, params, x).matrix
-    np.testing.assert_allclose(d, np.stack(columns, axis=1), rtol=0,
-                               atol=1e-8)
+def _perturbed(variables, rng, scale):
+  """float64 variables plus N(0, scale^2) noise (makes zero biases nonzero)."""
+  return jax.tree_util.tree_map(
+      lambda a: np.asarray(a, np.float64) + scale * rng.standard_normal(
+          np.shape(a)), variables)
+
+
+def _random_variables(model, rng, noise=0.0):
+  """Kernels N(0, gain^2 / fan_in) + N(0, noise^2) and N(0, 0.3^2) biases.
+
+  The gain is sqrt(2) for relu and leaky_relu hidden layers, else 1 (as
+  ``init_params``, but drawn by numpy: no jax.random compilation per shape).
+  """
+  sizes = (model.d_in, *model.widths, model.d_out)
+  gain = np.sqrt(2.0) if model.activation in ("relu", "leaky_relu") else 1.0
+  params = {}
+  for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+    scale = (gain if l < len(sizes) - 1 else 1.0) / np.sqrt(fan_in)
+    layer = {"kernel": scale * rng.standard_normal((fan_in, fan_out))
+                       + noise * rng.standard_normal((fan_in, fan_out))}
+    if model.bias:
+      layer["bias"] = 0.3 * rng.standard_normal(fan_out)
+    params[f"layer_{l}"] = layer
+  return {"params": params}
+
+
+def _random_problem(activation, bias, widths=(4, 3), d_in=3, d_out=2, m=7,
+                    seed=0, normalization="mean", **kwargs):
+  model = MLP(d_in, widths, d_out, activation, bias)
+  rng = np.random.default_rng(seed)
+  variables = _random_variables(model, rng)
+  x = rng.standard_normal((m, d_in))
+  y = rng.standard_normal((m, d_out))
+  return lminima.Problem.for_module(model, variables, x, y,
+                                    normalization=normalization, **kwargs)
+
+
+def _teacher_problem(activation, widths, bias, *, m=40, d_in=3, d_out=2,
+                     seed=0, noise=0.01, margin=0.1, **kwargs):
+  """Noisy targets of a random teacher; the start is near the teacher.
+
+  Inputs are kept only where every teacher pre-activation is at least
+  ``margin`` away from 0, and the noise is small, so that the nearby minimum
+  tends to be an interior, differentiable critical point (no ReLU kinks, no
+  units at infinity) with a nonzero loss. Tests check both.
+  """
+  model = MLP(d_in, widths, d_out, activation, bias)
+  rng = np.random.default_rng(seed)
+  teacher = _random_variables(model, rng, noise=0.3)
+  x = rng.standard_normal((8 * m, d_in))
+  pre = _module_apply(model, teacher, x, "forward")[1]
+  far_from_kink = np.all(np.concatenate(
+      [np.abs(np.asarray(z)) > margin for z in pre], axis=1), axis=1)
+  x = x[far_from_kink][:m]
+  assert x.shape[0] == m, "too few inputs away from the kinks"
+  y = np.asarray(_module_apply(model, teacher, x)) + noise * rng.standard_normal(
+      (m, d_out))
+  return lminima.Problem.for_module(model, _perturbed(teacher, rng, 0.01), x,
+                                    y, **kwargs)
+
+
+class _TestCase(parameterized.TestCase):
+
+  def refined(self, problem):
+    """The problem at the critical point ``lminima.refine`` reaches."""
+    result = lminima.refine(problem)
+    refined = problem.at(result.params)
+    # Problem.grad is checked against jax.grad in test_derivative.py.
+    self.assertLessEqual(refined.grad_norm, GRAD_TOL,
+                         msg=f"refinement stopped: {result.stop_reason}")
+    return refined
+
+
+# A model written as plain functions (no flax, no MLP): tanh hidden layer,
+# linear output layer, and the design of that output layer.
+
+
+def _two_layer(params, x):
+  return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + (
+      params["b2"])
+
+
+def _two_layer_features(params, x):
+  hidden = jnp.tanh(x @ params["w1"] + params["b1"])
+  return jnp.concatenate([hidden, jnp.ones((x.shape[0], 1))], axis=1)
+
+
+def _two_layer_problem():
+  """Under-parameterized (17 parameters, 40 outputs), noisy teacher data."""
+  rng = np.random.default_rng(4)
+  teacher = {"w1": rng.standard_normal((2, 3)),
+             "b1": 0.5 * rng.standard_normal(3),
+             "w2": rng.standard_normal((3, 2)),
+             "b2": 0.3 * rng.standard_normal(2)}
+  x = rng.standard_normal((20, 2))
+  y = np.asarray(_two_layer(teacher, x)) + 0.05 * rng.standard_normal((20, 2))
+  return lminima.Problem(_two_layer, _perturbed(teacher, rng, 0.01), x, y,
+                         features_fn=_two_layer_features)
+
+
+class _NotAnMLP(nn.Module):
+  """A flax model with a linear output layer that is not an lminima MLP."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(1, param_dtype=jnp.float64)(jnp.sin(x))
+
+
+# ---------------------------------------------------------------------------
+# (B) Euler identity.
+
+
+def _scaled(variables, names, factor):
+  """A copy of ``variables`` with the leaves ``names`` multiplied by factor."""
+  params = {layer: dict(leaves)
+            for layer, leaves in variables["params"].items()}
+  for name in names:
+    layer, leaf = name.split("/")
+    params[layer][leaf] = factor * np.asarray(params[layer][leaf])
+  return {"params": params}
+
+
+def _scaling_derivative(problem, names, step=1e-4):
+  """d vec Yhat / da of scaling the group ``names`` by a, at a = 1.
+
+  Central differences; by the chain rule this is E^(l) g_l, and Euler's
+  theorem makes it vec Yhat when the network is homogeneous in the group.
+  """
+  out = [np.asarray(_apply(problem.apply_fn,
+                          _scaled(problem.params, names, a),
+                          problem.x)).reshape(-1)
+         for a in (1 + step, 1 - step)]
+  return (out[0] - out[1]) / (2 * step)
+
+
+class EulerIdentityTest(_TestCase):
+
+  @parameterized.parameters(("relu", True), ("leaky_relu", False),
+                            ("identity", True))
+  def test_holds_for_every_layer(self, activation, bias):
+    problem = _random_problem(activation, bias)
+    out = theory.euler_identity(problem)
+    vec_yhat = _numpy_forward(problem.params, problem.x, activation,
+                              bias)[0].reshape(-1)
+    self.assertTrue(out.homogeneous)
+    self.assertAlmostEqual(out.yhat_norm, np.linalg.norm(vec_yhat),
+                           delta=1e-13)
+    self.assertLen(out.layers, 3)
+    for layer in out.layers:
+      with self.subTest(layer=layer.layer):
+        # The homogeneity itself, by finite differences of the forward pass.
+        np.testing.assert_allclose(
+            _scaling_derivative(problem, layer.blocks), vec_yhat, rtol=0,
+            atol=1e-9 * np.linalg.norm(vec_yhat))
+        self.assertTrue(layer.exact_by_homogeneity)
+        self.assertLess(layer.euler_residual, 1e-13 * (1 + out.yhat_norm))
+    self.assertLess(out.euler_residual_max, 1e-13 * (1 + out.yhat_norm))
 
   @parameterized.parameters(True, False)
-  def test_output_blocks_are_kronecker_products(self, bias):
-    model, params, x, _ = _random_point("softplus", bias)
-    d = theory.derivative_matrix(model, params, x)
-    hidden = np.asarray(model.forward(params, x)[2][-1])
-    eye = np.eye(model.d_out)
-    np.testing.assert_array_equal(d.block("layer_3/w"), np.kron(hidden, eye))
-    np.testing.assert_array_equal(d.weight_blocks[-1], np.kron(hidden, eye))
-    if bias:
-      np.testing.assert_array_equal(d.bias_blocks[-1],
-                                    np.kron(_ones(x.shape[0]), eye))
-    else:
-      self.assertEqual(d.bias_blocks, ())
-
-  def test_first_layer_block_closed_form(self):
-    # yhat[i,k] = sum_b tanh(z[i,b]) W2[b,k] + b2[k], z = x W1 + b1, so
-    # d yhat[i,k] / d W1[a,b] = x[i,a] tanh'(z[i,b]) W2[b,k].
-    model, params, x, _ = _random_point("tanh", True, widths=(5,))
-    w1, b1 = np.asarray(params[0]["w"]), np.asarray(params[0]["b"])
-    w2 = np.asarray(params[1]["w"])
-    slope = 1 - np.tanh(x @ w1 + b1) ** 2
-    rows = x.shape[0] * model.d_out
-    want_w = np.einsum("ia,ib,bk->ikab", x, slope, w2).reshape(rows, -1)
-    want_b = np.einsum("ib,bk->ikb", slope, w2).reshape(rows, -1)
-    d = theory.derivative_matrix(model, params, x)
-    np.testing.assert_allclose(d.block("layer_1/w"), want_w, atol=1e-14)
-    np.testing.assert_allclose(d.block("layer_1/b"), want_b, atol=1e-14)
-
-  def test_nbytes_and_budget(self):
-    model, params, x, _ = _random_point("relu", True)
-    d = theory.derivative_matrix(model, params, x)
-    nbytes = theory.derivative_matrix_nbytes(model, x.shape[0])
-    self.assertEqual(nbytes, d.matrix.nbytes)
-    theory.derivative_matrix(model, params, x, memory_budget_bytes=nbytes)
-    with self.assertRaisesRegex(ValueError, "memory budget"):
-      theory.derivative_matrix(model, params, x,
-                               memory_budget_bytes=nbytes - 1)
-
-  def test_bad_inputs(self):
-    model, params, x, y = _random_point("tanh", True)
-    bad_x = x.copy()
-    bad_x[0, 0] = np.nan
-    bad_y = y.copy()
-    bad_y[1, 1] = np.inf
-    bad_params = _perturbed(params, np.random.default_rng(0), 0.0)
-    bad_params[0]["w"][0, 0] = np.nan
-    cases = {
-        "x must have shape": (params, x[:, :2], y),
-        "y must have shape": (params, x, y[:, :1]),
-        "y must have shape.*to match": (params, x, y[:-1]),
-        "x contains NaN": (params, bad_x, y),
-        "y contains NaN": (params, x, bad_y),
-        "params contain NaN": (bad_params, x, y),
-    }
-    for message, (p, xx, yy) in cases.items():
-      with self.subTest(message), self.assertRaisesRegex(ValueError, message):
-        theory.critical_point_identity(model, p, xx, yy)
-    with self.assertRaisesRegex(ValueError, "layer_1: expected shapes"):
-      theory.derivative_matrix(model, params[::-1], x)
-    with self.assertRaisesRegex(ValueError, "unknown block"):
-      theory.derivative_matrix(model, params, x).block("layer_9/w")
-    with self.assertRaisesRegex(ValueError, "rank_tol must be positive"):
-      theory.full_rank_check(model, params, x, y, rank_tol=0.0)
-    with self.assertRaisesRegex(ValueError, "features must have shape"):
-      theory.subspace_bound(model, params, x, y, features=x[:-1])
-    with self.assertRaisesRegex(ValueError, "derivative has shape"):
-      theory.euler_identity(model, params, x, y, derivative=(
-          theory.derivative_matrix(model, params, x[:-1])))
-    with self.assertRaisesRegex(ValueError, "layer must be in"):
-      theory.euler_blocks(model, 0)
-    for needs_d in (theory.euler_identity, theory.subspace_bound,
-                    theory.full_rank_check, theory.residuals):
-      with self.subTest(needs_d.__name__), self.assertRaisesRegex(
-          ValueError, "memory budget"):
-        needs_d(model, params, x, y, memory_budget_bytes=8)
-
-
-class EulerIdentityTest(parameterized.TestCase):
-
-  @parameterized.product(activation=HOMOGENEOUS_ACTIVATIONS,
-                         bias=(True, False))
-  def test_holds_for_every_layer(self, activation, bias):
-    model, params, x, y = _random_point(activation, bias)
-    out = theory.euler_identity(model, params, x, y)
-    self.assertTrue(out.homogeneous)
-    for layer in out.layers:
-      self.assertTrue(layer.exact_by_homogeneity)
-      self.assertLess(layer.euler_residual, 1e-13 * (1 + out.yhat_norm),
-                      msg=f"layer {layer.layer}")
-    self.assertEqual(out.euler_residual_max,
-                     max(layer.euler_residual for layer in out.layers))
+  def test_blocks_are_the_scaled_group(self, bias):
+    problem = _random_problem("relu", bias)
+    want = (("layer_1/kernel", "layer_1/bias", "layer_2/bias", "layer_3/bias"),
+            ("layer_2/kernel", "layer_2/bias", "layer_3/bias"),
+            ("layer_3/kernel", "layer_3/bias"))
+    if not bias:
+      want = (("layer_1/kernel",), ("layer_2/kernel",), ("layer_3/kernel",))
+    self.assertEqual(tuple(layer.blocks for layer in
+                           theory.euler_identity(problem).layers), want)
+    for l, names in enumerate(want, start=1):
+      self.assertEqual(theory.euler_blocks(problem.module, l), names)
 
   @parameterized.parameters(*HOMOGENEOUS_ACTIVATIONS)
   def test_scaling_the_group_scales_the_output(self, activation):
     # The homogeneity behind E^(l), checked on the forward pass alone.
-    model, params, x, _ = _random_point(activation, True)
-    yhat = np.asarray(model.apply(params, x))
+    problem = _random_problem(activation, True)
+    model = problem.module
+    yhat = _numpy_forward(problem.params, problem.x, activation, True)[0]
     for l in range(1, model.depth + 2):
-      scaled = [dict(layer) for layer in params]
-      for name in theory.euler_blocks(model, l):
-        layer, key = name.split("/")
-        index = int(layer[len("layer_"):]) - 1
-        scaled[index][key] = 1.7 * scaled[index][key]
-      np.testing.assert_allclose(np.asarray(model.apply(tuple(scaled), x)),
-                                 1.7 * yhat, rtol=1e-13, atol=1e-13)
+      scaled = _scaled(problem.params, theory.euler_blocks(model, l), 1.7)
+      np.testing.assert_allclose(
+          _numpy_forward(scaled, problem.x, activation, True)[0], 1.7 * yhat,
+          rtol=1e-13, atol=1e-13)
+
+  @parameterized.parameters("tanh", "softplus")
+  def test_residual_is_the_finite_difference_departure(self, activation):
+    # E^(l) g_l is the derivative of scaling the group; for a non-homogeneous
+    # activation it departs from vec Yhat below the output layer, and the
+    # reported residual must be that departure.
+    problem = _random_problem(activation, True)
+    out = theory.euler_identity(problem)
+    vec_yhat = _numpy_forward(problem.params, problem.x, activation,
+                              True)[0].reshape(-1)
+    self.assertFalse(out.homogeneous)
+    *hidden_layers, output_layer = out.layers
+    departures = []
+    for layer in out.layers:
+      departures.append(np.linalg.norm(
+          _scaling_derivative(problem, layer.blocks) - vec_yhat))
+      self.assertAlmostEqual(layer.euler_residual, departures[-1],
+                             delta=1e-7 * np.linalg.norm(vec_yhat),
+                             msg=f"layer {layer.layer}")
+    for layer, departure in zip(hidden_layers, departures):
+      self.assertFalse(layer.exact_by_homogeneity)
+      self.assertGreater(departure, 1e-2 * np.linalg.norm(vec_yhat))
+    self.assertTrue(output_layer.exact_by_homogeneity)
+    self.assertLess(output_layer.euler_residual, 1e-13 * out.yhat_norm)
+    self.assertAlmostEqual(out.euler_residual_max, max(departures),
+                           delta=1e-7 * np.linalg.norm(vec_yhat))
+
+  def test_euler_terms_are_the_scaling_derivative(self):
+    problem = _random_problem("tanh", True)
+    vec_yhat = problem.yhat().reshape(-1)
+    for l, names, block, residual in theory.euler_terms(problem):
+      flat = np.asarray(ravel_pytree(problem.params)[0])
+      slices = problem.column_slices()
+      group = np.concatenate([flat[slices[n]] for n in names])
+      np.testing.assert_allclose(block @ group,
+                                 _scaling_derivative(problem, names),
+                                 rtol=0, atol=1e-7, err_msg=f"layer {l}")
+      self.assertAlmostEqual(residual,
+                             np.linalg.norm(block @ group - vec_yhat),
+                             delta=1e-12)
 
   def test_own_bias_alone_is_not_enough_below_the_output(self):
-    model, params, x, y = _random_point("relu", True)
-    d = theory.derivative_matrix(model, params, x)
-    vec_yhat = d.yhat.reshape(-1)
-    for l in range(1, model.depth + 2):
-      own = (d.block(f"layer_{l}/w") @ np.ravel(params[l - 1]["w"])
-             + d.block(f"layer_{l}/b") @ np.ravel(params[l - 1]["b"]))
+    problem = _random_problem("relu", True)
+    vec_yhat = _numpy_forward(problem.params, problem.x, "relu",
+                              True)[0].reshape(-1)
+    for l in range(1, problem.module.depth + 2):
+      own = _scaling_derivative(problem, (f"layer_{l}/kernel",
+                                          f"layer_{l}/bias"))
       residual = np.linalg.norm(own - vec_yhat)
-      if l == model.depth + 1:
-        self.assertLess(residual, 1e-13 * np.linalg.norm(vec_yhat))
+      if l == problem.module.depth + 1:
+        self.assertLess(residual, 1e-9 * np.linalg.norm(vec_yhat))
       else:
         self.assertGreater(residual, 1e-3 * np.linalg.norm(vec_yhat))
 
-  def test_fails_for_tanh_except_the_output_layer(self):
-    model, params, x, y = _random_point("tanh", True)
-    out = theory.euler_identity(model, params, x, y)
-    self.assertFalse(out.homogeneous)
-    *hidden_layers, output_layer = out.layers
-    for layer in hidden_layers:
-      self.assertFalse(layer.exact_by_homogeneity)
-      self.assertGreater(layer.euler_residual, 1e-3 * out.yhat_norm)
-    self.assertTrue(output_layer.exact_by_homogeneity)
-    self.assertLess(output_layer.euler_residual, 1e-13 * out.yhat_norm)
-
-  # Seeds: with two hidden layers refinement ends on a kink (min |Z| ~ 1e-15,
-  # not a differentiable point) or stalls for most seeds; these end inside.
-  @parameterized.parameters(((3,), False, 0), ((4, 3), False, 1),
-                            ((4, 3), True, 3))
+  # Seeds: with two hidden layers refinement often ends on a kink or stalls;
+  # these end at interior critical points.
+  @parameterized.parameters(((3,), False, 0), ((4, 3), False, 0),
+                            ((4, 3), True, 2))
   def test_projection_form_at_refined_leaky_relu_points(self, widths, bias,
                                                         seed):
-    model, start, x, y = _teacher_problem("leaky_relu", widths, bias,
-                                          seed=seed)
-    params = _refine(model, start, x, y)
-    out = theory.euler_identity(model, params, x, y)
+    problem = self.refined(_teacher_problem("leaky_relu", widths, bias,
+                                            seed=seed))
+    out = theory.euler_identity(problem)
     self.assertLess(out.grad_norm, GRAD_TOL)
-    min_pre_activation = min(float(np.min(np.abs(z)))
-                             for z in model.forward(params, x)[1])
-    self.assertGreater(min_pre_activation, 1e-6)  # differentiable point
-    loss = _numpy_loss(model, params, x, y)
+    self.assertGreater(problem.min_abs_kink_input(), 1e-6)  # differentiable
+    pre = _module_apply(problem.module, problem.params, problem.x,
+                        "forward")[1]
+    self.assertAlmostEqual(problem.min_abs_kink_input(),
+                           min(float(np.min(np.abs(z))) for z in pre))
+    loss = _numpy_loss(problem, "leaky_relu", bias)
     self.assertAlmostEqual(out.loss, loss, delta=1e-14)
     self.assertGreater(loss, 1e-6)
+    d = _fd_derivative(problem)
+    vec_y = np.asarray(problem.y).reshape(-1)
+    slices = problem.column_slices()
     for layer in out.layers:
-      self.assertLess(layer.gap, IDENTITY_RTOL * (1 + loss),
-                      msg=f"layer {layer.layer}")
-      self.assertLess(layer.euler_residual, 1e-12 * (1 + out.yhat_norm))
+      with self.subTest(layer=layer.layer):
+        self.assertLess(layer.gap, IDENTITY_RTOL * (1 + loss))
+        self.assertLess(layer.euler_residual, 1e-12 * (1 + out.yhat_norm))
+        block = np.hstack([d[:, slices[n]] for n in layer.blocks])
+        self.assertAlmostEqual(layer.projection_value,
+                               _pinv_value(block, vec_y, problem.c),
+                               delta=1e-6 * loss)
+        self.assertEqual(layer.rank, np.linalg.matrix_rank(block))
+
+  def test_raises_for_models_outside_the_mlp_family(self):
+    custom = _two_layer_problem()
+    rng = np.random.default_rng(0)
+    module = _NotAnMLP()
+    x = rng.standard_normal((5, 2))
+    flax_problem = lminima.Problem.for_module(
+        module, module.init(jax.random.PRNGKey(0), x), x,
+        rng.standard_normal((5, 1)))
+    for problem in (custom, flax_problem):
+      with self.assertRaisesRegex(ValueError, "MLP family only") as caught:
+        theory.euler_identity(problem)
+      self.assertNotIn("\n", str(caught.exception))
+      with self.assertRaisesRegex(ValueError, "MLP family only"):
+        list(theory.euler_terms(problem))
+
+  def test_bad_layer(self):
+    problem = _random_problem("relu", True)
+    for layer in (0, 4):
+      with self.assertRaisesRegex(ValueError, "layer must be in 1..3"):
+        theory.euler_blocks(problem.module, layer)
 
 
-class CriticalPointIdentityTest(parameterized.TestCase):
+# ---------------------------------------------------------------------------
+# (A) Critical-point identity and (D) full rank.
 
-  @parameterized.parameters(("tanh", (3,), True), ("softplus", (3,), True),
-                            ("tanh", (3, 2), False))
-  def test_holds_at_refined_points(self, activation, widths, bias):
-    model, start, x, y = _teacher_problem(activation, widths, bias)
-    c = loss_scale("mean", x.shape[0])
-    features = np.asarray(model.forward(start, x)[2][-1])
-    features = np.hstack([features, _ones(x.shape[0])]) if bias else features
-    before = theory.critical_point_identity(model, start, x, y)
+
+class CriticalPointIdentityTest(_TestCase):
+
+  @parameterized.parameters(("tanh", (3,), True, 0),
+                            ("softplus", (3,), True, 2),
+                            ("tanh", (3, 2), False, 2))
+  def test_holds_at_refined_points(self, activation, widths, bias, seed):
+    start = _teacher_problem(activation, widths, bias, seed=seed)
+    c = _c("mean", start.m)
+    y = np.asarray(start.y)
+
+    def design(problem):
+      hidden = _numpy_forward(problem.params, problem.x, activation,
+                              bias)[1][-1]
+      return np.hstack([hidden, _ones(problem.m)]) if bias else hidden
+
+    before = theory.critical_point_identity(start)
     # Away from criticality L exceeds the best output layer for the same
     # hidden layer, so the identity below is not true by construction.
     self.assertGreater(before.gap_last, 1e-6)
-    self.assertAlmostEqual(before.last_value, _lstsq_value(features, y, c),
+    self.assertAlmostEqual(before.last_value, _lstsq_value(design(start), y, c),
                            delta=1e-14)
 
-    params = _refine(model, start, x, y)
-    out = theory.critical_point_identity(model, params, x, y)
-    loss = _numpy_loss(model, params, x, y)
+    problem = self.refined(start)
+    out = theory.critical_point_identity(problem)
+    loss = _numpy_loss(problem, activation, bias)
     self.assertLess(out.grad_norm, GRAD_TOL)
     self.assertGreater(loss, 1e-6)
     self.assertAlmostEqual(out.loss, loss, delta=1e-14)
     self.assertLess(out.gap_full, IDENTITY_RTOL * (1 + loss))
     self.assertLess(out.gap_last, IDENTITY_RTOL * (1 + loss))
-    features = np.asarray(model.forward(params, x)[2][-1])
-    features = np.hstack([features, _ones(x.shape[0])]) if bias else features
+    features = design(problem)
     self.assertAlmostEqual(out.last_value, _lstsq_value(features, y, c),
                            delta=1e-14)
     self.assertEqual(out.rank_last_hidden, np.linalg.matrix_rank(features))
-    d = theory.derivative_matrix(model, params, x).matrix
+    d = _fd_derivative(problem)
     self.assertEqual(out.rank_D, np.linalg.matrix_rank(d))
+    self.assertEqual(out.rank_D, problem.n_params)
     self.assertIsNone(out.full_D_skipped)
 
+  @parameterized.parameters("mean", "sum")
+  def test_under_parameterized_critical_point_matches_numpy(self,
+                                                            normalization):
+    # n_params < m d_y: full rank is impossible and L > 0. Both sides of (A)
+    # and the (D) residual against c ||(I - D D^+) vec Y||^2 with D from
+    # finite differences and c written out.
+    problem = self.refined(_teacher_problem("tanh", (3,), True, noise=0.1,
+                                            normalization=normalization))
+    self.assertLess(problem.n_params, problem.m * problem.d_y)
+    c = _c(normalization, problem.m)
+    yhat = _numpy_forward(problem.params, problem.x, "tanh", True)[0]
+    y = np.asarray(problem.y)
+    loss = c * np.sum((yhat - y) ** 2)
+    self.assertGreater(loss, 1e-4 * c * problem.m)
+    d = _fd_derivative(problem)
+    np.testing.assert_allclose(problem.derivative().matrix, d, atol=1e-8)
+    reference = _pinv_value(d, y.reshape(-1), c)
+    self.assertAlmostEqual(reference, loss, delta=1e-6 * loss)
+    rank = np.linalg.matrix_rank(d)
+    self.assertEqual(rank, problem.n_params)
+
+    check = theory.full_rank_check(problem)
+    self.assertAlmostEqual(check.residual, reference, delta=1e-6 * loss)
+    self.assertAlmostEqual(check.loss, loss, delta=1e-12 * loss)
+    self.assertEqual(check.rank_D, rank)
+    self.assertEqual(check.n_rows, problem.m * problem.d_y)
+    self.assertEqual(check.n_params, problem.n_params)
+    self.assertFalse(check.full_rank)
+    self.assertLessEqual(check.grad_norm, GRAD_TOL)
+    self.assertEqual(check.rank_tol, 80 * EPS)
+
+    identity = theory.critical_point_identity(problem)
+    self.assertAlmostEqual(identity.full_value, reference, delta=1e-6 * loss)
+    self.assertAlmostEqual(identity.loss, loss, delta=1e-12 * loss)
+    self.assertLess(identity.gap_full, IDENTITY_RTOL * loss)
+    self.assertLess(identity.gap_last, IDENTITY_RTOL * loss)
+    self.assertEqual(identity.rank_D, rank)
+    hidden = np.hstack([_numpy_forward(problem.params, problem.x, "tanh",
+                                       True)[1][-1], _ones(problem.m)])
+    self.assertAlmostEqual(identity.last_value, _lstsq_value(hidden, y, c),
+                           delta=1e-10 * loss)
+
+  def test_custom_callable_model(self):
+    # Identity (A) for a model given as plain functions, not an MLP.
+    problem = self.refined(_two_layer_problem())
+    self.assertLess(problem.n_params, problem.m * problem.d_y)
+    params = {k: np.asarray(v) for k, v in problem.params.items()}
+    x, y = np.asarray(problem.x), np.asarray(problem.y)
+    hidden = np.tanh(x @ params["w1"] + params["b1"])
+    yhat = hidden @ params["w2"] + params["b2"]
+    c = _c("mean", problem.m)
+    loss = c * np.sum((yhat - y) ** 2)
+    self.assertGreater(loss, 1e-4)
+    out = theory.critical_point_identity(problem)
+    self.assertAlmostEqual(out.loss, loss, delta=1e-12 * loss)
+    self.assertLess(out.gap_last, IDENTITY_RTOL * loss)
+    self.assertLess(out.gap_full, IDENTITY_RTOL * loss)
+    features = np.hstack([hidden, _ones(problem.m)])
+    self.assertAlmostEqual(out.last_value, _lstsq_value(features, y, c),
+                           delta=1e-10 * loss)
+    self.assertEqual(out.rank_last_hidden, 4)
+    d = _fd_derivative(problem)
+    self.assertAlmostEqual(out.full_value, _pinv_value(d, y.reshape(-1), c),
+                           delta=1e-6 * loss)
+    self.assertEqual(out.rank_D, np.linalg.matrix_rank(d))
+    self.assertEqual(out.rank_D, problem.n_params)
+    record = theory.theory_record(problem)
+    self.assertIsNone(record["euler_residual_max"])
+    self.assertIsNone(record["rf_opt"])
+    self.assertEqual(record["rank_D"], problem.n_params)
+    self.assertAlmostEqual(record["linear_opt"],
+                           _lstsq_value(np.hstack([x, _ones(problem.m)]), y,
+                                        c), delta=1e-14)
+
   def test_skips_full_form_over_budget(self):
-    model, params, x, y = _random_point("tanh", True)
-    full = theory.critical_point_identity(model, params, x, y)
-    cheap = theory.critical_point_identity(model, params, x, y,
-                                           memory_budget_bytes=8)
+    full = theory.critical_point_identity(_random_problem("tanh", True))
+    cheap = theory.critical_point_identity(
+        _random_problem("tanh", True, memory_budget_bytes=8))
     self.assertIsNone(cheap.full_value)
     self.assertIsNone(cheap.gap_full)
     self.assertIsNone(cheap.rank_D)
     self.assertIn("memory budget", cheap.full_D_skipped)
     self.assertEqual(cheap.last_value, full.last_value)
     self.assertEqual(cheap.rank_last_hidden, full.rank_last_hidden)
+    self.assertIsNotNone(full.full_value)
+    for needs_d in (theory.euler_identity, theory.subspace_bound,
+                    theory.full_rank_check, theory.residuals):
+      with self.subTest(needs_d.__name__), self.assertRaisesRegex(
+          ValueError, "memory budget"):
+        needs_d(_random_problem("tanh", True, memory_budget_bytes=8))
 
   def test_residuals_of_every_block(self):
-    model, params, x, y = _random_point("tanh", True)
-    c = loss_scale("sum", x.shape[0])
-    out = theory.residuals(model, params, x, y, normalization="sum")
-    d = theory.derivative_matrix(model, params, x)
-    self.assertEqual(set(out), {"D", "last_hidden", *d.column_slices})
-    for name in d.column_slices:
-      block = d.block(name)
+    problem = _random_problem("tanh", True, normalization="sum")
+    y = np.asarray(problem.y)
+    c = _c("sum", problem.m)
+    out = theory.residuals(problem)
+    d = _fd_derivative(problem)
+    slices = problem.column_slices()
+    self.assertEqual(set(out), {"D", "last_layer", *slices})
+    for name, columns in slices.items():
+      block = d[:, columns]
       self.assertEqual(out[name].rank, np.linalg.matrix_rank(block), name)
+      self.assertEqual(out[name].n_cols, columns.stop - columns.start)
       self.assertAlmostEqual(out[name].value,
                              _lstsq_value(block, y.reshape(-1), c),
-                             delta=1e-12, msg=name)
-    hidden = np.hstack([np.asarray(model.forward(params, x)[2][-1]),
-                        _ones(x.shape[0])])
-    self.assertAlmostEqual(out["last_hidden"].value,
+                             delta=1e-6, msg=name)
+    self.assertEqual(out["D"].rank, np.linalg.matrix_rank(d))
+    self.assertAlmostEqual(out["D"].value, _pinv_value(d, y.reshape(-1), c),
+                           delta=1e-6)
+    hidden = np.hstack([_numpy_forward(problem.params, problem.x, "tanh",
+                                       True)[1][-1], _ones(problem.m)])
+    self.assertAlmostEqual(out["last_layer"].value,
                            _lstsq_value(hidden, y, c), delta=1e-12)
+    self.assertEqual(out["last_layer"].rank, 4)
     # The output-layer blocks span F kron I: rank d_y rank F.
     self.assertEqual(
-        np.linalg.matrix_rank(np.hstack([d.block("layer_3/w"),
-                                         d.block("layer_3/b")])),
-        model.d_out * out["last_hidden"].rank)
+        np.linalg.matrix_rank(np.hstack([d[:, slices["layer_3/kernel"]],
+                                         d[:, slices["layer_3/bias"]]])),
+        problem.d_y * out["last_layer"].rank)
+
+  def test_full_rank_forces_zero_loss(self):
+    start = _teacher_problem("tanh", (8,), True, m=6, noise=0.5)
+    self.assertGreater(start.n_params, start.m * start.d_y)
+    self.assertGreater(start.loss, 1e-3)
+    problem = self.refined(start)
+    out = theory.full_rank_check(problem)
+    self.assertTrue(out.full_rank)
+    self.assertEqual(out.n_rows, 12)
+    self.assertEqual(out.rank_D, 12)
+    self.assertEqual(np.linalg.matrix_rank(_fd_derivative(problem)), 12)
+    self.assertLess(_numpy_loss(problem, "tanh", True), 1e-20)
+    self.assertLess(out.loss, 1e-20)
+    self.assertLess(out.residual, 1e-20)
+
+  def test_bad_inputs(self):
+    problem = _random_problem("tanh", True)
+    with self.assertRaisesRegex(ValueError, "rank_tol must be positive"):
+      theory.full_rank_check(problem, rank_tol=0.0)
+    with self.assertRaisesRegex(ValueError, "features must have shape"):
+      theory.subspace_bound(problem, np.asarray(problem.x)[:-1])
+    no_features = lminima.Problem(problem.apply_fn, problem.params,
+                                  problem.x, problem.y)
+    with self.assertRaisesRegex(ValueError, "no features_fn"):
+      theory.critical_point_identity(no_features)
 
 
-class SubspaceAndRankTest(parameterized.TestCase):
+# ---------------------------------------------------------------------------
+# Rank tolerances: a D with one singular value between the default cut-off
+# (max(rows, cols) * eps ~ 4e-15) and 1e-8, where the answer depends on it.
+
+
+def _designed_matrix(singular_values, m=16):
+  """(M, U): M = U[:, :p] diag(s), U = H / sqrt(m) for a Hadamard matrix H.
+
+  Every entry of M is exact in float64 (+-s_j / 4 for m = 16) and its columns
+  are exactly orthogonal, so the singular values and vectors of the stored M
+  are exactly the designed ones. (Mixing the columns by a generic V would
+  round the entries by ~eps, which turns the left singular vector of a
+  1e-11 singular value by ~1e-5.)
+  """
+  u = scipy.linalg.hadamard(m).astype(np.float64) / np.sqrt(m)
+  return u[:, :len(singular_values)] * np.asarray(singular_values), u
+
+
+def _linear(params, x):
+  return x @ params["w"]
+
+
+def _linear_features(params, x):
+  del params
+  return x
+
+
+class RankToleranceTest(_TestCase):
+  """Ranks and values against numpy at the default and a larger tolerance.
+
+  x = U diag(1, 0.5, 1e-11) (16 x 3) and Y = U a with known a, so
+  c ||P_N[x] Y||^2 = c sum_{j >= r} a_j^2 for rank r: 3 at numpy's default
+  tolerance 16 eps, 2 at rank_tol = 1e-8 (larger by c a_2^2). A tolerance
+  a million times the default would already drop the small direction.
+  """
+
+  SINGULAR_VALUES = (1.0, 0.5, 1e-11)
+  LARGE_TOL = 1e-8
+
+  def setUp(self):
+    super().setUp()
+    self.x, u = _designed_matrix(self.SINGULAR_VALUES)
+    self.a = np.linspace(-1.0, 1.2, 16)
+    self.a[2] = 2.0
+    self.y = (u @ self.a)[:, None]
+    self.c = _c("mean", 16)
+    self.value = {3: self.c * np.sum(self.a[3:] ** 2),
+                  2: self.c * np.sum(self.a[2:] ** 2)}
+    # The construction is what numpy sees.
+    np.testing.assert_allclose(np.linalg.svd(self.x, compute_uv=False),
+                               self.SINGULAR_VALUES, rtol=1e-15)
+    self.assertEqual(np.linalg.matrix_rank(self.x), 3)
+    self.assertEqual(np.linalg.matrix_rank(self.x, rtol=1e6 * 16 * EPS), 2)
+    self.assertEqual(np.linalg.matrix_rank(self.x, rtol=self.LARGE_TOL), 2)
+    for rcond, rank in ((None, 3), (self.LARGE_TOL, 2)):
+      coef = np.linalg.lstsq(self.x, self.y, rcond=rcond)[0]
+      self.assertAlmostEqual(self.c * np.sum((self.y - self.x @ coef) ** 2),
+                             self.value[rank], delta=1e-12)
+
+  def mlp_problem(self):
+    model = MLP(3, (), 1, "relu", bias=False)
+    w = np.random.default_rng(8).standard_normal((3, 1))
+    return lminima.Problem.for_module(
+        model, {"params": {"layer_1": {"kernel": w}}}, self.x, self.y)
+
+  def assert_ranks(self, problem, rank_tol, rank):
+    """Every rank and projection of theory at one tolerance."""
+    kwargs = {} if rank_tol is None else {"rank_tol": rank_tol}
+    value = self.value[rank]
+    np.testing.assert_array_equal(problem.derivative().matrix, self.x)
+    identity = theory.critical_point_identity(problem, **kwargs)
+    self.assertEqual(identity.rank_D, rank)
+    self.assertAlmostEqual(identity.full_value, value, delta=1e-13)
+    self.assertEqual(identity.rank_last_hidden, rank)
+    self.assertAlmostEqual(identity.last_value, value, delta=1e-13)
+    check = theory.full_rank_check(problem, **kwargs)
+    self.assertEqual(check.rank_D, rank)
+    self.assertAlmostEqual(check.residual, value, delta=1e-13)
+    out = theory.residuals(problem, **kwargs)
+    for key in ("D", "layer_1/kernel", "last_layer"):
+      self.assertEqual(out[key].rank, rank, key)
+      self.assertAlmostEqual(out[key].value, value, delta=1e-13, msg=key)
+    bound = theory.subspace_bound(problem, **kwargs)
+    self.assertEqual(bound.rank_features, rank)
+    self.assertAlmostEqual(bound.bound, value, delta=1e-13)
+    (layer,) = theory.euler_identity(problem, **kwargs).layers
+    self.assertEqual(layer.rank, rank)
+    self.assertAlmostEqual(layer.projection_value, value, delta=1e-13)
+    record = theory.theory_record(problem, **kwargs)
+    self.assertEqual(record["rank_D"], rank)
+    self.assertEqual(record["rank_last_hidden"], rank)
+    return identity.rank_tol
+
+  def test_default_tolerance_is_numpys(self):
+    tol = self.assert_ranks(self.mlp_problem(), None, 3)
+    self.assertEqual(tol, 16 * EPS)  # max(m d_y, n_params) * eps
+    self.assertEqual(theory.resolve_rank_tol(self.mlp_problem(), None),
+                     16 * EPS)
+
+  def test_larger_tolerance_drops_the_small_direction(self):
+    tol = self.assert_ranks(self.mlp_problem(), self.LARGE_TOL, 2)
+    self.assertEqual(tol, self.LARGE_TOL)
+    self.assertAlmostEqual(self.value[2] - self.value[3], self.c * 4.0,
+                           delta=1e-14)
+
+  @parameterized.parameters((None, 6), (1e-8, 4))
+  def test_custom_callable_with_two_outputs(self, rank_tol, rank):
+    # D = x kron I_2 (32 x 6): each singular value twice.
+    w = np.random.default_rng(9).standard_normal((3, 2))
+    y = np.hstack([self.y, 2 * self.y[::-1]])
+    problem = lminima.Problem(_linear, {"w": w}, self.x, y,
+                              features_fn=_linear_features)
+    d = np.kron(self.x, np.eye(2))
+    np.testing.assert_array_equal(problem.derivative().matrix, d)
+    self.assertEqual(np.linalg.matrix_rank(d, rtol=rank_tol), rank)
+    # Exact value: Y's component outside the kept columns of U, per output.
+    u = scipy.linalg.hadamard(16) / 4.0
+    coords = u.T @ y  # (16, 2): coordinates of each output column
+    value = self.c * np.sum(coords[rank // 2:] ** 2)
+    out = theory.critical_point_identity(problem, rank_tol=rank_tol)
+    self.assertEqual(out.rank_D, rank)
+    self.assertEqual(out.rank_last_hidden, rank // 2)
+    self.assertAlmostEqual(out.full_value, value, delta=1e-13)
+    self.assertAlmostEqual(out.last_value, value, delta=1e-13)
+    self.assertEqual(out.rank_tol, 32 * EPS if rank_tol is None else rank_tol)
+
+
+# ---------------------------------------------------------------------------
+# (C) Subspace bound.
+
+
+class SubspaceBoundTest(_TestCase):
 
   def _shared_pattern_point(self):
     """A leaky-ReLU net, every unit active on every sample, at a critical point.
@@ -369,42 +763,54 @@ class SubspaceAndRankTest(parameterized.TestCase):
     coef = np.linalg.lstsq(np.hstack([x, _ones(m)]), y, rcond=None)[0]
     w3 = np.linalg.pinv(w1 @ w2) @ coef[:-1]
     b3 = coef[-1] - (b1 @ w2 + b2) @ w3
-    params = ({"w": w1, "b": b1}, {"w": w2, "b": b2}, {"w": w3, "b": b3})
-    return model, params, x, y
+    variables = {"params": {"layer_1": {"kernel": w1, "bias": b1},
+                            "layer_2": {"kernel": w2, "bias": b2},
+                            "layer_3": {"kernel": w3, "bias": b3}}}
+    return lminima.Problem.for_module(model, variables, x, y)
 
   def test_shared_activation_pattern_reaches_linear_optimum(self):
-    model, params, x, y = self._shared_pattern_point()
-    self.assertTrue(all(np.all(np.asarray(z) > 0)
-                        for z in model.forward(params, x)[1]))
-    c = loss_scale("mean", x.shape[0])
-    lstsq = _lstsq_value(np.hstack([x, _ones(x.shape[0])]), y, c)
+    problem = self._shared_pattern_point()
+    x, y = np.asarray(problem.x), np.asarray(problem.y)
+    self.assertGreater(problem.min_abs_kink_input(), 0.1)
+    self.assertTrue(all(np.all(h > 0) for h in _numpy_forward(
+        problem.params, x, "leaky_relu", True)[1][1:]))
+    c = _c("mean", problem.m)
+    lstsq = _lstsq_value(np.hstack([x, _ones(problem.m)]), y, c)
     linear = classical.linear_regression_optimum(x, y, intercept=True).value
     self.assertAlmostEqual(linear, lstsq, delta=1e-14)
     self.assertGreater(lstsq, 1e-3)
 
-    bound = theory.subspace_bound(model, params, x, y)
+    bound = theory.subspace_bound(problem)
     self.assertLess(bound.grad_norm, GRAD_TOL)
+    self.assertLess(problem.grad_norm, GRAD_TOL)
     self.assertLess(bound.inclusion_residual, 1e-10)
+    self.assertAlmostEqual(bound.inclusion_residual, _inclusion_residual(
+        problem.derivative().matrix, np.hstack([x, _ones(problem.m)])),
+                           delta=1e-8)
     self.assertTrue(bound.holds)
     self.assertAlmostEqual(bound.bound, lstsq, delta=1e-14)
     self.assertAlmostEqual(bound.loss, lstsq, delta=1e-12)
-    record = theory.theory_record(model, params, x, y)
+    self.assertEqual(bound.rank_features, 4)
+    record = theory.theory_record(problem)
     self.assertTrue(record["below_linear"])
     self.assertAlmostEqual(record["linear_opt"], lstsq, delta=1e-14)
 
   def test_shared_activation_pattern_refined_from_a_perturbation(self):
-    model, params, x, y = self._shared_pattern_point()
-    start = _perturbed(params, np.random.default_rng(4), 0.05)
-    refined = _refine(model, start, x, y)
-    self.assertTrue(all(np.all(np.asarray(z) > 0)
-                        for z in model.forward(refined, x)[1]))
-    bound = theory.subspace_bound(model, refined, x, y)
+    point = self._shared_pattern_point()
+    problem = self.refined(point.at(_perturbed(
+        point.params, np.random.default_rng(4), 0.05)))
+    self.assertTrue(all(np.all(np.asarray(z) > 0) for z in
+                        _module_apply(problem.module, problem.params,
+                                      problem.x, "forward")[1]))
+    bound = theory.subspace_bound(problem)
     self.assertLess(bound.grad_norm, GRAD_TOL)
-    lstsq = _lstsq_value(np.hstack([x, _ones(x.shape[0])]), y,
-                         loss_scale("mean", x.shape[0]))
-    self.assertAlmostEqual(_numpy_loss(model, refined, x, y), lstsq,
+    x = np.asarray(problem.x)
+    lstsq = _lstsq_value(np.hstack([x, _ones(problem.m)]),
+                         np.asarray(problem.y), _c("mean", problem.m))
+    self.assertAlmostEqual(_numpy_loss(problem, "leaky_relu", True), lstsq,
                            delta=IDENTITY_RTOL * (1 + lstsq))
     self.assertLess(bound.inclusion_residual, 1e-8)
+    self.assertTrue(bound.holds)
 
   def test_bound_fails_when_inclusion_fails(self):
     # A width-1 linear net fits rank-1 maps only: at its critical point
@@ -414,59 +820,53 @@ class SubspaceAndRankTest(parameterized.TestCase):
     model = MLP(3, (1,), 2, "identity", True)
     x = rng.standard_normal((30, 3))
     y = x @ rng.standard_normal((3, 2)) + 0.05 * rng.standard_normal((30, 2))
-    start = _perturbed(model.init(jax.random.PRNGKey(0)), rng, 0.3)
-    params = _refine(model, start, x, y)
-    bound = theory.subspace_bound(model, params, x, y)
-    self.assertLess(bound.grad_norm, GRAD_TOL)
+    start = _random_variables(model, rng)
+    problem = self.refined(lminima.Problem.for_module(model, start, x, y))
+    bound = theory.subspace_bound(problem)
+    c = _c("mean", 30)
+    # Reduced-rank regression: the best rank-1 fit of the OLS predictions.
+    design = np.hstack([x, _ones(30)])
+    fitted = design @ np.linalg.lstsq(design, y, rcond=None)[0]
+    centered = fitted - fitted.mean(axis=0)
+    u, s, vt = np.linalg.svd(centered, full_matrices=False)
+    rank_one = fitted.mean(axis=0) + s[0] * np.outer(u[:, 0], vt[0])
+    self.assertAlmostEqual(bound.loss, c * np.sum((y - rank_one) ** 2),
+                           delta=1e-10)
+    self.assertAlmostEqual(bound.bound, _lstsq_value(design, y, c),
+                           delta=1e-14)
     self.assertFalse(bound.holds)
     self.assertGreater(bound.loss, bound.bound + 1e-3)
     self.assertGreater(bound.inclusion_residual, 1e-2)
+    self.assertAlmostEqual(bound.inclusion_residual, _inclusion_residual(
+        problem.derivative().matrix, design), delta=1e-8)
 
   def test_random_feature_bound_uses_the_given_features(self):
-    model, params, x, y = _random_point("tanh", True, widths=(3,), m=12)
+    problem = _random_problem("tanh", True, widths=(3,), m=12)
+    x, y = np.asarray(problem.x), np.asarray(problem.y)
     phi = classical.random_features(x, 5, "tanh", seed=1)
-    out = theory.subspace_bound(model, params, x, y, features=phi,
-                                intercept=False)
-    self.assertAlmostEqual(out.bound,
-                           _lstsq_value(phi, y, loss_scale("mean", 12)),
+    out = theory.subspace_bound(problem, phi, intercept=False)
+    self.assertAlmostEqual(out.bound, _lstsq_value(phi, y, _c("mean", 12)),
                            delta=1e-14)
     self.assertEqual(out.rank_features, 5)
-    d = theory.derivative_matrix(model, params, x).matrix
-    self.assertAlmostEqual(out.inclusion_residual,
-                           _inclusion_residual(d, phi), delta=1e-8)
+    self.assertAlmostEqual(out.inclusion_residual, _inclusion_residual(
+        problem.derivative().matrix, phi), delta=1e-8)
+    with_ones = theory.subspace_bound(problem, phi)  # problem.intercept
+    self.assertEqual(with_ones.rank_features, 6)
+    self.assertAlmostEqual(with_ones.bound, _lstsq_value(
+        np.hstack([phi, _ones(12)]), y, _c("mean", 12)), delta=1e-14)
 
   def test_linear_model_contains_its_own_design(self):
-    model, params, x, y = _random_point("tanh", True, widths=())
-    out = theory.subspace_bound(model, params, x, y)
+    problem = _random_problem("tanh", True, widths=())
+    out = theory.subspace_bound(problem)
     self.assertLess(out.inclusion_residual, 1e-14)
-
-  def test_full_rank_forces_zero_loss(self):
-    model, start, x, y = _teacher_problem("tanh", (8,), True, m=6, noise=0.5)
-    self.assertGreaterEqual(model.n_params, y.size)
-    params = _refine(model, start, x, y)
-    out = theory.full_rank_check(model, params, x, y)
-    self.assertTrue(out.full_rank)
-    self.assertEqual(out.rank_D, y.size)
-    self.assertEqual(
-        out.rank_D,
-        np.linalg.matrix_rank(theory.derivative_matrix(model, params,
-                                                       x).matrix))
-    self.assertLess(_numpy_loss(model, params, x, y), 1e-20)
-    self.assertLess(out.loss, 1e-20)
-    self.assertLess(out.residual, 1e-20)
-
-  def test_below_full_rank_at_a_nonzero_critical_point(self):
-    model, start, x, y = _teacher_problem("tanh", (3,), True)
-    self.assertLess(model.n_params, y.size)  # full rank is impossible
-    params = _refine(model, start, x, y)
-    out = theory.full_rank_check(model, params, x, y)
-    self.assertLess(out.grad_norm, GRAD_TOL)
-    self.assertFalse(out.full_rank)
-    self.assertLessEqual(out.rank_D, model.n_params)
-    self.assertGreater(out.loss, 1e-6)
+    self.assertEqual(out.rank_features, 4)
 
 
-class TheoryRecordTest(parameterized.TestCase):
+# ---------------------------------------------------------------------------
+# Per-row record.
+
+
+class TheoryRecordTest(_TestCase):
 
   KEYS = {"rank_D", "rank_D_frac", "rank_last_hidden", "identity_gap_full",
           "identity_gap_last", "euler_residual_max", "linear_opt", "rf_opt",
@@ -476,31 +876,37 @@ class TheoryRecordTest(parameterized.TestCase):
   @parameterized.parameters(("relu", True), ("leaky_relu", False),
                             ("tanh", True))
   def test_fields_match_independent_references(self, activation, bias):
-    model, params, x, y = _random_point(activation, bias, m=12)
-    record = theory.theory_record(model, params, x, y, normalization="sum",
-                                  seed=3)
+    problem = _random_problem(activation, bias, m=12, normalization="sum")
+    record = theory.theory_record(problem, seed=3)
     self.assertEqual(set(record), self.KEYS)
     json.dumps(record)
-    c = loss_scale("sum", x.shape[0])
-    d = theory.derivative_matrix(model, params, x).matrix
+    x, y = np.asarray(problem.x), np.asarray(problem.y)
+    c = _c("sum", problem.m)
+    # Ranks by numpy on the autodiff D (checked against finite differences
+    # in test_derivative.py): exact zero singular values from the rescaling
+    # symmetries of relu would be finite-difference noise in a numerical D.
+    d = problem.derivative().matrix
     self.assertEqual(record["rank_D"], np.linalg.matrix_rank(d))
     self.assertEqual(record["rank_D_frac"], record["rank_D"] / y.size)
     self.assertIsNone(record["full_D_skipped"])
+    # n_params (39 with biases, 30 without) > m d_y = 24.
+    self.assertEqual(record["rank_tol"], (39 if bias else 30) * EPS)
 
-    design = np.hstack([x, _ones(x.shape[0])]) if bias else x
+    design = np.hstack([x, _ones(problem.m)]) if bias else x
     self.assertAlmostEqual(record["linear_opt"], _lstsq_value(design, y, c),
                            delta=1e-12)
     # Random features of the last hidden width, same activation and seed.
-    first = MLP(x.shape[1], (model.widths[-1],), 1, activation,
-                bias).init(jax.random.PRNGKey(3), jnp.float64)[0]
-    phi = np.asarray(ACTIVATIONS[activation](x @ np.asarray(first["w"])))
-    phi = np.hstack([phi, _ones(x.shape[0])]) if bias else phi
+    first = MLP(x.shape[1], (problem.module.widths[-1],), 1, activation,
+                bias).init_params(jax.random.PRNGKey(3), jnp.float64)
+    phi = NUMPY_ACTIVATIONS[activation](
+        x @ np.asarray(first["params"]["layer_1"]["kernel"]))
+    phi = np.hstack([phi, _ones(problem.m)]) if bias else phi
     self.assertAlmostEqual(record["rf_opt"], _lstsq_value(phi, y, c),
                            delta=1e-12)
 
-    loss = _numpy_loss(model, params, x, y, "sum")
-    hidden = np.asarray(model.forward(params, x)[2][-1])
-    hidden = np.hstack([hidden, _ones(x.shape[0])]) if bias else hidden
+    loss = _numpy_loss(problem, activation, bias)
+    hidden = _numpy_forward(problem.params, x, activation, bias)[1][-1]
+    hidden = np.hstack([hidden, _ones(problem.m)]) if bias else hidden
     self.assertAlmostEqual(record["identity_gap_last"],
                            abs(loss - _lstsq_value(hidden, y, c)), delta=1e-12)
     self.assertEqual(record["rank_last_hidden"],
@@ -515,9 +921,9 @@ class TheoryRecordTest(parameterized.TestCase):
                            _inclusion_residual(d, design), delta=1e-8)
 
   def test_over_budget_keeps_the_cheap_fields(self):
-    model, params, x, y = _random_point("relu", True, m=12)
-    full = theory.theory_record(model, params, x, y)
-    cheap = theory.theory_record(model, params, x, y, memory_budget_bytes=8)
+    full = theory.theory_record(_random_problem("relu", True, m=12))
+    cheap = theory.theory_record(_random_problem("relu", True, m=12,
+                                                 memory_budget_bytes=8))
     self.assertEqual(set(cheap), self.KEYS)
     json.dumps(cheap)
     for key in ("rank_D", "rank_D_frac", "identity_gap_full",
@@ -530,10 +936,12 @@ class TheoryRecordTest(parameterized.TestCase):
       self.assertEqual(cheap[key], full[key], key)
 
   def test_linear_model_has_no_random_features(self):
-    model, params, x, y = _random_point("tanh", False, widths=(), m=12)
-    record = theory.theory_record(model, params, x, y)
+    problem = _random_problem("tanh", False, widths=(), m=12)
+    record = theory.theory_record(problem)
     self.assertIsNone(record["rf_opt"])
-    self.assertEqual(record["rank_last_hidden"], np.linalg.matrix_rank(x))
+    self.assertEqual(record["rank_last_hidden"],
+                     np.linalg.matrix_rank(np.asarray(problem.x)))
+    self.assertEqual(record["rank_last_hidden"], 3)
 
 
 if __name__ == "__main__":
