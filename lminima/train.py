@@ -45,6 +45,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
 from lminima import TRAIN_DTYPE
@@ -60,7 +61,8 @@ from lminima.population import Member, MemberResult, TrainConfig, \
 def train_population(data: Dataset, members: Sequence[Member],
                      config: TrainConfig, *, width_strategy: str = "auto",
                      progress: Callable[[int, int], None] | None = None,
-                     cost_model: CostModel | None = None
+                     cost_model: CostModel | None = None,
+                     devices: Sequence[jax.Device] | None = None
                      ) -> list[MemberResult]:
   """Trains every member and returns their results in the order of ``members``.
 
@@ -74,6 +76,11 @@ def train_population(data: Dataset, members: Sequence[Member],
       counted in member-steps (one member advanced by one step). Results are
       read after every program has been dispatched (and so compiled).
     cost_model: overrides the backend's cost model for ``"auto"``.
+    devices: the devices a program's members are sharded over (a mesh axis
+      ``"members"``); default every local device of the default backend.
+      Members never interact, so the split changes no number; a group is
+      padded with copies of its last member to a multiple of the device
+      count, and the copies are dropped.
 
   Returns:
     One ``MemberResult`` per member.
@@ -106,11 +113,18 @@ def train_population(data: Dataset, members: Sequence[Member],
   # program k + 1 overlaps running program k. Then collect in order.
   dispatched = []
   call_start = time.perf_counter()
+  mesh = _member_mesh(devices)
+  if mesh is not None:
+    x, y = (jax.device_put(a, NamedSharding(mesh, PartitionSpec()))
+            for a in (x, y))
   for group in groups:
     dispatch_start = time.perf_counter()
     group_members = [members[i] for i in group.member_indices]
-    spec, state = program.start_program(group_members, group.padded_model,
+    padded_members = _pad_to_devices(group_members, mesh)
+    spec, state = program.start_program(padded_members, group.padded_model,
                                         config, x, y, batch, chunk_len)
+    if mesh is not None:
+      state = _shard_members(state, mesh, len(padded_members))
     outputs = []
     for _ in range(n_chunks):
       state, end_loss, end_grad_norm = program.run_chunk(state, x, y, *hyper,
@@ -148,6 +162,32 @@ def train_population(data: Dataset, members: Sequence[Member],
           diverged=bool(diverged[k]), steps=int(applied[k]),
           loss_history=history[k], wall_s=wall_share)
   return results  # type: ignore[return-value]
+
+
+def _member_mesh(devices: Sequence[jax.Device] | None) -> Mesh | None:
+  """A one-axis mesh ``("members",)`` over ``devices``; None for one device."""
+  devices = list(jax.local_devices() if devices is None else devices)
+  if not devices:
+    raise ValueError("devices is empty")
+  if len(devices) == 1:
+    return None
+  return Mesh(np.array(devices), ("members",))
+
+
+def _pad_to_devices(members: list[Member], mesh: Mesh | None) -> list[Member]:
+  if mesh is None:
+    return members
+  extra = -len(members) % mesh.size
+  return members + [members[-1]] * extra
+
+
+def _shard_members(state: program.State, mesh: Mesh, n: int) -> program.State:
+  """Puts every per-member array (leading axis n) on the member axis."""
+  split = NamedSharding(mesh, PartitionSpec("members"))
+  whole = NamedSharding(mesh, PartitionSpec())
+  return jax.tree_util.tree_map(
+      lambda leaf: jax.device_put(
+          leaf, split if leaf.ndim and leaf.shape[0] == n else whole), state)
 
 
 def backend_cost_model() -> CostModel:
