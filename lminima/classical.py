@@ -163,7 +163,7 @@ def random_features(x: np.ndarray, width: int, activation: str, *, seed: int,
   jax.random.PRNGKey(seed), float64)`` for any d_out: W^(1)_ij ~ N(0, gain^2 / d_x) (gain sqrt(2) for
   relu/leaky_relu, else 1) and b^(1) = 0. Hence these are also the hidden
   features at initialization of a one-hidden-layer network with that seed.
-  Because ``MLP.init`` sets biases to zero, ``bias`` does not change the
+  Because ``MLP.init_params`` sets biases to zero, ``bias`` does not change the
   features; it only names the architecture whose draw is reproduced.
 
   Args:

@@ -293,7 +293,8 @@ def _mlp_of(problem: Problem) -> MLP:
   if not isinstance(problem.module, MLP):
     raise ValueError("the Euler identity is stated for the MLP family only "
                      "(lminima.models.MLP); this problem's model is "
-                     f"{type(problem.module).__name__}")
+                     + ("a plain callable" if problem.module is None
+                        else type(problem.module).__name__))
   return problem.module
 
 
@@ -533,11 +534,12 @@ def theory_record(problem: Problem, *, seed: int = 0,
   y = np.asarray(problem.y)
   linear = classical.linear_regression_optimum(
       x2d, y, normalization=problem.normalization,
-      intercept=problem.intercept)
+      intercept=problem.intercept, rank_tol=tol)
   model = problem.module if isinstance(problem.module, MLP) else None
   rf_opt = (float(classical.random_features_optimum(
       x2d, y, model.widths[-1], model.activation, seed=seed,
-      normalization=problem.normalization, intercept=problem.intercept).value)
+      normalization=problem.normalization, intercept=problem.intercept,
+      rank_tol=tol).value)
             if model is not None and model.widths else None)
   fits = critical.full_D_skipped is None
   euler_max = inclusion = None

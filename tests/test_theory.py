@@ -698,6 +698,8 @@ class RankToleranceTest(_TestCase):
     record = theory.theory_record(problem, **kwargs)
     self.assertEqual(record["rank_D"], rank)
     self.assertEqual(record["rank_last_hidden"], rank)
+    # The linear optimum (x has no intercept here) at the same tolerance.
+    self.assertAlmostEqual(record["linear_opt"], value, delta=1e-13)
     return identity.rank_tol
 
   def test_default_tolerance_is_numpys(self):
