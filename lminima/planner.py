@@ -32,15 +32,16 @@ The cheapest split is a shortest path over the cut points 0..k: with
     best(0) = 0,   best(j) = min_{i < j} best(i) + cost(i, j),
 
 which ``cheapest_cuts`` solves in O(k^2). The planner only predicts: it takes
-a ``CostModel`` and never runs a program (``lminima.train`` measures one for
-backends without a ``DEFAULT_COST_MODELS`` entry).
+a ``CostModel`` and never runs a program (``lminima.train`` measures one on
+the machine it runs on).
 
 Example:
   >>> from lminima.population import Member, TrainConfig
   >>> members = [Member(2, w, seed) for w in (4, 8, 512) for seed in (0, 1)]
   >>> plan = plan_groups(members, 2, 1, TrainConfig(steps=3000),
   ...                    width_strategy="auto", batch=1000,
-  ...                    cost_model=DEFAULT_COST_MODELS["cpu"])
+  ...                    cost_model=CostModel(compile_s=1.0, step_s=1.4e-5,
+  ...                                         flops_per_s=3.6e10))
   >>> [(g.padded_model.widths, g.member_indices) for g in plan]
   [((8, 8), (0, 1, 2, 3)), ((512, 512), (4, 5))]
 """
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from typing import Sequence
 
 from lminima import models
 from lminima.population import Member, TrainConfig, member_model, \
@@ -82,14 +83,6 @@ class CostModel:
     """
     return self.compile_s + steps * (
         self.step_s + n_members * flops_per_member_step / self.flops_per_s)
-
-
-DEFAULT_COST_MODELS: Mapping[str, CostModel] = {
-    # Measured with lminima.train.calibrate_cost_model on the development CPU
-    # (BUILD_NOTES.md has the machine and the runs).
-    "cpu": CostModel(compile_s=1.0, step_s=1.4e-5, flops_per_s=3.6e10),
-}
-"""Cost models of backends measured in advance, by ``jax.default_backend()``."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,9 @@ minibatches and divergence) and returns one ``MemberResult`` per member:
    running program k; results are then read in order, one chunk's losses at
    a time (for ``progress``), and unpadded.
 
-Cost models. ``backend_cost_model`` is ``planner.DEFAULT_COST_MODELS`` for a
-backend measured in advance; any other backend is measured once per process
-by ``calibrate_cost_model``, which times a few tiny programs:
+Cost models. ``backend_cost_model`` measures this machine once, with
+``calibrate_cost_model`` (cached per machine in ``lminima.cache``), which
+times a few tiny programs:
 
     compile_s   = compile time of a small program (init and chunk),
     step_s      = t_tiny / T          (1 member of width 4: fixed cost),
@@ -39,6 +39,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from typing import Callable, Sequence
@@ -49,9 +50,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
 from lminima import TRAIN_DTYPE
+from lminima import cache
 from lminima import models
 from lminima import planner
 from lminima import program
+from lminima import provenance
 from lminima.data import Dataset
 from lminima.planner import CostModel
 from lminima.population import Member, MemberResult, TrainConfig, \
@@ -191,21 +194,35 @@ def _shard_members(state: program.State, mesh: Mesh, n: int) -> program.State:
 
 
 def backend_cost_model() -> CostModel:
-  """The cost model of the default JAX backend.
+  """The cost model of this machine's default JAX backend.
 
-  ``planner.DEFAULT_COST_MODELS`` where it has the backend, else
-  ``calibrate_cost_model()`` once per process.
+  Measured by ``calibrate_cost_model`` the first time on a machine (a few
+  seconds) and kept in the user cache (``lminima.cache``), keyed by the
+  backend, its devices, the CPU, the core count and the JAX version, so a
+  plan never rests on constants measured on another machine.
   """
-  backend = jax.default_backend()
-  if backend in planner.DEFAULT_COST_MODELS:
-    return planner.DEFAULT_COST_MODELS[backend]
-  return _calibrated_cost_model(backend)
+  machine = provenance.machine_info()
+  key = " | ".join((jax.default_backend(), machine["devices"], machine["cpu"],
+                    machine["cores"], f"jax {jax.__version__}"))
+  return _machine_cost_model(key)
 
 
 @functools.cache
-def _calibrated_cost_model(backend: str) -> CostModel:
-  del backend  # the cache key: one calibration per backend
-  return calibrate_cost_model()
+def _machine_cost_model(key: str) -> CostModel:
+  stored = cache.read_json(_COST_MODEL_FILE).get(key)
+  if stored is not None:
+    try:
+      return CostModel(**stored)
+    except TypeError:
+      pass  # written by another version: measure again
+  model = calibrate_cost_model()
+  models_by_machine = cache.read_json(_COST_MODEL_FILE)
+  models_by_machine[key] = dataclasses.asdict(model)
+  cache.write_json(_COST_MODEL_FILE, models_by_machine)
+  return model
+
+
+_COST_MODEL_FILE = "cost_models.json"
 
 
 def calibrate_cost_model(steps: int = 200) -> CostModel:

@@ -2,6 +2,8 @@
 
 import dataclasses
 import itertools
+import os
+import tempfile
 from unittest import mock
 
 from absl.testing import absltest
@@ -12,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lminima import cache
 from lminima import data
 from lminima import losses
 from lminima import models
@@ -278,3 +281,25 @@ class TrainPopulationTest(parameterized.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class MachineCostModelTest(absltest.TestCase):
+
+  def test_calibrated_once_per_machine_and_cached(self):
+    calls = []
+    fake = train.CostModel(compile_s=0.5, step_s=1e-5, flops_per_s=1e10)
+    with mock.patch.dict(os.environ,
+                         {"LMINIMA_CACHE_DIR": tempfile.mkdtemp()}
+                         ), mock.patch.object(
+                             train, "calibrate_cost_model",
+                             lambda: calls.append(1) or fake):
+      train._machine_cost_model.cache_clear()
+      self.assertEqual(train.backend_cost_model(), fake)
+      train._machine_cost_model.cache_clear()  # a new process
+      self.assertEqual(train.backend_cost_model(), fake)
+      stored = cache.read_json("cost_models.json")
+    train._machine_cost_model.cache_clear()
+    self.assertLen(calls, 1)
+    (key,) = stored
+    self.assertIn(jax.default_backend(), key)
+    self.assertEqual(stored[key]["flops_per_s"], 1e10)
