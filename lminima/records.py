@@ -4,12 +4,25 @@ A sweep's workdir holds
 
 * ``results.jsonl``: one JSON object per member, appended and flushed as the
   member finishes (the row schema is ``ROW_FIELDS``; a field a member does not
-  have, e.g. the certificate of a diverged member, is absent);
+  have, e.g. the certificate of a diverged member, is absent); a sharded run
+  (``--shard=i/N``) writes ``results.shard-i-of-N.jsonl`` instead, one file
+  per shard, and readers merge every results file (``read_workdir_rows``);
+* ``lock`` (and ``lock.shard-i-of-N``): the lock files that keep two processes
+  from writing one results file (``lock_workdir``);
 * ``params/depth{d}_width{w}_seed{s}.npz``: the refined float64 parameters,
   keys ``layer_l/kernel`` and ``layer_l/bias`` (``models.params_to_arrays``);
-* ``config.json``, ``summary.csv`` and figures.
+* ``config.json``, ``summary.csv`` and figures;
+* ``cost_model.json``: the training planner's cost model, written by the
+  first run, so that reruns and shards split populations into the same
+  programs (``lminima.sweep``).
 
 JSON has no NaN or inf: non-finite floats are stored as null.
+
+A write cut short (a killed process, a full disk) leaves a last line without
+its newline. ``repair_results_file`` truncates such a torn tail before a run
+appends to the file (with a warning), so the next row never lands on it;
+``read_rows`` skips a torn tail and salvages the complete row of a line that an
+older version appended onto one.
 
 Example:
   >>> import os, tempfile
@@ -21,10 +34,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
 import json
+import logging
 import math
 import os
-from typing import Any
+import re
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -34,10 +52,13 @@ from lminima import models
 from lminima.problem import Problem
 
 RESULTS_FILE = "results.jsonl"
+RESULTS_GLOB = "results*.jsonl"
+LOCK_FILE = "lock"
 SUMMARY_FILE = "summary.csv"
 FIGURE_FILE = "loss_vs_width.png"
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
+COST_MODEL_FILE = "cost_model.json"
 
 VERDICTS = ("local_min", "saddle", "not_critical", "non_differentiable")
 """Certificate verdicts (docs/theory.md#certificates), in the order decided."""
@@ -61,12 +82,173 @@ ROW_FIELDS = {
     "identity_gap_last", "euler_residual_max", "linear_opt", "rf_opt",
     "inclusion_residual_linear", "below_linear", "rank_tol",
     "full_D_skipped",
+    # what went wrong: "ExceptionType: message" of a member whose refinement,
+    # certificate or theory raised (the fields computed before it are kept)
+    "error",
 }
 """Every field a results.jsonl row may hold."""
 
 
 class WorkdirError(ValueError):
   """The workdir is missing something, or holds another configuration."""
+
+
+def shard_suffix(index: int, count: int) -> str:
+  """``""`` for an unsharded run (count 1), else ``".shard-i-of-N"``."""
+  return "" if count == 1 else f".shard-{index}-of-{count}"
+
+
+def results_path(workdir: str, shard: tuple[int, int] = (0, 1)) -> str:
+  """The results file that shard ``(i, N)`` appends to (``results.jsonl``
+  unsharded, ``results.shard-i-of-N.jsonl`` for N > 1)."""
+  return os.path.join(workdir, RESULTS_FILE.replace(
+      ".jsonl", shard_suffix(*shard) + ".jsonl"))
+
+
+_RESULTS_NAME = re.compile(r"^results(\.shard-\d+-of-\d+)?\.jsonl$")
+
+
+def results_files(workdir: str) -> list[str]:
+  """Every results file of ``workdir``: results.jsonl first, then the shards'."""
+  paths = [p for p in glob.glob(os.path.join(glob.escape(workdir),
+                                             RESULTS_GLOB))
+           if _RESULTS_NAME.match(os.path.basename(p))]
+  return sorted(paths, key=lambda p: (os.path.basename(p) != RESULTS_FILE,
+                                      _natural_key(p)))
+
+
+def _natural_key(path: str) -> list[Any]:
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def member_key(row: dict[str, Any]) -> tuple[int, int, int]:
+  return (row["depth"], row["width"], row["seed"])
+
+
+def read_workdir_rows(workdir: str) -> list[dict[str, Any]]:
+  """The rows of every results file of ``workdir``, merged, in grid order.
+
+  Sorted by (depth, width, seed); the sort is stable, so a member recorded
+  twice (only a hand-edited workdir has that) keeps its file order.
+  """
+  rows = [row for path in results_files(workdir) for row in read_rows(path)]
+  return sorted(rows, key=member_key)
+
+
+@contextlib.contextmanager
+def lock_workdir(workdir: str, shard: tuple[int, int] = (0, 1)
+                 ) -> Iterator[None]:
+  """Holds ``workdir``'s lock for a run; refuses a second process at once.
+
+  An unsharded run holds ``lock`` exclusively. Shard i of N holds ``lock``
+  shared (the other shards may run beside it, an unsharded run may not) and
+  ``lock.shard-i-of-N`` exclusively (the same shard may not run twice). Locks
+  are ``fcntl.flock`` locks on open files: the kernel drops them when the
+  process ends, however it ends, so a killed run leaves no stale lock.
+
+  Raises:
+    WorkdirError: when another process holds a conflicting lock, or the lock
+      file cannot be created (one line, naming the workdir).
+  """
+  index, count = shard
+  wanted = [(os.path.join(workdir, LOCK_FILE),
+             fcntl.LOCK_EX if count == 1 else fcntl.LOCK_SH, "this workdir")]
+  if count > 1:
+    wanted.append((os.path.join(workdir, LOCK_FILE + shard_suffix(*shard)),
+                   fcntl.LOCK_EX, f"shard {index}/{count}"))
+  with contextlib.ExitStack() as stack:
+    for path, mode, what in wanted:
+      try:
+        f = stack.enter_context(open(path, "a+"))
+      except OSError as e:
+        raise WorkdirError(f"workdir {workdir} cannot be written "
+                           f"({type(e).__name__}: {e.strerror or e})") from None
+      try:
+        fcntl.flock(f.fileno(), mode | fcntl.LOCK_NB)
+      except BlockingIOError:
+        raise WorkdirError(
+            f"another process is running {what} in {workdir} (it holds "
+            f"{path}); wait for it to finish or use another --workdir"
+            ) from None
+    yield
+
+
+def check_writable(workdir: str) -> None:
+  """Raises ``WorkdirError`` (one line) unless a file can be written in
+  ``workdir`` and in its ``params/``."""
+  for folder in (workdir, os.path.join(workdir, PARAMS_DIR)):
+    probe = os.path.join(folder, f".write-test-{os.getpid()}")
+    try:
+      with open(probe, "w") as f:
+        f.write("x")
+      os.remove(probe)
+    except OSError as e:
+      raise WorkdirError(f"workdir {workdir} cannot be written "
+                         f"({type(e).__name__}: {e.strerror or e})") from None
+
+
+def read_json(path: str) -> Any:
+  """The JSON value in ``path``, or None when it is missing or unreadable."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def write_json_once(path: str, value: Any) -> bool:
+  """Writes ``value`` to ``path`` unless it exists; atomic across processes
+  (a complete file appears at once, and the first writer wins). Returns
+  whether this call wrote it."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  try:
+    os.link(tmp, path)
+    return True
+  except FileExistsError:
+    return False
+  finally:
+    os.remove(tmp)
+
+
+def repair_results_file(path: str) -> int:
+  """Truncates a torn last line (no newline) of ``path``; returns bytes cut.
+
+  Logs a warning naming the file and the cut bytes. Call it with the
+  workdir's lock held, before appending.
+  """
+  if not os.path.exists(path):
+    return 0
+  with open(path, "rb+") as f:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+      return 0
+    # Find the last newline, reading backwards in blocks.
+    end = size
+    keep = 0
+    while end > 0:
+      start = max(0, end - 65536)
+      f.seek(start)
+      block = f.read(end - start)
+      newline = block.rfind(b"\n")
+      if newline >= 0:
+        keep = start + newline + 1
+        break
+      end = start
+    cut = size - keep
+    if cut:
+      f.seek(keep)
+      torn = f.read(80)
+      f.truncate(keep)
+      f.flush()
+      os.fsync(f.fileno())
+      logging.warning("%s: removed a torn last line of %d bytes (a write cut "
+                      "short, e.g. by a killed run): %r...; its member will "
+                      "be run again", path, cut, torn[:60])
+  return cut
 
 
 def params_path(workdir: str, depth: int, width: int, seed: int) -> str:
@@ -119,20 +301,54 @@ def append_row(path: str, row: dict[str, Any],
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
-  """Rows of a results.jsonl file; a torn last line (killed run) is skipped."""
+  """Rows of a results.jsonl file.
+
+  A torn last line (a write cut short) is skipped. A line that does not
+  parse elsewhere is one row appended onto a torn line (by versions before
+  ``repair_results_file``): the complete row at its end is salvaged, the torn
+  prefix dropped, with a warning; a line with no complete row is skipped with
+  a warning.
+  """
   if not os.path.exists(path):
     return []
   rows = []
   with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue  # Only a write cut short by a kill can leave a partial line.
+    lines = f.read().split("\n")
+  last = len(lines) - 1  # text after the last newline: "" unless torn
+  for number, line in enumerate(lines):
+    line = line.strip()
+    if not line:
+      continue
+    try:
+      rows.append(json.loads(line))
+      continue
+    except json.JSONDecodeError:
+      pass
+    if number == last:
+      continue  # A write cut short: repair_results_file removes it.
+    salvaged = _salvage(line)
+    if salvaged is None:
+      logging.warning("%s:%d is not a JSON row; skipped", path, number + 1)
+    else:
+      logging.warning("%s:%d is a row appended onto a torn line; kept the "
+                      "row, dropped %d torn bytes", path, number + 1,
+                      len(line) - len(json.dumps(salvaged)))
+      rows.append(salvaged)
   return rows
+
+
+def _salvage(line: str) -> dict[str, Any] | None:
+  """The complete JSON object at the end of ``line``, if any."""
+  start = line.find("{", 1)
+  while start > 0:
+    try:
+      value = json.loads(line[start:])
+      if isinstance(value, dict):
+        return value
+    except json.JSONDecodeError:
+      pass
+    start = line.find("{", start + 1)
+  return None
 
 
 def member_model(row: dict[str, Any], d_x: int, d_y: int) -> models.MLP:
@@ -141,15 +357,23 @@ def member_model(row: dict[str, Any], d_x: int, d_y: int) -> models.MLP:
                     row["activation"], row["bias"])
 
 
-def load_member(workdir: str, depth: int, width: int, seed: int
+def load_member(workdir: str, depth: int, width: int, seed: int,
+                data: data_lib.Dataset | None = None
                 ) -> tuple[Problem, dict[str, Any]]:
   """The refined member (depth, width, seed) of a finished sweep.
 
   Returns ``(problem, row)``: the member's ``Problem`` at its refined float64
-  parameters from ``params/``, on the training data rebuilt from the row's
-  provenance, and its row.
+  parameters from ``params/``, on the training data, and its row. The data
+  are rebuilt from the row's provenance, or are ``data`` when given: a sweep
+  on a user's arrays (``data.from_arrays``) needs them passed back, and they
+  must be the same arrays (``data.check_provenance``).
+
+  Raises:
+    WorkdirError: no such member, or it has no refined parameters.
+    data.DataError: ``data`` are not the member's data, or the member's data
+      are a user's arrays and ``data`` is not given.
   """
-  rows = [r for r in read_rows(os.path.join(workdir, RESULTS_FILE))
+  rows = [r for r in read_workdir_rows(workdir)
           if (r["depth"], r["width"], r["seed"]) == (depth, width, seed)]
   if not rows:
     raise WorkdirError(f"no member depth={depth} width={width} seed={seed} in "
@@ -161,7 +385,10 @@ def load_member(workdir: str, depth: int, width: int, seed: int
                        f"--nocertify)")
   with np.load(os.path.join(workdir, row["params_file"])) as arrays:
     variables = models.params_from_arrays(arrays)
-  data = data_lib.load(**row["dataset"])
+  if data is None:
+    data = data_lib.load(**row["dataset"])
+  else:
+    data_lib.check_provenance(data, row["dataset"])
   model = member_model(row, data.d_x, data.d_y)
   problem = Problem.for_module(model, variables, data.x, data.y,
                                normalization=row["normalization"])

@@ -2,20 +2,48 @@
 
 ``run(config)`` is the library function behind ``scripts/depth_width.py``:
 
-1. load the data set (``lminima.data.load``);
-2. for each depth, train all missing (width, seed) members as one population
-   (``lminima.train.train_population``, float32);
-3. for each trained member, build its float64 ``lminima.Problem`` on the same
+1. validate the config (``validate_config``: one-line errors naming the
+   field), take the workdir's lock (``records.lock_workdir``: a second process
+   on the same workdir, or the same shard, is refused) and repair a torn last
+   line of its results file (``records.repair_results_file``);
+2. load the data set (``lminima.data.load``, or the ``data`` passed, e.g. a
+   user's arrays from ``lminima.data.from_arrays``) and check what needs the
+   data (batch size, the memory the grid needs: ``memory_estimate``) before
+   any training;
+3. for each depth with members still to record, train the depth's whole
+   population, i.e. every (width, seed) of the grid at that depth, as one
+   population (``lminima.train.train_population``, float32), and keep the
+   members still to record. Training the same population as an uninterrupted
+   run, whatever was recorded before, is what makes a resumed or sharded run
+   give the same numbers: float32 results of a padded program depend on who
+   else is in it (the rounding of its batched kernels), and the plan of
+   programs depends on the population (and the cost model, which is stored
+   in the workdir, ``records.COST_MODEL_FILE``, so that every process plans
+   alike);
+4. for each kept member, build its float64 ``lminima.Problem`` on the same
    training data, refine it to a critical point (``lminima.refine``), certify
    it (``lminima.certificate``), save the refined parameters, and compute the
-   theory quantities and classical optima (``lminima.theory.theory_record``);
-4. append the member's row (``lminima.records``) at once (flushed), so a killed
-   run loses at most the member in progress; a rerun with the same workdir skips
-   the members already recorded;
-5. write ``summary.csv`` and ``loss_vs_width.png`` from all recorded rows.
+   theory quantities and classical optima (``lminima.theory.theory_record``).
+   A member whose refinement, certificate or theory raises is recorded with
+   the fields computed so far and its ``error``; the sweep goes on;
+5. append the member's row (``lminima.records``) at once (flushed), so a killed
+   run loses at most the member in progress; a rerun with the same workdir
+   skips the members already recorded;
+6. write ``summary.csv`` and ``loss_vs_width.png`` from the rows of every
+   results file of the workdir.
+
+Shards. ``config.shard = "i/N"`` runs the members k = i, i + N, ... of the
+grid listed in (depth, width, seed) order, appending to
+``results.shard-i-of-N.jsonl``; shards may run at once (on other hosts
+sharing the workdir) and the summary merges every results file. Each shard
+trains the whole population of every depth it has members in (training is
+the cheap part; refinement and certificates, the dominant cost, are split).
 
 A workdir belongs to one configuration: rerunning with a different one (other
-than the grid itself, which may grow) is refused rather than mixing results.
+than the grid itself, which may grow, the shard, the progress display and
+the memory limit) is refused rather than mixing results. A member's numbers
+are those of an uninterrupted run of the configuration (grid included) that
+recorded it.
 
 Example (a tiny grid, a few seconds on a laptop CPU):
   >>> config = get_config()
@@ -29,12 +57,17 @@ Example (a tiny grid, a few seconds on a laptop CPU):
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import difflib
 import hashlib
 import json
+import math
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 import tqdm
@@ -43,6 +76,7 @@ from lminima import certify
 from lminima import data as data_lib
 from lminima import losses
 from lminima import models
+from lminima import planner
 from lminima import population
 from lminima import provenance
 from lminima import records
@@ -53,14 +87,30 @@ from lminima import train
 from lminima.problem import Problem
 
 # Fields that may change between runs sharing a workdir: the grid can grow, and
-# where results go or how loudly they are reported does not change a number.
-_NOT_IN_FINGERPRINT = ("depths", "widths", "num_seeds", "workdir", "progress")
+# where results go, which shard a process runs, how loudly it reports and how
+# much memory it may use do not change a number.
+_NOT_IN_FINGERPRINT = ("depths", "widths", "num_seeds", "workdir", "progress",
+                       "shard", "memory_limit_bytes")
 
+# Fields replaced by the data's provenance when run() is given the data.
+_DATA_FIELDS = ("dataset", "data_options", "data_dir")
 
 WorkdirError = records.WorkdirError
 
+
+class ConfigError(ValueError):
+  """A config value is unusable; the one-line message names the field."""
+
+
 def get_config() -> ml_collections.ConfigDict:
   """Default sweep: synthetic data, depths 1-3, widths 2-16, 3 seeds.
+
+  The one source of defaults: training defaults come from
+  ``lminima.population.TrainConfig``, and the study configs
+  (``lminima/configs/*.py``) are built on this one. The returned config is
+  locked: setting a field it does not have (``config.num_seed = 5``) raises
+  instead of being silently ignored. ``data_options`` stays open (its keys
+  are the data source's options, checked by ``validate_config``).
 
   Finishes in under a minute on a 2-core CPU, compilation included.
   """
@@ -86,39 +136,116 @@ def get_config() -> ml_collections.ConfigDict:
   config.dense_max_params = 3000
   config.theory = True
   config.memory_budget_bytes = 2**30
+  # Refuse grids whose estimated memory exceeds this (0: the accelerator's
+  # memory, or the host's on CPU); see memory_estimate.
+  config.memory_limit_bytes = 0
   config.workdir = "runs/depth_width"
+  config.shard = "0/1"  # "i/N": this process runs shard i of N.
   config.progress = True
+  config.lock()
+  config.data_options.unlock()
   return config
 
 
+def _field_error(name: str, message: str) -> ConfigError:
+  return ConfigError(f"{name} {message}")
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _int_tuple(config: ml_collections.ConfigDict, name: str,
+               minimum: int) -> tuple[int, ...]:
+  values = config[name]
+  if _is_int(values):
+    values = (values,)
+  if isinstance(values, str) or not np.iterable(values):
+    raise _field_error(name, f"must be a list of integers, got {values!r}")
+  values = tuple(values)
+  if not values:
+    raise _field_error(name, "is empty; give at least one value")
+  if not all(_is_int(v) and v >= minimum for v in values):
+    raise _field_error(name, f"must be integers >= {minimum}, got {values}")
+  if len(set(values)) != len(values):
+    raise _field_error(name, f"repeats a value: {values}")
+  return values
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+  """``"i/N"`` -> ``(i, N)`` with 0 <= i < N; raises ``ConfigError``."""
+  try:
+    index, count = (int(part) for part in str(shard).split("/"))
+  except ValueError:
+    raise _field_error("shard", f"must be i/N (shard i of N, 0 <= i < N), "
+                       f"got {shard!r}") from None
+  if not 0 <= index < count:
+    raise _field_error("shard", f"must be i/N with 0 <= i < N, got {shard!r}")
+  return index, count
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError with a one-line message for an unusable config."""
-  for name in ("depths", "widths"):
-    values = tuple(config[name])
-    if not values:
-      raise ValueError(f"--{name} is empty; give at least one value")
-    if any(int(v) != v or v <= 0 for v in values):
-      raise ValueError(f"--{name} must be positive integers, got {values}")
-  if config.num_seeds <= 0:
-    raise ValueError(f"--num_seeds must be positive, got {config.num_seeds}")
-  if config.steps <= 0:
-    raise ValueError(f"--steps must be positive, got {config.steps}")
-  if config.batch_size < 0:
-    raise ValueError(f"--batch_size must be >= 0 (0 = full batch), "
-                     f"got {config.batch_size}")
-  if not config.learning_rate > 0:
-    raise ValueError(
-        f"--learning_rate must be positive, got {config.learning_rate}")
-  models.get_activation(config.activation)
-  losses.loss_scale(config.normalization, 1)
-  if config.width_strategy not in ("auto", "per_width", "masked"):
-    raise ValueError(f"--width_strategy must be auto, per_width or masked, "
-                     f"got {config.width_strategy!r}")
-  if config.refine_max_iters < 0:
-    raise ValueError(f"--refine_max_iters must be >= 0, got "
-                     f"{config.refine_max_iters}")
+  """Raises ``ConfigError`` (a ValueError) naming the field of a bad value.
+
+  Checks every field once, before anything runs: unknown or missing fields
+  (a misspelt ``num_seed``), types, ranges, names (optimizer, activation,
+  ...), the data set name and its options. What needs the data (the batch
+  size, the memory of the grid) is checked by ``check_against_data``.
+  """
+  known = set(get_config().keys())
+  given = set(config.keys())
+  for name in sorted(given - known):
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown config field {name!r}{hint}")
+  for name in sorted(known - given):
+    raise ConfigError(f"config has no field {name!r}; build configs on "
+                      "lminima.sweep.get_config()")
+  _int_tuple(config, "depths", 1)
+  _int_tuple(config, "widths", 1)
+  for name, minimum in (("num_seeds", 1), ("steps", 1), ("batch_size", 0),
+                        ("refine_max_iters", 0), ("dense_max_params", 1),
+                        ("memory_budget_bytes", 1),
+                        ("memory_limit_bytes", 0)):
+    value = config[name]
+    if not _is_int(value) or value < minimum:
+      raise _field_error(name, f"must be an integer >= {minimum}, got "
+                         f"{value!r}")
+  try:
+    population.check_learning_rate(config.learning_rate, "learning_rate")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if not (isinstance(config.refine_grad_tol, float)
+          and math.isfinite(config.refine_grad_tol)
+          and config.refine_grad_tol > 0):
+    raise _field_error("refine_grad_tol", f"must be a finite positive number, "
+                       f"got {config.refine_grad_tol!r}")
+  for name, choices in (("activation", tuple(models.ACTIVATIONS)),
+                        ("normalization", losses.NORMALIZATIONS),
+                        ("optimizer", population.OPTIMIZERS),
+                        ("width_strategy", planner.WIDTH_STRATEGIES),
+                        ("refine_method", refinement.METHODS),
+                        ("dataset", data_lib.NAMES)):
+    if config[name] not in choices:
+      raise _field_error(name, f"must be one of {', '.join(choices)}; got "
+                         f"{config[name]!r}")
+  for name in ("bias", "certify", "theory", "progress"):
+    if not isinstance(config[name], bool):
+      raise _field_error(name, f"must be true or false, got {config[name]!r}")
+  for name in ("data_dir", "workdir", "shard"):
+    if not isinstance(config[name], str):
+      raise _field_error(name, f"must be a string, got {config[name]!r}")
   if not config.workdir:
-    raise ValueError("--workdir is empty")
+    raise _field_error("workdir", "is empty")
+  parse_shard(config.shard)
+  options = config.data_options
+  if not isinstance(options, (dict, ml_collections.ConfigDict)):
+    raise _field_error("data_options", f"must be a dict of options of "
+                       f"{config.dataset!r}, got {options!r}")
+  try:
+    data_lib.check_options(config.dataset, dict(options))
+  except data_lib.DataError as e:
+    raise _field_error("data_options", f"({e})") from None
 
 
 def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
@@ -137,12 +264,135 @@ def train_config(config: ml_collections.ConfigDict
       batch_size=config.batch_size or None)
 
 
-def config_fingerprint(config: ml_collections.ConfigDict) -> str:
-  """Hash of everything that changes a member's numbers."""
+def config_fingerprint(config: ml_collections.ConfigDict,
+                       data: data_lib.Dataset | None = None) -> str:
+  """Hash of everything that changes a member's numbers.
+
+  With ``data`` (data passed to ``run`` rather than loaded from the config),
+  the data's provenance replaces the config's data fields.
+  """
   fields = {k: v for k, v in config.to_dict().items()
             if k not in _NOT_IN_FINGERPRINT}
+  if data is not None:
+    for name in _DATA_FIELDS:
+      fields.pop(name)
+    fields["data"] = data.provenance
   text = json.dumps(fields, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def grid(config: ml_collections.ConfigDict) -> list[population.Member]:
+  """Every member of the grid, in (depth, width, seed) order."""
+  return [population.Member(depth=d, width=w, seed=s)
+          for d in config.depths for w in config.widths
+          for s in range(config.num_seeds)]
+
+
+def shard_members(config: ml_collections.ConfigDict
+                  ) -> list[population.Member]:
+  """The members of this process's shard: grid members k = i, i + N, ..."""
+  index, count = parse_shard(config.shard)
+  return grid(config)[index::count]
+
+
+# Bytes per trained parameter: float32 parameters, gradient, two Adam moments,
+# the frozen copy of divergence and slack.
+_TRAIN_BYTES_PER_PARAM = 4 * 6
+# Bytes per activation of one sample in one hidden unit: float32
+# pre-activation, activation and their cotangents.
+_TRAIN_BYTES_PER_UNIT = 4 * 4
+# float64 vectors of n_params that refinement and the certificate keep alive.
+_ANALYSIS_VECTORS = 40
+
+
+def _n_params(d_x: int, d_y: int, depth: int, width: int) -> int:
+  sizes = (d_x,) + (width,) * depth + (d_y,)
+  return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def memory_estimate(config: ml_collections.ConfigDict, data: data_lib.Dataset
+                    ) -> list[dict[str, Any]]:
+  """Estimated peak bytes per depth: training its population, analysing one.
+
+  Training (float32): every program of a depth is dispatched before any
+  result is read, so the whole population's state is alive at once; per
+  member ``_TRAIN_BYTES_PER_PARAM`` bytes per parameter (at the widest width
+  for ``width_strategy="masked"``) plus ``_TRAIN_BYTES_PER_UNIT`` bytes per
+  sample and hidden unit of a batch. Analysis (float64, one member at a
+  time): ``_ANALYSIS_VECTORS`` parameter vectors plus the dense objects
+  (Hessian, D(theta)), each capped by ``memory_budget_bytes``.
+
+  Returns one dict per depth: depth, widest width, n_params of the widest
+  member, train_bytes, analysis_bytes.
+  """
+  batch = config.batch_size or data.m
+  estimates = []
+  for depth in config.depths:
+    widest = max(config.widths)
+    train_bytes = 0
+    for width in config.widths:
+      shaped = widest if config.width_strategy == "masked" else width
+      per_member = (_n_params(data.d_x, data.d_y, depth, shaped)
+                    * _TRAIN_BYTES_PER_PARAM
+                    + batch * shaped * depth * _TRAIN_BYTES_PER_UNIT)
+      train_bytes += per_member * config.num_seeds
+    n_params = _n_params(data.d_x, data.d_y, depth, widest)
+    dense = min(config.memory_budget_bytes,
+                8 * n_params * max(n_params, data.m * data.d_y))
+    analysis_bytes = (8 * n_params * _ANALYSIS_VECTORS
+                      + (2 * dense if config.certify or config.theory else 0))
+    estimates.append(dict(depth=depth, width=widest, n_params=n_params,
+                          train_bytes=train_bytes,
+                          analysis_bytes=analysis_bytes))
+  return estimates
+
+
+def memory_limit(config: ml_collections.ConfigDict) -> tuple[int, str]:
+  """``(bytes, where the number comes from)`` that a grid may use."""
+  if config.memory_limit_bytes:
+    return int(config.memory_limit_bytes), "memory_limit_bytes"
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except  # backends differ
+    stats = {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"]), f"{jax.devices()[0].platform} memory"
+  try:
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return 2**63 - 1, "unknown"
+  return int(host), "host memory"
+
+
+def _gb(n: float) -> str:
+  return f"{n / 1e9:.3g} GB"
+
+
+def check_against_data(config: ml_collections.ConfigDict,
+                       data: data_lib.Dataset) -> None:
+  """What ``validate_config`` cannot check without the data; ``ConfigError``.
+
+  The batch size must not exceed the samples, and the grid must fit the
+  memory limit (``memory_estimate``, ``memory_limit``).
+  """
+  if config.batch_size > data.m:
+    raise _field_error("batch_size", f"{config.batch_size} exceeds the "
+                       f"{data.m} samples of the data; use batch_size <= "
+                       f"{data.m} (0 = full batch)")
+  limit, source = memory_limit(config)
+  for estimate in memory_estimate(config, data):
+    for key, what in (("train_bytes", f"to train its "
+                       f"{len(config.widths) * config.num_seeds} members "
+                       "(float32)"),
+                      ("analysis_bytes", "to refine and certify a member "
+                       "(float64)")):
+      if estimate[key] > limit:
+        raise _field_error(
+            "widths", f"too large: depth {estimate['depth']} x width "
+            f"{estimate['width']} ({estimate['n_params']:.3g} parameters per "
+            f"member) needs about {_gb(estimate[key])} {what}, above the "
+            f"{_gb(limit)} limit ({source}; memory_limit_bytes overrides); use "
+            f"smaller widths or depths")
 
 
 def member_row(result: population.MemberResult, data: data_lib.Dataset,
@@ -170,12 +420,15 @@ def member_row(result: population.MemberResult, data: data_lib.Dataset,
 
 
 def analyse_member(result: population.MemberResult, data: data_lib.Dataset,
-                   config: ml_collections.ConfigDict) -> dict[str, Any]:
+                   config: ml_collections.ConfigDict,
+                   fields: dict[str, Any] | None = None) -> dict[str, Any]:
   """Refines, certifies and explains one trained member; returns row fields.
 
-  Saves the refined float64 parameters (``records.params_path``).
+  Saves the refined float64 parameters (``records.params_path``). The fields
+  are added to ``fields`` (a new dict by default) as they are computed, so a
+  caller that catches an exception keeps those computed before it.
   """
-  fields: dict[str, Any] = {}
+  fields = {} if fields is None else fields
   if result.diverged:
     return fields
   problem = Problem.for_module(
@@ -187,20 +440,20 @@ def analyse_member(result: population.MemberResult, data: data_lib.Dataset,
         problem, method=config.refine_method,
         grad_tol=config.refine_grad_tol, max_iters=config.refine_max_iters)
     problem = problem.at(refined.params)
-    cert = certify.certificate(problem,
-                               dense_max_params=config.dense_max_params)
-    member = result.member
-    path = records.params_path(config.workdir, member.depth, member.width,
-                               member.seed)
-    np.savez(path, **models.params_to_arrays(problem.params))
     fields.update(
         loss_refined=refined.loss, grad_norm_refined=refined.grad_norm,
         refine_iters=refined.iters, refine_stop_reason=refined.stop_reason,
         refine_method=refined.method,
         param_norm_start=refined.param_norm_start,
-        param_norm_refined=refined.param_norm,
-        params_file=os.path.relpath(path, config.workdir),
-        cert_method=cert.method)
+        param_norm_refined=refined.param_norm)
+    member = result.member
+    path = records.params_path(config.workdir, member.depth, member.width,
+                               member.seed)
+    np.savez(path, **models.params_to_arrays(problem.params))
+    fields["params_file"] = os.path.relpath(path, config.workdir)
+    cert = certify.certificate(problem,
+                               dense_max_params=config.dense_max_params)
+    fields["cert_method"] = cert.method
     # The certificate's loss, gradient norm and size are the refined ones.
     fields.update({k: v for k, v in cert.to_dict().items()
                    if k not in ("loss", "grad_norm", "n_params", "method")})
@@ -209,71 +462,275 @@ def analyse_member(result: population.MemberResult, data: data_lib.Dataset,
   return fields
 
 
+def _error_text(error: BaseException, limit: int = 500) -> str:
+  text = " ".join(f"{type(error).__name__}: {error}".split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def cell_line(depth: int, width: int, rows: Sequence[dict[str, Any]]) -> str:
+  """One line for a finished (depth, width) cell: members, verdict counts,
+  diverged and failed members, median certified loss."""
+  counts = collections.Counter(r["verdict"] for r in rows if r.get("verdict"))
+  parts = [f"{counts[v]} {v}" for v in records.VERDICTS if counts[v]]
+  diverged = sum(bool(r.get("diverged")) for r in rows)
+  errors = sum(bool(r.get("error")) for r in rows)
+  if diverged:
+    parts.append(f"{diverged} diverged")
+  if errors:
+    parts.append(f"{errors} failed")
+  minima = [r["loss_refined"] for r in rows
+            if r.get("verdict") == "local_min"
+            and r.get("loss_refined") is not None]
+  median = (f"median certified loss {np.median(minima):.3e}" if minima
+            else "no certified minimum")
+  return (f"depth {depth} width {width}: {len(rows)} members "
+          f"({', '.join(parts) or 'none certified'}); {median}")
+
+
+def _cost_model(workdir: str, log: Callable[[str], None]
+                ) -> planner.CostModel:
+  """The workdir's stored cost model for this backend, else this process's
+  (stored when the workdir has none), so that every run plans alike."""
+  backend = jax.default_backend()
+  path = os.path.join(workdir, records.COST_MODEL_FILE)
+  stored = records.read_json(path)
+  if stored is not None and stored.get("backend") == backend:
+    return planner.CostModel(**{k: float(stored[k]) for k in
+                                ("compile_s", "step_s", "flops_per_s")})
+  model = train.backend_cost_model()
+  if stored is None:
+    records.write_json_once(path, {"backend": backend,
+                                   "compile_s": model.compile_s,
+                                   "step_s": model.step_s,
+                                   "flops_per_s": model.flops_per_s})
+    again = records.read_json(path)
+    if again is not None and again.get("backend") == backend:
+      return planner.CostModel(**{k: float(again[k]) for k in
+                                  ("compile_s", "step_s", "flops_per_s")})
+  else:
+    log(f"warning: {path} is for backend {stored.get('backend')!r}, this run "
+        f"uses {backend!r}: members trained here may round differently")
+  return model
+
+
+def _atomic(path: str, write: Callable[[str], None]) -> None:
+  """Writes ``path`` through ``write(tmp)`` and a rename (shards race)."""
+  root, ext = os.path.splitext(path)
+  tmp = f"{root}.tmp-{os.getpid()}{ext}"
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+class _Progress:
+  """One bar over the whole grid: each member counts 1 for training (split
+  over the steps of its depth's population) and 1 for its certificate."""
+
+  def __init__(self, total_members: int, enabled: bool,
+               log: Callable[[str], None]):
+    self.bar = tqdm.tqdm(
+        total=2 * total_members, disable=not enabled, unit="",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                   "[{elapsed}<{remaining}]")
+    self._log = log
+    self.base = 0.0
+
+  def say(self, message: str) -> None:
+    if self.bar.disable:
+      self._log(message)
+    else:
+      with tqdm.tqdm.external_write_mode():
+        self._log(message)
+
+  def set(self, value: float, desc: str) -> None:
+    self.bar.set_description_str(desc, refresh=False)
+    self.bar.n = min(value, self.bar.total)
+    self.bar.refresh()
+
+  def close(self) -> None:
+    self.bar.close()
+
+
 def run(config: ml_collections.ConfigDict,
-        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+        log: Callable[[str], None] = print,
+        data: data_lib.Dataset | None = None) -> list[dict[str, Any]]:
   """Runs the sweep described by ``config``; returns all rows of the workdir.
 
   Args:
     config: see ``get_config``.
     log: where one-line progress messages go.
+    data: the training set, e.g. a user's arrays
+      (``lminima.data.from_arrays``); None loads ``config.dataset``. Given
+      data replace the config's data fields (dataset, data_options,
+      data_dir), and their provenance enters the workdir's fingerprint.
 
   Returns:
-    Every row of ``results.jsonl`` (earlier runs' rows included), in file order.
+    Every row of the workdir's results files (earlier runs' and other
+    shards' rows included), in (depth, width, seed) order.
+
+  Raises:
+    ConfigError: a bad config value (before anything runs).
+    WorkdirError: the workdir cannot be written, another process runs it,
+      or it holds another configuration's results.
+    data.DataError: the data cannot be loaded.
   """
   validate_config(config)
+  if data is not None and not isinstance(data, data_lib.Dataset):
+    raise TypeError(f"data must be a lminima.data.Dataset (e.g. from "
+                    f"lminima.data.from_arrays), got {type(data).__name__}")
+  shard = parse_shard(config.shard)
   workdir = config.workdir
-  os.makedirs(os.path.join(workdir, records.PARAMS_DIR), exist_ok=True)
-  results_path = os.path.join(workdir, records.RESULTS_FILE)
-  fingerprint = config_fingerprint(config)
-  existing = records.read_rows(results_path)
+  try:
+    os.makedirs(os.path.join(workdir, records.PARAMS_DIR), exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"workdir {workdir} cannot be written "
+                       f"({type(e).__name__}: {e.strerror or e})") from None
+  with records.lock_workdir(workdir, shard):
+    return _run_locked(config, log, data, shard)
+
+
+def _run_locked(config: ml_collections.ConfigDict,
+                log: Callable[[str], None], data: data_lib.Dataset | None,
+                shard: tuple[int, int]) -> list[dict[str, Any]]:
+  workdir = config.workdir
+  results_path = records.results_path(workdir, shard)
+  records.check_writable(workdir)
+  records.repair_results_file(results_path)
+  given_data = data is not None
+  if data is None:
+    data = load_data(config)
+  check_against_data(config, data)
+  fingerprint = config_fingerprint(config, data if given_data else None)
+  existing = records.read_workdir_rows(workdir)
   foreign = {r.get("config_fingerprint") for r in existing} - {fingerprint}
   if foreign:
     raise WorkdirError(
-        f"{results_path} holds results of a different configuration; use a "
+        f"{workdir} holds results of a different configuration; use a "
         f"new --workdir (or delete that one) to run this one")
-  done = {(r["depth"], r["width"], r["seed"]) for r in existing}
-
-  data = load_data(config)
+  done = {records.member_key(r) for r in existing}
   tconfig = train_config(config)
   log(f"data: {data.provenance} (m={data.m}, d_x={data.d_x}, d_y={data.d_y})")
-  with open(os.path.join(workdir, records.CONFIG_FILE), "w") as f:
-    json.dump(config.to_dict(), f, indent=1, default=str)
+  saved = config.to_dict()
+  if given_data:
+    saved = {k: v for k, v in saved.items() if k not in _DATA_FIELDS}
+    saved["data"] = data.provenance
 
-  for depth in config.depths:
-    members = [population.Member(depth=depth, width=w, seed=s)
-               for w in config.widths for s in range(config.num_seeds)
-               if (depth, w, s) not in done]
-    if not members:
-      log(f"depth {depth}: all {len(config.widths) * config.num_seeds} "
-          f"members already recorded, skipped")
-      continue
-    log(f"depth {depth}: training {len(members)} members "
-        f"(widths {tuple(config.widths)}, {config.num_seeds} seeds)")
-    start = time.perf_counter()
-    with tqdm.tqdm(total=config.steps, desc=f"train depth {depth}",
-                   unit="step", disable=not config.progress) as bar:
-      def progress(done_steps, total_steps, bar=bar):
-        bar.total = total_steps
-        bar.update(done_steps - bar.n)
+  def write_config(path):
+    with open(path, "w") as f:
+      json.dump(saved, f, indent=1, default=str)
+  _atomic(os.path.join(workdir, records.CONFIG_FILE), write_config)
+
+  mine = shard_members(config)
+  todo = [m for m in mine
+          if (m.depth, m.width, m.seed) not in done]
+  if shard[1] > 1:
+    log(f"shard {shard[0]}/{shard[1]}: {len(mine)} of "
+        f"{len(grid(config))} members, rows in {results_path}")
+  cost_model = (_cost_model(workdir, log)
+                if todo and config.width_strategy == "auto" else None)
+  rows_by_cell = collections.defaultdict(list)
+  for row in existing:
+    rows_by_cell[(row["depth"], row["width"])].append(row)
+  left_in_cell = collections.Counter((m.depth, m.width) for m in todo)
+  progress = _Progress(len(todo), config.progress, log)
+  try:
+    for depth in config.depths:
+      missing = [m for m in todo if m.depth == depth]
+      if not missing:
+        if any(m.depth == depth for m in mine):
+          progress.say(f"depth {depth}: all {sum(m.depth == depth for m in mine)}"
+                       f" members already recorded, skipped")
+        continue
+      # The population of an uninterrupted run: the whole grid at this depth.
+      members = [m for m in grid(config) if m.depth == depth]
+      progress.say(f"depth {depth}: training {len(members)} members "
+                   f"(widths {tuple(config.widths)}, {config.num_seeds} "
+                   f"seeds) for {len(missing)} to record")
+      start = time.perf_counter()
+      base = progress.base
+
+      def on_train(done_steps, total_steps, base=base, depth=depth,
+                   n=len(missing)):
+        progress.set(base + n * done_steps / max(total_steps, 1),
+                     f"train depth {depth}")
       trained = train.train_population(
           data, members, tconfig, width_strategy=config.width_strategy,
-          progress=progress)
-    train_s = time.perf_counter() - start
-    for result in tqdm.tqdm(trained, desc=f"certify depth {depth}",
-                            unit="member", disable=not config.progress):
-      start = time.perf_counter()
-      row = member_row(result, data, config, fingerprint)
-      row.update(analyse_member(result, data, config))
-      row["wall_s"] = float(result.wall_s + time.perf_counter() - start)
-      records.append_row(results_path, row)
-    log(f"depth {depth}: trained in {train_s:.1f} s, rows in {results_path}")
+          progress=on_train, cost_model=cost_model)
+      progress.base += len(missing)
+      train_s = time.perf_counter() - start
+      wanted = {(m.depth, m.width, m.seed) for m in missing}
+      for result in trained:
+        member = result.member
+        key = (member.depth, member.width, member.seed)
+        if key not in wanted:
+          continue
+        progress.set(progress.base, f"certify depth {depth} width "
+                     f"{member.width} seed {member.seed}")
+        start = time.perf_counter()
+        row = member_row(result, data, config, fingerprint)
+        fields: dict[str, Any] = {}
+        try:
+          analyse_member(result, data, config, fields)
+        except Exception as error:  # pylint: disable=broad-except
+          fields["error"] = _error_text(error)
+          progress.say(f"warning: member depth {member.depth} width "
+                       f"{member.width} seed {member.seed} failed: "
+                       f"{fields['error']}")
+        row.update(fields)
+        row["wall_s"] = float(result.wall_s + time.perf_counter() - start)
+        records.append_row(results_path, row)
+        progress.base += 1
+        progress.set(progress.base, f"certify depth {depth}")
+        cell = (member.depth, member.width)
+        rows_by_cell[cell].append(json.loads(records.encode_row(row)))
+        left_in_cell[cell] -= 1
+        if not left_in_cell[cell]:
+          progress.say(cell_line(*cell, rows_by_cell[cell]))
+      progress.say(f"depth {depth}: trained in {train_s:.1f} s, rows in "
+                   f"{results_path}")
+  finally:
+    progress.close()
 
-  rows = records.read_rows(results_path)
+  rows = records.read_workdir_rows(workdir)
   summary = report.summarize(rows)
-  report.write_summary_csv(summary,
-                           os.path.join(workdir, records.SUMMARY_FILE))
-  report.plot_loss_vs_width(
-      rows, summary, os.path.join(workdir, records.FIGURE_FILE),
-      title=f"{config.dataset}, {config.activation}, median over "
-            f"{config.num_seeds} seeds")
+  _atomic(os.path.join(workdir, records.SUMMARY_FILE),
+          lambda path: report.write_summary_csv(summary, path))
+  _totals(config, rows, log)
+  if any(e["loss_median"] is not None for e in summary):
+    _atomic(os.path.join(workdir, records.FIGURE_FILE),
+            lambda path: report.plot_loss_vs_width(
+                rows, summary, path,
+                title=f"{data.provenance.get('label', config.dataset)}, "
+                      f"{config.activation}, median over {config.num_seeds} "
+                      "seeds"))
+  else:
+    log(f"warning: no member finished training, so no figure "
+        f"({records.FIGURE_FILE} not written)")
   return rows
+
+
+def _totals(config: ml_collections.ConfigDict,
+            rows: Sequence[dict[str, Any]], log: Callable[[str], None]
+            ) -> None:
+  """Logs the grid's totals, with a warning when members diverged or
+  failed, and says when all of them diverged."""
+  keys = {(m.depth, m.width, m.seed) for m in grid(config)}
+  rows = [r for r in rows if records.member_key(r) in keys]
+  counts = collections.Counter(r["verdict"] for r in rows if r.get("verdict"))
+  diverged = sum(bool(r.get("diverged")) for r in rows)
+  errors = sum(bool(r.get("error")) for r in rows)
+  parts = [f"{counts[v]} {v}" for v in records.VERDICTS if counts[v]]
+  log(f"grid: {len(rows)} of {len(keys)} members recorded"
+      f"{': ' + ', '.join(parts) if parts else ''}; {diverged} diverged, "
+      f"{errors} failed")
+  if rows and diverged == len(rows):
+    log(f"warning: all {len(rows)} members diverged (optimizer "
+        f"{config.optimizer}, learning_rate {config.learning_rate}); lower "
+        "--learning_rate")
+  elif diverged:
+    log(f"warning: {diverged} of {len(rows)} members diverged")
+  if errors:
+    log(f"warning: {errors} members failed; their rows hold the error")

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import numpy as np
 from absl.testing import absltest
@@ -46,7 +47,26 @@ class SweepTest(absltest.TestCase):
     super().setUpClass()
     cls.workdir = tempfile.mkdtemp()
     cls.config = tiny_config(cls.workdir)
-    cls.rows = sweep.run(cls.config, log=lambda _: None)
+    cls.log = []
+    cls.rows = sweep.run(cls.config, log=cls.log.append)
+
+  def test_one_line_per_finished_cell(self):
+    for depth in (1, 2):
+      for width in (2, 8):
+        members = [r for r in self.rows
+                   if (r["depth"], r["width"]) == (depth, width)]
+        (line,) = [m for m in self.log
+                   if m.startswith(f"depth {depth} width {width}: ")]
+        self.assertIn("2 members", line)
+        minima = [r["loss_refined"] for r in members
+                  if r["verdict"] == "local_min"]
+        if minima:
+          self.assertIn(f"{len(minima)} local_min", line)
+          self.assertIn(f"median certified loss {np.median(minima):.3e}",
+                        line)
+        else:
+          self.assertIn("no certified minimum", line)
+    self.assertIn("grid: 8 of 8 members recorded", "\n".join(self.log))
 
   def test_one_row_per_member_with_all_fields(self):
     self.assertLen(self.rows, 2 * 2 * 2)
@@ -167,6 +187,72 @@ class SweepTest(absltest.TestCase):
     with self.assertRaisesRegex(sweep.WorkdirError, "different configuration"):
       sweep.run(config, log=lambda _: None)
 
+  def test_member_that_raises_is_recorded_with_its_error(self):
+    workdir = tempfile.mkdtemp()
+    config = tiny_config(workdir)
+    config.depths, config.widths = (1,), (2, 8)
+    refine = sweep.refinement.refine
+    calls = []
+
+    def failing_refine(problem, **kwargs):
+      calls.append(problem.n_params)
+      if len(calls) == 2:
+        raise FloatingPointError("boom\nsecond line")
+      return refine(problem, **kwargs)
+
+    log = []
+    with mock.patch.object(sweep.refinement, "refine", failing_refine):
+      rows = sweep.run(config, log=log.append)
+    self.assertLen(rows, 4)
+    failed = [r for r in rows if "error" in r]
+    (row,) = failed
+    self.assertEqual(row["error"], "FloatingPointError: boom second line")
+    self.assertNotIn("verdict", row)
+    self.assertIsNotNone(row["loss"])  # the training fields are kept
+    for other in rows:
+      if other is not row:
+        self.assertIn(other["verdict"], records.VERDICTS)
+    text = "\n".join(log)
+    self.assertIn("FloatingPointError: boom", text)
+    self.assertIn("1 failed", text)
+
+  def test_all_members_diverge(self):
+    workdir = tempfile.mkdtemp()
+    config = tiny_config(workdir)
+    config.depths, config.widths = (1,), (2, 8)
+    config.optimizer, config.learning_rate = "sgd", 1e8
+    log = []
+    rows = sweep.run(config, log=log.append)
+    self.assertLen(rows, 4)
+    self.assertTrue(all(r["diverged"] for r in rows))
+    self.assertIn("warning: all 4 members diverged", "\n".join(log))
+    with open(os.path.join(workdir, records.SUMMARY_FILE)) as f:
+      table = list(csv.DictReader(f))
+    self.assertEqual([int(e["n_diverged"]) for e in table], [2, 2])
+    self.assertFalse(os.path.exists(os.path.join(workdir,
+                                                 records.FIGURE_FILE)))
+
+  def test_config_is_locked_and_validated(self):
+    config = sweep.get_config()
+    with self.assertRaisesRegex(AttributeError, "num_seed"):
+      config.num_seed = 5
+    with config.unlocked():
+      config.num_seed = 5
+    with self.assertRaisesRegex(sweep.ConfigError,
+                                "unknown config field 'num_seed'; did you "
+                                "mean 'num_seeds'"):
+      sweep.validate_config(config)
+    for field, value, message in (
+        ("learning_rate", float("inf"), "learning_rate must be a finite"),
+        ("optimizer", "foo", "optimizer must be one of sgd"),
+        ("depths", (1, 0), "depths must be integers >= 1"),
+        ("shard", "2/2", "shard must be i/N"),
+        ("data_options", {"m": 5, "colour": 1}, "data_options .*colour")):
+      config = sweep.get_config()
+      config[field] = value
+      with self.assertRaisesRegex(sweep.ConfigError, message):
+        sweep.validate_config(config)
+
   def test_torn_last_line_is_ignored(self):
     path = os.path.join(tempfile.mkdtemp(), "results.jsonl")
     with open(path, "w") as f:
@@ -182,13 +268,36 @@ class ScriptTest(absltest.TestCase):
          *args], capture_output=True, text=True, timeout=300, check=False)
 
   def test_invalid_flags_exit_nonzero_with_one_line(self):
-    for args in (["--widths=4,-2"], ["--depths="], ["--activation=swish"],
-                 ["--dataset=imagenet"], ["--widths=a,b"]):
-      result = self.run_script(*args, f"--workdir={tempfile.mkdtemp()}")
-      self.assertNotEqual(result.returncode, 0, args)
-      lines = result.stderr.strip().splitlines()
-      self.assertLen(lines, 1, (args, result.stderr))
+    not_a_dir = tempfile.mkstemp()[1]
+    cases = (
+        (["--widths=4,-2"], "widths"), (["--depths="], "depths"),
+        (["--activation=swish"], "activation"),
+        (["--dataset=imagenet"], "dataset"), (["--widths=a,b"], "widths"),
+        (["--learning_rate=inf"], "learning_rate"),
+        (["--optimizer=foo"], "optimizer"), (["--steps=abc"], "steps"),
+        (["--n=20", "--batch_size=21"], "batch_size 21 exceeds the 20"),
+        (["--widths=100000"], "widths too large: depth 2 x width 100000"),
+        (["--workdir=" + os.path.join(not_a_dir, "run")],
+         "cannot be written"),
+    )
+    processes, workdirs = [], []
+    for args, _ in cases:
+      workdirs.append(tempfile.mkdtemp())
+      processes.append(subprocess.Popen(
+          [sys.executable, os.path.join(REPO, "scripts", "depth_width.py"),
+           f"--workdir={workdirs[-1]}", *args], stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE, text=True))
+    for (args, expected), process, workdir in zip(cases, processes, workdirs):
+      _, stderr = process.communicate(timeout=300)
+      self.assertNotEqual(process.returncode, 0, args)
+      lines = stderr.strip().splitlines()
+      self.assertLen(lines, 1, (args, stderr))
       self.assertStartsWith(lines[0], "error: ")
+      self.assertIn(expected, lines[0])
+      if "--widths=100000" in args:
+        self.assertRegex(lines[0], r"needs about [0-9.]+ GB")
+      # Refused before any training: no results file.
+      self.assertEmpty(records.results_files(workdir))
 
   def test_small_run_writes_the_three_files(self):
     workdir = tempfile.mkdtemp()
