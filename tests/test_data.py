@@ -309,5 +309,86 @@ class LoadTest(absltest.TestCase):
     self.assertTrue(issubclass(data.DataError, ValueError))
 
 
+class FromArraysTest(parameterized.TestCase):
+
+  def test_arrays_and_provenance(self):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 3)).astype(np.float32), np.arange(6)
+    ds = data.from_arrays(x, y, name="mine")
+    self.assertEqual(ds.x.dtype, np.float64)
+    np.testing.assert_array_equal(ds.x, x)
+    np.testing.assert_array_equal(ds.y, np.arange(6.0)[:, None])
+    self.assertEqual((ds.m, ds.d_x, ds.d_y), (6, 3, 1))
+    self.assertEqual(
+        {k: v for k, v in ds.provenance.items() if k != "sha256"},
+        {"name": "arrays", "label": "mine", "m": 6, "d_x": 3, "d_y": 1})
+    self.assertEqual(ds.provenance["sha256"], data.arrays_hash(ds.x, ds.y))
+    # A copy, read-only: changing the caller's arrays changes nothing.
+    x[0, 0] = 99.0
+    self.assertNotEqual(ds.x[0, 0], 99.0)
+    self.assertFalse(ds.x.flags.writeable)
+
+  def test_hash_identifies_values_and_shapes(self):
+    x, y = np.ones((4, 2)), np.zeros((4, 1))
+    same = data.from_arrays(x.copy(), y.copy(), name="other label")
+    self.assertEqual(data.from_arrays(x, y).provenance["sha256"],
+                     same.provenance["sha256"])
+    for x2, y2 in ((x.reshape(2, 4), y[:2]), (x + 1e-16 * 3, y),
+                   (x, y + 1)):
+      self.assertNotEqual(data.from_arrays(x2, y2).provenance["sha256"],
+                          same.provenance["sha256"])
+
+  @parameterized.named_parameters(
+      ("nan", np.array([[0.0, np.nan], [1.0, 2.0]]), np.zeros(2),
+       r"x has 1 non-finite values \(NaN or inf\) in 1 rows, the first at "
+       r"row 0"),
+      ("inf_target", np.zeros((3, 2)), np.array([0.0, 1.0, -np.inf]),
+       r"y has 1 non-finite values .* at row 2"),
+      ("lengths", np.zeros((3, 2)), np.zeros(4),
+       r"x has 3 samples but y has 4"),
+      ("x_rank_1", np.zeros(3), np.zeros(3), r"x must be 2-D .* shape \(3,\)"),
+      ("x_rank_3", np.zeros((3, 2, 2)), np.zeros(3),
+       r"x must be 2-D .*x.reshape\(len\(x\), -1\)"),
+      ("y_rank_3", np.zeros((3, 2)), np.zeros((3, 1, 1)), r"y must be 2-D"),
+      ("y_scalar", np.zeros((1, 2)), 1.0, r"y must be 2-D"),
+      ("empty", np.zeros((0, 2)), np.zeros(0), r"must be non-empty"),
+      ("strings", [["a", "b"]], [1.0], r"x must be an array of numbers"),
+      ("ragged", [[1.0, 2.0], [3.0]], [1.0, 2.0],
+       r"x must be an array of numbers"),
+  )
+  def test_bad_arrays_are_refused_in_one_line(self, x, y, message):
+    with self.assertRaisesRegex(data.DataError, message) as caught:
+      data.from_arrays(x, y)
+    self.assertNotIn("\n", str(caught.exception))
+    self.assertStartsWith(str(caught.exception), "from_arrays('user'): ")
+
+  def test_provenance_cannot_rebuild_and_says_what_to_do(self):
+    ds = data.from_arrays(np.ones((3, 2)), np.ones(3), name="lab")
+    with self.assertRaisesRegex(
+        data.DataError, r"arrays 'lab' .* cannot rebuild them; pass the same "
+        r"arrays again, e.g. records.load_member\(.*data="):
+      data.load(**json.loads(json.dumps(ds.provenance)))
+
+  def test_check_provenance(self):
+    ds = data.from_arrays(np.ones((3, 2)), np.ones(3))
+    stored = json.loads(json.dumps(ds.provenance))
+    data.check_provenance(ds, stored)
+    data.check_provenance(data.from_arrays(np.ones((3, 2)), np.ones(3)),
+                          stored)
+    other = data.from_arrays(np.ones((3, 2)), np.zeros(3))
+    with self.assertRaisesRegex(data.DataError, r"the data passed are arrays "
+                                r"'user' .* not the data of these results"):
+      data.check_provenance(other, stored)
+    # A provenance copied onto other arrays does not fool the check.
+    forged = data.Dataset(x=other.x, y=other.y, provenance=ds.provenance)
+    with self.assertRaises(data.DataError):
+      data.check_provenance(forged, stored)
+    synthetic = data.load("synthetic", m=3)
+    data.check_provenance(synthetic, json.loads(json.dumps(
+        synthetic.provenance)))
+    with self.assertRaises(data.DataError):
+      data.check_provenance(synthetic, stored)
+
+
 if __name__ == "__main__":
   absltest.main()

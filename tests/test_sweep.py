@@ -232,6 +232,41 @@ class SweepTest(absltest.TestCase):
     self.assertFalse(os.path.exists(os.path.join(workdir,
                                                  records.FIGURE_FILE)))
 
+  def test_a_users_arrays_go_through_the_sweep(self):
+    workdir = tempfile.mkdtemp()
+    config = tiny_config(workdir)
+    config.depths, config.widths, config.num_seeds = (1,), (4,), 2
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((20, 3))
+    y = np.sin(x[:, 0])  # one target column, given as (m,)
+    ds = data_lib.from_arrays(x, y, name="sines")
+    rows = sweep.run(config, log=lambda _: None, data=ds)
+    self.assertLen(rows, 2)
+    for row in rows:
+      self.assertEqual(row["dataset"], ds.provenance)
+      self.assertIn(row["verdict"], records.VERDICTS)
+    with open(os.path.join(workdir, records.CONFIG_FILE)) as f:
+      saved = json.load(f)
+    self.assertEqual(saved["data"], ds.provenance)
+    self.assertNotIn("dataset", saved)
+    # The rows identify the arrays; reloading a member needs them back.
+    with self.assertRaisesRegex(data_lib.DataError, "pass the same arrays"):
+      records.load_member(workdir, 1, 4, 0)
+    problem, row = records.load_member(
+        workdir, 1, 4, 0, data=data_lib.from_arrays(x, y, name="sines"))
+    self.assertAlmostEqual(problem.loss, row["loss_refined"], delta=1e-12)
+    with self.assertRaisesRegex(data_lib.DataError, "not the data of these "
+                                "results"):
+      records.load_member(workdir, 1, 4, 0,
+                          data=data_lib.from_arrays(x, 2 * y, name="sines"))
+    # Same arrays: the rerun skips; other arrays: another configuration.
+    self.assertEqual(sweep.run(config, log=lambda _: None, data=ds), rows)
+    with self.assertRaisesRegex(sweep.WorkdirError, "different configuration"):
+      sweep.run(config, log=lambda _: None,
+                data=data_lib.from_arrays(x[:10], y[:10], name="sines"))
+    with self.assertRaisesRegex(TypeError, "lminima.data.Dataset"):
+      sweep.run(config, log=lambda _: None, data=(x, y))
+
   def test_config_is_locked_and_validated(self):
     config = sweep.get_config()
     with self.assertRaisesRegex(AttributeError, "num_seed"):
