@@ -109,7 +109,7 @@ _RESULTS_NAME = re.compile(r"^results(\.shard-\d+-of-\d+)?\.jsonl$")
 
 
 def results_files(workdir: str) -> list[str]:
-  """Every results file of ``workdir``: results.jsonl first, then the shards'."""
+  """Every results file of ``workdir``: results.jsonl, then the shards'."""
   paths = [p for p in glob.glob(os.path.join(glob.escape(workdir),
                                              RESULTS_GLOB))
            if _RESULTS_NAME.match(os.path.basename(p))]

@@ -640,9 +640,10 @@ def _run_locked(config: ml_collections.ConfigDict,
     for depth in config.depths:
       missing = [m for m in todo if m.depth == depth]
       if not missing:
-        if any(m.depth == depth for m in mine):
-          progress.say(f"depth {depth}: all {sum(m.depth == depth for m in mine)}"
-                       f" members already recorded, skipped")
+        recorded = sum(m.depth == depth for m in mine)
+        if recorded:
+          progress.say(f"depth {depth}: all {recorded} members already "
+                       "recorded, skipped")
         continue
       # The population of an uninterrupted run: the whole grid at this depth.
       members = [m for m in grid(config) if m.depth == depth]

@@ -1,0 +1,114 @@
+"""Studies as config files: every config builds, the offline smokes run."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from lminima import configs
+from lminima import population
+from lminima import records
+from lminima import sweep
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OFFLINE = ("synthetic", "digits", "mnist5k")
+TFDS = {"mnist": "mnist", "cifar10": "cifar10", "svhn": "svhn_cropped"}
+
+
+class ConfigFilesTest(parameterized.TestCase):
+
+  def test_every_study_has_a_file(self):
+    self.assertCountEqual(configs.STUDIES, OFFLINE + tuple(TFDS))
+    for name in configs.STUDIES:
+      self.assertTrue(os.path.exists(os.path.join(
+          REPO, "lminima", "configs", f"{name}.py")))
+
+  @parameterized.product(name=configs.STUDIES, variant=(None, "smoke"))
+  def test_builds_validates_and_keeps_the_one_source_of_defaults(
+      self, name, variant):
+    config = configs.load(name, variant)
+    sweep.validate_config(config)
+    self.assertEqual(config.workdir,
+                     f"runs/{name}" + ("_smoke" if variant else ""))
+    if name in TFDS:
+      self.assertEqual(config.dataset, TFDS[name])
+    # Training defaults come from TrainConfig through sweep.get_config.
+    defaults = population.TrainConfig()
+    for field in ("activation", "bias", "normalization", "optimizer",
+                  "learning_rate"):
+      self.assertEqual(config[field], getattr(defaults, field), field)
+    if variant is None:
+      self.assertEqual(config.steps, defaults.steps)
+    # Locked: a misspelt field is refused, not silently added.
+    with self.assertRaisesRegex(AttributeError, "num_seed"):
+      config.num_seed = 2
+
+  def test_unknown_variant(self):
+    with self.assertRaisesRegex(ValueError, "unknown variant 'tiny'"):
+      configs.load("digits", "tiny")
+    with self.assertRaisesRegex(ValueError, "unknown study"):
+      configs.load("imagenet")
+
+  @parameterized.parameters(*OFFLINE)
+  def test_offline_smoke_runs(self, name):
+    config = configs.load(name, "smoke")
+    config.workdir = tempfile.mkdtemp()
+    rows = sweep.run(config, log=lambda _: None)
+    self.assertLen(rows, len(config.depths) * len(config.widths)
+                   * config.num_seeds)
+    for row in rows:
+      self.assertEqual(row["dataset"]["name"], config.dataset)
+      self.assertIn(row["verdict"], records.VERDICTS)
+    self.assertTrue(os.path.exists(os.path.join(config.workdir,
+                                                records.SUMMARY_FILE)))
+
+
+class ScriptTest(absltest.TestCase):
+
+  def run_script(self, *args):
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "depth_width.py"),
+         *args], capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO)
+
+  def test_config_file_with_overrides_and_short_flags(self):
+    workdir = tempfile.mkdtemp()
+    result = self.run_script(
+        "--config=lminima/configs/digits.py:smoke", "--config.steps=60",
+        "--config.data_options.n=30", f"--config.workdir={workdir}",
+        "--widths=2,3")
+    self.assertEqual(result.returncode, 0, result.stderr)
+    rows = records.read_workdir_rows(workdir)
+    self.assertEqual([(r["depth"], r["width"]) for r in rows],
+                     [(1, 2), (1, 3)])
+    for row in rows:
+      self.assertEqual(row["optimizer"]["steps"], 60)
+      self.assertEqual(row["dataset"]["n"], 30)
+      self.assertEqual(row["dataset"]["classes"], [0, 1])
+
+  def test_bad_config_values_end_in_one_line(self):
+    cases = ((["--config.num_seed=3"], "unknown config field 'num_seed'"),
+             (["--config.learning_rate=inf"], "learning_rate must be"),
+             (["--config.optimizer=foo"], "optimizer must be one of"),
+             (["--config.data_options.colour=1"], "'colour'"),
+             (["--config.steps=x"], "--config.steps"))
+    processes = [subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "scripts", "depth_width.py"),
+         "--config=lminima/configs/synthetic.py:smoke",
+         f"--config.workdir={tempfile.mkdtemp()}", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                 for args, _ in cases]
+    for (args, expected), process in zip(cases, processes):
+      _, stderr = process.communicate(timeout=300)
+      self.assertNotEqual(process.returncode, 0, args)
+      lines = stderr.strip().splitlines()
+      self.assertLen(lines, 1, (args, stderr))
+      self.assertStartsWith(lines[0], "error: ")
+      self.assertIn(expected, lines[0])
+
+
+if __name__ == "__main__":
+  absltest.main()
