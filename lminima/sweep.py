@@ -545,8 +545,11 @@ class _Progress:
       with tqdm.tqdm.external_write_mode():
         self._log(message)
 
-  def set(self, value: float, desc: str) -> None:
-    self.bar.set_description_str(desc, refresh=False)
+  def set(self, value: float, desc: str | None = None) -> None:
+    if self.bar.disable:
+      return
+    if desc is not None:
+      self.bar.set_description_str(desc, refresh=False)
     self.bar.n = min(value, self.bar.total)
     self.bar.refresh()
 
@@ -600,16 +603,16 @@ def _run_locked(config: ml_collections.ConfigDict,
   records.check_writable(workdir)
   records.repair_results_file(results_path)
   given_data = data is not None
-  if data is None:
-    data = load_data(config)
-  check_against_data(config, data)
-  fingerprint = config_fingerprint(config, data if given_data else None)
+  fingerprint = config_fingerprint(config, data)
   existing = records.read_workdir_rows(workdir)
   foreign = {r.get("config_fingerprint") for r in existing} - {fingerprint}
   if foreign:
     raise WorkdirError(
         f"{workdir} holds results of a different configuration; use a "
         f"new --workdir (or delete that one) to run this one")
+  if data is None:
+    data = load_data(config)
+  check_against_data(config, data)
   done = {records.member_key(r) for r in existing}
   tconfig = train_config(config)
   log(f"data: {data.provenance} (m={data.m}, d_x={data.d_x}, d_y={data.d_y})")
@@ -684,7 +687,7 @@ def _run_locked(config: ml_collections.ConfigDict,
         row["wall_s"] = float(result.wall_s + time.perf_counter() - start)
         records.append_row(results_path, row)
         progress.base += 1
-        progress.set(progress.base, f"certify depth {depth}")
+        progress.set(progress.base)
         cell = (member.depth, member.width)
         rows_by_cell[cell].append(json.loads(records.encode_row(row)))
         left_in_cell[cell] -= 1
