@@ -27,6 +27,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from lminima import data as data_lib
+from lminima import cache
 from lminima import records
 from lminima import sweep
 
@@ -75,6 +76,10 @@ flags.DEFINE_string("shard", _DEFAULTS.shard,
                     "... in (depth, width, seed) order), writing "
                     "results.shard-i-of-N.jsonl; shards may run at once.")
 flags.DEFINE_bool("progress", _DEFAULTS.progress, "Show a progress bar.")
+_COMPILATION_CACHE = flags.DEFINE_bool(
+    "compilation_cache", True,
+    "Keep compiled XLA programs in the user cache (lminima.cache) so that a "
+    "rerun skips compilation; --nocompilation_cache turns it off.")
 
 # Short flags copied to the config field of the same name when given.
 _PLAIN_FIELDS = ("num_seeds", "activation", "bias", "normalization",
@@ -158,6 +163,8 @@ def main(argv):
   except (ValueError, TypeError, AttributeError, KeyError, OSError) as e:
     # Bad flags or config values: one line, no traceback.
     sys.exit(f"error: {_one_line(e)}")
+  if _COMPILATION_CACHE.value:
+    cache.enable_compilation_cache()
   try:
     sweep.run(config)
   except (sweep.ConfigError, data_lib.DataError, sweep.WorkdirError) as e:
