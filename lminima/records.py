@@ -77,7 +77,7 @@ ROW_FIELDS = {
     "verdict", "cert_method", "lambda_min", "lambda_max", "residual_min",
     "residual_max", "index", "n_flat", "grad_norm_rel", "grad_tol",
     "eig_tol", "kink_tol", "min_abs_preactivation",
-    # theory at the refined point (lminima.theory.theory_record)
+    # theory at the refined point (lminima.explain.theory_record)
     "rank_D", "rank_D_frac", "rank_last_hidden", "identity_gap_full",
     "identity_gap_last", "euler_residual_max", "linear_opt", "rf_opt",
     "inclusion_residual_linear", "below_linear", "rank_tol",

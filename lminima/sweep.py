@@ -23,7 +23,7 @@
 4. for each kept member, build its float64 ``lminima.Problem`` on the same
    training data, refine it to a critical point (``lminima.refine``), certify
    it (``lminima.certificate``), save the refined parameters, and compute the
-   theory quantities and classical optima (``lminima.theory.theory_record``).
+   theory quantities and classical optima (``lminima.explain.theory_record``).
    A member whose refinement, certificate or theory raises is recorded with
    the fields computed so far and its ``error``; the sweep goes on;
 5. append the member's row (``lminima.records``) at once (flushed), so a killed
@@ -58,7 +58,6 @@ Example (a tiny grid, a few seconds on a laptop CPU):
 from __future__ import annotations
 
 import collections
-import contextlib
 import difflib
 import hashlib
 import json
@@ -82,7 +81,7 @@ from lminima import provenance
 from lminima import records
 from lminima import refinement
 from lminima import report
-from lminima import theory
+from lminima import explain
 from lminima import train
 from lminima.problem import Problem
 
@@ -458,7 +457,7 @@ def analyse_member(result: population.MemberResult, data: data_lib.Dataset,
     fields.update({k: v for k, v in cert.to_dict().items()
                    if k not in ("loss", "grad_norm", "n_params", "method")})
   if config.theory:
-    fields.update(theory.theory_record(problem, seed=result.member.seed))
+    fields.update(explain.theory_record(problem, seed=result.member.seed))
   return fields
 
 

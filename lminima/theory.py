@@ -9,11 +9,9 @@ and r = vec(Yhat - Y):
     vec Yhat lies in the column space of the output layer's block F kron I;
     hence L = c ||P_N[D] vec Y||^2 = c ||(I - F F^+) Y||_F^2 with F the design
     of the output layer (``Problem.features``).
-(B) ``euler_identity``, stated for the MLP family only: for positively
-    homogeneous activations (relu, leaky_relu, identity), scaling the group
-    G_l = {W^(l), b^(l), b^(l+1), ..., b^(H+1)} by a > 0 scales Yhat by a, so
-    vec Yhat = E^(l) g_l with E^(l) = [D^(l), D_b^(l), ..., D_b^(H+1)]; the
-    output layer (l = H+1) satisfies it for every activation.
+(B) the Euler identity, stated for the MLP family only, is in
+    ``lminima.euler``; ``lminima.explain.theory_record`` collects a member's
+    quantities for the sweep's rows.
 (C) ``subspace_bound``: if col(F kron I) is in col(D) at a critical point,
     L <= c ||(I - F F^+) Y||^2; the inclusion is measured as the relative
     residual ||P_N[D] M||_F / ||M||_F, M = F kron I_{d_y}.
@@ -48,14 +46,13 @@ from typing import Any
 import numpy as np
 
 from lminima import checks, classical, derivative, linalg
-from lminima.models import HOMOGENEOUS_ACTIVATIONS, MLP, layer_name
 from lminima.problem import Problem
 
 BOUND_RTOL = 1e-8
 """A bound ``L <= B`` counts as holding when ``L <= B + BOUND_RTOL * (1 + B)``."""
 
 
-class _Record:
+class Record:
   """Mixin: ``to_dict`` for frozen dataclasses of JSON-ready fields."""
 
   def to_dict(self) -> dict[str, Any]:
@@ -94,7 +91,7 @@ def _residual_in_d(problem: Problem, target: np.ndarray, tol: float
   return target - basis @ (basis.T @ target)
 
 
-def _below(value: float, bound: float) -> bool:
+def below(value: float, bound: float) -> bool:
   return bool(value <= bound + BOUND_RTOL * (1.0 + abs(bound)))
 
 
@@ -103,7 +100,7 @@ def _below(value: float, bound: float) -> bool:
 
 
 @dataclasses.dataclass(frozen=True)
-class Residual(_Record):
+class Residual(Record):
   """c ||P_N[M] vec Y||^2 and rank M for one matrix M.
 
   Attributes:
@@ -118,7 +115,7 @@ class Residual(_Record):
   rank_tol: float
 
 
-def _residual(matrix: np.ndarray, target: np.ndarray, c: float,
+def projection_residual(matrix: np.ndarray, target: np.ndarray, c: float,
               rank_tol: float) -> Residual:
   proj = linalg.project(matrix, target, scale=c, rank_tol=rank_tol)
   return Residual(value=proj.value, rank=proj.rank, n_cols=matrix.shape[1],
@@ -129,7 +126,8 @@ def last_layer_residual(problem: Problem, rank_tol: float | None = None
                         ) -> Residual:
   """c ||(I - F F^+) Y||_F^2 and rank F, F = ``problem.features()``."""
   tol = resolve_rank_tol(problem, rank_tol)
-  return _residual(problem.features(), np.asarray(problem.y), problem.c, tol)
+  return projection_residual(problem.features(), np.asarray(problem.y),
+                             problem.c, tol)
 
 
 def residuals(problem: Problem, *, rank_tol: float | None = None
@@ -153,9 +151,9 @@ def residuals(problem: Problem, *, rank_tol: float | None = None
   tol = resolve_rank_tol(problem, rank_tol)
   d = problem.derivative()
   vec_y = np.asarray(problem.y).reshape(-1)
-  out = {"D": _residual(d.matrix, vec_y, problem.c, tol)}
+  out = {"D": projection_residual(d.matrix, vec_y, problem.c, tol)}
   for name in d.column_slices:
-    out[name] = _residual(d.block(name), vec_y, problem.c, tol)
+    out[name] = projection_residual(d.block(name), vec_y, problem.c, tol)
   out["last_layer"] = last_layer_residual(problem, tol)
   return out
 
@@ -165,7 +163,7 @@ def residuals(problem: Problem, *, rank_tol: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class CriticalPointIdentity(_Record):
+class CriticalPointIdentity(Record):
   """Both sides of identity (A); exact only at a differentiable critical point.
 
   Attributes:
@@ -220,144 +218,11 @@ def critical_point_identity(problem: Problem, *,
 
 
 # ---------------------------------------------------------------------------
-# (B) Euler identity (MLP family).
-
-
-@dataclasses.dataclass(frozen=True)
-class EulerLayer(_Record):
-  """Identity (B) for one layer l (module docstring).
-
-  Attributes:
-    layer: l (1-based; H+1 is the output layer).
-    blocks: names of the columns of E^(l) = [D^(l), D_b^(l), ..., D_b^(H+1)].
-    exact_by_homogeneity: whether vec Yhat = E^(l) g_l holds for every theta
-      (homogeneous activation, or l = H+1).
-    euler_residual: ||E^(l) g_l - vec Yhat||_2 (absolute, units of Yhat).
-    projection_value: c ||P_N[E^(l)] vec Y||^2.
-    gap: |L - projection_value| (0 only at a critical point where
-      ``exact_by_homogeneity``).
-    rank: numerical rank of E^(l).
-  """
-  layer: int
-  blocks: tuple[str, ...]
-  exact_by_homogeneity: bool
-  euler_residual: float
-  projection_value: float
-  gap: float
-  rank: int
-
-
-@dataclasses.dataclass(frozen=True)
-class EulerIdentity(_Record):
-  """Identity (B) for every layer.
-
-  Attributes:
-    activation: the network's activation.
-    homogeneous: whether it is positively homogeneous.
-    loss: L(theta).
-    grad_norm: ||grad L(theta)||_2.
-    yhat_norm: ||vec Yhat||_2, the scale of the Euler residuals.
-    rank_tol: relative cut-off used for the ranks and projections.
-    layers: one ``EulerLayer`` per layer 1..H+1.
-  """
-  activation: str
-  homogeneous: bool
-  loss: float
-  grad_norm: float
-  yhat_norm: float
-  rank_tol: float
-  layers: tuple[EulerLayer, ...]
-
-  @property
-  def euler_residual_max(self) -> float:
-    """Largest Euler residual over the layers."""
-    return max(layer.euler_residual for layer in self.layers)
-
-
-def euler_blocks(model: MLP, layer: int) -> tuple[str, ...]:
-  """Block names of E^(l): W^(l) and, with biases, b^(l), ..., b^(H+1).
-
-  Example:
-    >>> euler_blocks(MLP(d_in=2, widths=(3, 3), d_out=1, bias=True), 2)
-    ('layer_2/kernel', 'layer_2/bias', 'layer_3/bias')
-  """
-  n_layers = model.depth + 1
-  if not 1 <= layer <= n_layers:
-    raise ValueError(f"layer must be in 1..{n_layers}, got {layer}")
-  later_biases = tuple(f"{layer_name(k)}/bias"
-                       for k in range(layer, n_layers + 1) if model.bias)
-  return (f"{layer_name(layer)}/kernel",) + later_biases
-
-
-def _mlp_of(problem: Problem) -> MLP:
-  if not isinstance(problem.module, MLP):
-    raise ValueError("the Euler identity is stated for the MLP family only "
-                     "(lminima.models.MLP); this problem's model is "
-                     + ("a plain callable" if problem.module is None
-                        else type(problem.module).__name__))
-  return problem.module
-
-
-def euler_terms(problem: Problem):
-  """Yields (l, block names, E^(l), ||E^(l) g_l - vec Yhat||) for l = 1..H+1."""
-  model = _mlp_of(problem)
-  d = problem.derivative()
-  flat = np.asarray(problem.flat)
-  vec_yhat = d.yhat.reshape(-1)
-  for l in range(1, model.depth + 2):
-    names = euler_blocks(model, l)
-    block = np.hstack([d.block(n) for n in names])
-    group = np.concatenate([flat[d.column_slices[n]] for n in names])
-    yield l, names, block, float(np.linalg.norm(block @ group - vec_yhat))
-
-
-def euler_identity(problem: Problem, *, rank_tol: float | None = None
-                   ) -> EulerIdentity:
-  """Identity (B): vec Yhat = E^(l) g_l and L = c ||P_N[E^(l)] vec Y||^2.
-
-  Computed for every activation and layer of an MLP; for non-homogeneous
-  activations only the output layer satisfies the Euler identity
-  (``exact_by_homogeneity``), which makes the others a measured departure.
-
-  Raises:
-    ValueError: if the problem's model is not an ``lminima.models.MLP``.
-
-  Example:
-    >>> import jax, numpy as np
-    >>> model = MLP(d_in=2, widths=(4,), d_out=1, activation="relu")
-    >>> x = np.random.default_rng(0).standard_normal((5, 2))
-    >>> problem = Problem.for_module(model, model.init_params(
-    ...     jax.random.PRNGKey(0)), x, np.sin(x[:, :1]))
-    >>> out = euler_identity(problem)
-    >>> out.euler_residual_max < 1e-13, len(out.layers)
-    (True, 2)
-  """
-  model = _mlp_of(problem)
-  tol = resolve_rank_tol(problem, rank_tol)
-  homogeneous = model.activation in HOMOGENEOUS_ACTIVATIONS
-  vec_y = np.asarray(problem.y).reshape(-1)
-  loss = problem.loss
-  layers = []
-  for l, names, block, euler_residual in euler_terms(problem):
-    proj = _residual(block, vec_y, problem.c, tol)
-    layers.append(EulerLayer(
-        layer=l, blocks=names,
-        exact_by_homogeneity=homogeneous or l == model.depth + 1,
-        euler_residual=euler_residual, projection_value=proj.value,
-        gap=abs(loss - proj.value), rank=proj.rank))
-  return EulerIdentity(
-      activation=model.activation, homogeneous=homogeneous, loss=loss,
-      grad_norm=problem.grad_norm,
-      yhat_norm=float(np.linalg.norm(problem.yhat())), rank_tol=tol,
-      layers=tuple(layers))
-
-
-# ---------------------------------------------------------------------------
 # (C) Subspace bound.
 
 
 @dataclasses.dataclass(frozen=True)
-class SubspaceBound(_Record):
+class SubspaceBound(Record):
   """Identity (C) for one feature matrix F (M = F kron I_{d_y}).
 
   Attributes:
@@ -380,7 +245,7 @@ class SubspaceBound(_Record):
   rank_tol: float
 
 
-def _design(problem: Problem, features: Any, intercept: bool | None
+def design_matrix(problem: Problem, features: Any, intercept: bool | None
             ) -> np.ndarray:
   """F (default: the inputs, flattened per sample) with a ones column."""
   features = checks.float64_matrix(
@@ -419,6 +284,7 @@ def subspace_bound(problem: Problem, features: Any = None, *,
 
   Example:
     >>> import jax, numpy as np
+    >>> from lminima.models import MLP
     >>> model = MLP(d_in=2, widths=(), d_out=1)
     >>> x = np.random.default_rng(0).standard_normal((6, 2))
     >>> problem = Problem.for_module(model, model.init_params(
@@ -427,7 +293,7 @@ def subspace_bound(problem: Problem, features: Any = None, *,
     True
   """
   tol = resolve_rank_tol(problem, rank_tol)
-  design = _design(problem, features, intercept)
+  design = design_matrix(problem, features, intercept)
   optimum = classical.basis_function_optimum(
       design, np.asarray(problem.y), normalization=problem.normalization,
       intercept=False, name="subspace_bound", rank_tol=tol)
@@ -435,7 +301,7 @@ def subspace_bound(problem: Problem, features: Any = None, *,
   return SubspaceBound(
       loss=loss, grad_norm=problem.grad_norm, bound=float(optimum.value),
       inclusion_residual=inclusion_residual(problem, design, tol),
-      holds=_below(loss, float(optimum.value)), tolerance=BOUND_RTOL,
+      holds=below(loss, float(optimum.value)), tolerance=BOUND_RTOL,
       rank_features=int(optimum.rank), rank_tol=tol)
 
 
@@ -444,7 +310,7 @@ def subspace_bound(problem: Problem, features: Any = None, *,
 
 
 @dataclasses.dataclass(frozen=True)
-class FullRankCheck(_Record):
+class FullRankCheck(Record):
   """Identity (D): rank D = m d_y at a critical point forces L = 0.
 
   Attributes:
@@ -473,6 +339,7 @@ def full_rank_check(problem: Problem, *, rank_tol: float | None = None
 
   Example:
     >>> import jax, numpy as np
+    >>> from lminima.models import MLP
     >>> model = MLP(d_in=3, widths=(), d_out=1, bias=False)
     >>> problem = Problem.for_module(  # 3 samples, 3 parameters: D = x
     ...     model, model.init_params(jax.random.PRNGKey(0)), np.eye(3),
@@ -491,74 +358,3 @@ def full_rank_check(problem: Problem, *, rank_tol: float | None = None
       full_rank=identity.rank_D == n_rows, loss=identity.loss,
       grad_norm=identity.grad_norm, residual=identity.full_value,
       rank_tol=tol)
-
-
-# ---------------------------------------------------------------------------
-# Per-row record (sweep).
-
-
-def theory_record(problem: Problem, *, seed: int = 0,
-                  rank_tol: float | None = None) -> dict[str, Any]:
-  """The theory quantities of one (refined) point, JSON-ready.
-
-  D(theta) is decomposed once (one SVD) and serves identity (A), the rank and
-  the inclusion of the linear design.
-
-  Keys:
-    rank_D, rank_D_frac (= rank_D / (m d_y)): rank of the full D.
-    rank_last_hidden: rank of F, the output layer's design.
-    identity_gap_full, identity_gap_last: |L - c||P_N[D] vec Y||^2| and
-      |L - c||(I - F F^+) Y||^2| (identity A; 0 at a critical point).
-    euler_residual_max: max_l ||E^(l) g_l - vec Yhat|| (identity B); None
-      unless the model is an MLP with a homogeneous activation.
-    linear_opt: L*_linear (intercept iff ``problem.intercept``).
-    rf_opt: L* of random features of width d_H, same activation, ``seed`` and
-      intercept; None unless the model is an MLP with hidden layers.
-    inclusion_residual_linear: ||P_N[D] M||_F / ||M||_F, M = [X (1)] kron I.
-    below_linear: L <= linear_opt + BOUND_RTOL * (1 + linear_opt).
-    rank_tol: the relative cut-off used for every rank and projection here.
-    full_D_skipped: None, or why the full-D fields are None.
-
-  Example:
-    >>> import jax, numpy as np
-    >>> model = MLP(d_in=2, widths=(3,), d_out=1)
-    >>> x = np.random.default_rng(0).standard_normal((12, 2))
-    >>> rec = theory_record(Problem.for_module(
-    ...     model, model.init_params(jax.random.PRNGKey(0)), x, x[:, :1] ** 2))
-    >>> rec["rank_D"], rec["rank_last_hidden"]  # n_params = 13 > rank
-    (12, 4)
-  """
-  tol = resolve_rank_tol(problem, rank_tol)
-  critical = critical_point_identity(problem, rank_tol=tol)
-  x2d = np.asarray(problem.x).reshape(problem.m, -1)
-  y = np.asarray(problem.y)
-  linear = classical.linear_regression_optimum(
-      x2d, y, normalization=problem.normalization,
-      intercept=problem.intercept, rank_tol=tol)
-  model = problem.module if isinstance(problem.module, MLP) else None
-  rf_opt = (float(classical.random_features_optimum(
-      x2d, y, model.widths[-1], model.activation, seed=seed,
-      normalization=problem.normalization, intercept=problem.intercept,
-      rank_tol=tol).value)
-            if model is not None and model.widths else None)
-  fits = critical.full_D_skipped is None
-  euler_max = inclusion = None
-  if fits:
-    if model is not None and model.activation in HOMOGENEOUS_ACTIVATIONS:
-      # Only the residuals: the per-layer projections would cost an SVD each.
-      euler_max = max(term[-1] for term in euler_terms(problem))
-    inclusion = inclusion_residual(problem, _design(problem, None, None), tol)
-  return dict(
-      rank_D=critical.rank_D,
-      rank_D_frac=(critical.rank_D / (problem.m * problem.d_y)
-                   if fits else None),
-      rank_last_hidden=critical.rank_last_hidden,
-      identity_gap_full=critical.gap_full,
-      identity_gap_last=critical.gap_last,
-      euler_residual_max=euler_max,
-      linear_opt=float(linear.value),
-      rf_opt=rf_opt,
-      inclusion_residual_linear=inclusion,
-      below_linear=_below(critical.loss, float(linear.value)),
-      rank_tol=tol,
-      full_D_skipped=critical.full_D_skipped)

@@ -16,6 +16,8 @@ import lminima
 from lminima import data
 from lminima import problem as problem_lib
 from lminima import sweep
+from lminima import euler
+from lminima import explain
 from lminima import theory
 from lminima.models import MLP
 
@@ -107,8 +109,8 @@ class AnyModelTest(parameterized.TestCase):
     problem = lminima.Problem.for_module(
         model, model.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 1))), x, y)
     with self.assertRaisesRegex(ValueError, "MLP family only"):
-      theory.euler_identity(problem)
-    self.assertIsNone(theory.theory_record(problem)["euler_residual_max"])
+      euler.euler_identity(problem)
+    self.assertIsNone(explain.theory_record(problem)["euler_residual_max"])
 
 
 def _finite_difference_hessian(problem, step=1e-5):
@@ -240,7 +242,7 @@ class ProblemTest(parameterized.TestCase):
     problem = self._problem(memory_budget_bytes=100)
     with self.assertRaisesRegex(ValueError, "memory budget"):
       problem.dense_hessian()
-    record = theory.theory_record(problem)
+    record = explain.theory_record(problem)
     self.assertIn("memory budget", record["full_D_skipped"])
 
 

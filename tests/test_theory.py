@@ -26,6 +26,8 @@ import scipy.linalg
 
 import lminima
 from lminima import classical
+from lminima import euler
+from lminima import explain
 from lminima import theory
 from lminima.models import HOMOGENEOUS_ACTIVATIONS, MLP
 
@@ -270,7 +272,7 @@ class EulerIdentityTest(_TestCase):
                             ("identity", True))
   def test_holds_for_every_layer(self, activation, bias):
     problem = _random_problem(activation, bias)
-    out = theory.euler_identity(problem)
+    out = euler.euler_identity(problem)
     vec_yhat = _numpy_forward(problem.params, problem.x, activation,
                               bias)[0].reshape(-1)
     self.assertTrue(out.homogeneous)
@@ -296,9 +298,9 @@ class EulerIdentityTest(_TestCase):
     if not bias:
       want = (("layer_1/kernel",), ("layer_2/kernel",), ("layer_3/kernel",))
     self.assertEqual(tuple(layer.blocks for layer in
-                           theory.euler_identity(problem).layers), want)
+                           euler.euler_identity(problem).layers), want)
     for l, names in enumerate(want, start=1):
-      self.assertEqual(theory.euler_blocks(problem.module, l), names)
+      self.assertEqual(euler.euler_blocks(problem.module, l), names)
 
   @parameterized.parameters(*HOMOGENEOUS_ACTIVATIONS)
   def test_scaling_the_group_scales_the_output(self, activation):
@@ -307,7 +309,7 @@ class EulerIdentityTest(_TestCase):
     model = problem.module
     yhat = _numpy_forward(problem.params, problem.x, activation, True)[0]
     for l in range(1, model.depth + 2):
-      scaled = _scaled(problem.params, theory.euler_blocks(model, l), 1.7)
+      scaled = _scaled(problem.params, euler.euler_blocks(model, l), 1.7)
       np.testing.assert_allclose(
           _numpy_forward(scaled, problem.x, activation, True)[0], 1.7 * yhat,
           rtol=1e-13, atol=1e-13)
@@ -318,7 +320,7 @@ class EulerIdentityTest(_TestCase):
     # activation it departs from vec Yhat below the output layer, and the
     # reported residual must be that departure.
     problem = _random_problem(activation, True)
-    out = theory.euler_identity(problem)
+    out = euler.euler_identity(problem)
     vec_yhat = _numpy_forward(problem.params, problem.x, activation,
                               True)[0].reshape(-1)
     self.assertFalse(out.homogeneous)
@@ -341,7 +343,7 @@ class EulerIdentityTest(_TestCase):
   def test_euler_terms_are_the_scaling_derivative(self):
     problem = _random_problem("tanh", True)
     vec_yhat = problem.yhat().reshape(-1)
-    for l, names, block, residual in theory.euler_terms(problem):
+    for l, names, block, residual in euler.euler_terms(problem):
       flat = np.asarray(ravel_pytree(problem.params)[0])
       slices = problem.column_slices()
       group = np.concatenate([flat[slices[n]] for n in names])
@@ -373,7 +375,7 @@ class EulerIdentityTest(_TestCase):
                                                         seed):
     problem = self.refined(_teacher_problem("leaky_relu", widths, bias,
                                             seed=seed))
-    out = theory.euler_identity(problem)
+    out = euler.euler_identity(problem)
     self.assertLess(out.grad_norm, GRAD_TOL)
     self.assertGreater(problem.min_abs_kink_input(), 1e-6)  # differentiable
     pre = _module_apply(problem.module, problem.params, problem.x,
@@ -406,16 +408,16 @@ class EulerIdentityTest(_TestCase):
         rng.standard_normal((5, 1)))
     for problem in (custom, flax_problem):
       with self.assertRaisesRegex(ValueError, "MLP family only") as caught:
-        theory.euler_identity(problem)
+        euler.euler_identity(problem)
       self.assertNotIn("\n", str(caught.exception))
       with self.assertRaisesRegex(ValueError, "MLP family only"):
-        list(theory.euler_terms(problem))
+        list(euler.euler_terms(problem))
 
   def test_bad_layer(self):
     problem = _random_problem("relu", True)
     for layer in (0, 4):
       with self.assertRaisesRegex(ValueError, "layer must be in 1..3"):
-        theory.euler_blocks(problem.module, layer)
+        euler.euler_blocks(problem.module, layer)
 
 
 # ---------------------------------------------------------------------------
@@ -527,7 +529,7 @@ class CriticalPointIdentityTest(_TestCase):
                            delta=1e-6 * loss)
     self.assertEqual(out.rank_D, np.linalg.matrix_rank(d))
     self.assertEqual(out.rank_D, problem.n_params)
-    record = theory.theory_record(problem)
+    record = explain.theory_record(problem)
     self.assertIsNone(record["euler_residual_max"])
     self.assertIsNone(record["rf_opt"])
     self.assertEqual(record["rank_D"], problem.n_params)
@@ -546,7 +548,7 @@ class CriticalPointIdentityTest(_TestCase):
     self.assertEqual(cheap.last_value, full.last_value)
     self.assertEqual(cheap.rank_last_hidden, full.rank_last_hidden)
     self.assertIsNotNone(full.full_value)
-    for needs_d in (theory.euler_identity, theory.subspace_bound,
+    for needs_d in (euler.euler_identity, theory.subspace_bound,
                     theory.full_rank_check, theory.residuals):
       with self.subTest(needs_d.__name__), self.assertRaisesRegex(
           ValueError, "memory budget"):
@@ -692,10 +694,10 @@ class RankToleranceTest(_TestCase):
     bound = theory.subspace_bound(problem, **kwargs)
     self.assertEqual(bound.rank_features, rank)
     self.assertAlmostEqual(bound.bound, value, delta=1e-13)
-    (layer,) = theory.euler_identity(problem, **kwargs).layers
+    (layer,) = euler.euler_identity(problem, **kwargs).layers
     self.assertEqual(layer.rank, rank)
     self.assertAlmostEqual(layer.projection_value, value, delta=1e-13)
-    record = theory.theory_record(problem, **kwargs)
+    record = explain.theory_record(problem, **kwargs)
     self.assertEqual(record["rank_D"], rank)
     self.assertEqual(record["rank_last_hidden"], rank)
     # The linear optimum (x has no intercept here) at the same tolerance.
@@ -793,7 +795,7 @@ class SubspaceBoundTest(_TestCase):
     self.assertAlmostEqual(bound.bound, lstsq, delta=1e-14)
     self.assertAlmostEqual(bound.loss, lstsq, delta=1e-12)
     self.assertEqual(bound.rank_features, 4)
-    record = theory.theory_record(problem)
+    record = explain.theory_record(problem)
     self.assertTrue(record["below_linear"])
     self.assertAlmostEqual(record["linear_opt"], lstsq, delta=1e-14)
 
@@ -879,7 +881,7 @@ class TheoryRecordTest(_TestCase):
                             ("tanh", True))
   def test_fields_match_independent_references(self, activation, bias):
     problem = _random_problem(activation, bias, m=12, normalization="sum")
-    record = theory.theory_record(problem, seed=3)
+    record = explain.theory_record(problem, seed=3)
     self.assertEqual(set(record), self.KEYS)
     json.dumps(record)
     x, y = np.asarray(problem.x), np.asarray(problem.y)
@@ -923,8 +925,8 @@ class TheoryRecordTest(_TestCase):
                            _inclusion_residual(d, design), delta=1e-8)
 
   def test_over_budget_keeps_the_cheap_fields(self):
-    full = theory.theory_record(_random_problem("relu", True, m=12))
-    cheap = theory.theory_record(_random_problem("relu", True, m=12,
+    full = explain.theory_record(_random_problem("relu", True, m=12))
+    cheap = explain.theory_record(_random_problem("relu", True, m=12,
                                                  memory_budget_bytes=8))
     self.assertEqual(set(cheap), self.KEYS)
     json.dumps(cheap)
@@ -939,7 +941,7 @@ class TheoryRecordTest(_TestCase):
 
   def test_linear_model_has_no_random_features(self):
     problem = _random_problem("tanh", False, widths=(), m=12)
-    record = theory.theory_record(problem)
+    record = explain.theory_record(problem)
     self.assertIsNone(record["rf_opt"])
     self.assertEqual(record["rank_last_hidden"],
                      np.linalg.matrix_rank(np.asarray(problem.x)))
