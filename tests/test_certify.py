@@ -19,17 +19,8 @@ from lminima.losses import loss_scale
 from lminima.models import MLP
 from lminima.records import VERDICTS
 
-
-def _data(m, d_x, d_y, seed=0):
-  rng = np.random.default_rng(seed)
-  return rng.standard_normal((m, d_x)), rng.standard_normal((m, d_y))
-
-
-def _variables(*layers):
-  """Flax variables {"params": {"layer_1": layers[0], ...}}."""
-  return {"params": {f"layer_{l}": {k: jnp.asarray(v, jnp.float64)
-                                    for k, v in layer.items()}
-                     for l, layer in enumerate(layers, start=1)}}
+from _helpers import flax_variables, gaussian_data
+from _helpers import linear_net_spectrum_at_origin
 
 
 def _origin(model):
@@ -38,33 +29,22 @@ def _origin(model):
       model.init_params(jax.random.PRNGKey(0)))
 
 
-def _linear_net_spectrum_at_origin(x, y, hidden, normalization):
-  """Analytic Hessian eigenvalues of c||X W1 W2 - Y||^2 at W1 = W2 = 0.
-
-  L(tA, tB) = L(0) - 2c t^2 tr(Y^T X A B) + O(t^4), a bilinear form coupling
-  A and B through X^T Y (x) I_hidden: eigenvalues +-2c sigma_i(X^T Y), each
-  ``hidden`` times, and zeros for the rest.
-  """
-  c = loss_scale(normalization, x.shape[0])
-  sigma = np.linalg.svd(x.T @ y, compute_uv=False)
-  nonzero = np.repeat(2 * c * sigma, hidden)
-  n = hidden * (x.shape[1] + y.shape[1])
-  zeros = np.zeros(n - 2 * nonzero.size)
-  return np.sort(np.concatenate([-nonzero, zeros, nonzero]))
-
-
 class LinearOriginTest(parameterized.TestCase):
   """The origin of a bias-free 3-2-2 linear net: a strict saddle."""
 
-  @parameterized.parameters("mean", "sum")
-  def test_origin_of_two_layer_linear_net_is_saddle(self, normalization):
-    x, y = _data(m=7, d_x=3, d_y=2)
+  def _origin_problem(self, normalization="mean"):
+    """(y, the Problem at the origin, its analytic Hessian spectrum)."""
+    x, y = gaussian_data(m=7, d_x=3, d_y=2)
     model = MLP(d_in=3, widths=(2,), d_out=2, activation="identity",
                 bias=False)
     problem = lminima.Problem.for_module(model, _origin(model), x, y,
                                          normalization=normalization)
+    return y, problem, linear_net_spectrum_at_origin(x, y, 2, normalization)
+
+  @parameterized.parameters("mean", "sum")
+  def test_origin_of_two_layer_linear_net_is_saddle(self, normalization):
+    y, problem, expected = self._origin_problem(normalization)
     cert = lminima.certificate(problem)
-    expected = _linear_net_spectrum_at_origin(x, y, 2, normalization)
     self.assertEqual((cert.method, cert.n_params), ("dense", 10))
     self.assertEqual(cert.verdict, "saddle")
     self.assertEqual(cert.grad_norm, 0.0)
@@ -84,11 +64,7 @@ class LinearOriginTest(parameterized.TestCase):
 
   def test_explicit_eig_tol(self):
     # An eig_tol above |lambda_min| makes every eigenvalue flat: no index.
-    x, y = _data(m=7, d_x=3, d_y=2)
-    model = MLP(d_in=3, widths=(2,), d_out=2, activation="identity",
-                bias=False)
-    problem = lminima.Problem.for_module(model, _origin(model), x, y)
-    expected = _linear_net_spectrum_at_origin(x, y, 2, "mean")
+    _, problem, expected = self._origin_problem()
     # expected = (-a1, -a1, -a2, -a2, 0, 0, a2, a2, a1, a1), a1 > a2 > 0.
     between = -0.5 * (expected[0] + expected[2])  # a2 < eig_tol < a1
     for eig_tol, index, n_flat, verdict in (
@@ -103,11 +79,7 @@ class LinearOriginTest(parameterized.TestCase):
   def test_lanczos_saddle_at_linear_origin(self):
     # Lanczos from one start vector sees one copy of each distinct
     # eigenvalue: -a1, -a2, 0, a2, a1 (Krylov space of dimension 5, exact).
-    x, y = _data(m=7, d_x=3, d_y=2)
-    model = MLP(d_in=3, widths=(2,), d_out=2, activation="identity",
-                bias=False)
-    problem = lminima.Problem.for_module(model, _origin(model), x, y)
-    expected = _linear_net_spectrum_at_origin(x, y, 2, "mean")
+    _, problem, expected = self._origin_problem()
     # Dense up to and including dense_max_params = n_params, Lanczos above.
     dense = lminima.certificate(problem, dense_max_params=10)
     lanczos = lminima.certificate(problem, dense_max_params=9)
@@ -165,7 +137,7 @@ class ZeroHessianTest(absltest.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.x, cls.y = _data(m=7, d_x=3, d_y=2, seed=4)
+    cls.x, cls.y = gaussian_data(m=7, d_x=3, d_y=2, seed=4)
     cls.model = MLP(d_in=3, widths=(2, 2), d_out=2, activation="identity",
                     bias=False)
     cls.problem = lminima.Problem.for_module(cls.model, _origin(cls.model),
@@ -207,7 +179,7 @@ class ZeroHessianTest(absltest.TestCase):
     c = loss_scale("mean", 7)
     loss_0 = self.problem.loss
     def model_loss(t):
-      point = _variables({"kernel": t * np.outer(u, e1)},
+      point = flax_variables({"kernel": t * np.outer(u, e1)},
                          {"kernel": t * np.outer(e1, e1)},
                          {"kernel": t * np.outer(e1, v)})
       return self.problem.at(point).loss
@@ -322,12 +294,12 @@ def _kink_point(activation, bias_shift=0.0, out_shift=0.0):
   (h = 0), so the point is critical, and the only curvature is the output
   bias's 2c m = 1: H = e e^T.
   """
-  x, y = _data(m=6, d_x=2, d_y=1)
+  x, y = gaussian_data(m=6, d_x=2, d_y=1)
   model = MLP(d_in=2, widths=(3,), d_out=1, activation=activation)
   s = np.array([1.0, -0.5, 2.0])
   kernel = np.stack([s, np.zeros(3)])
   bias = -np.max(x[:, :1] * s, axis=0) + bias_shift
-  variables = _variables({"kernel": kernel, "bias": bias},
+  variables = flax_variables({"kernel": kernel, "bias": bias},
                          {"kernel": np.zeros((3, 1)),
                           "bias": y.mean(0) + out_shift})
   return lminima.Problem.for_module(model, variables, x, y)
@@ -379,9 +351,9 @@ class KinkTest(parameterized.TestCase):
   @parameterized.parameters("relu", "leaky_relu")
   def test_all_units_on_the_kink(self, activation):
     # Zero hidden weights and biases: Z = 0 on every sample; h = 0 for both.
-    x, y = _data(m=6, d_x=2, d_y=1)
+    x, y = gaussian_data(m=6, d_x=2, d_y=1)
     model = MLP(d_in=2, widths=(3,), d_out=1, activation=activation)
-    variables = _variables(
+    variables = flax_variables(
         {"kernel": np.zeros((2, 3)), "bias": np.zeros(3)},
         {"kernel": np.zeros((3, 1)), "bias": y.mean(0)})
     cert = lminima.certificate(
@@ -394,9 +366,9 @@ class KinkTest(parameterized.TestCase):
     # tanh is smooth: no kink check. Each dead unit j couples its output
     # weight a_j with (w_j, b_j) through 2c [X^T r; sum r] = 2c [X^T r; 0]
     # (tanh'(0) = 1), giving +-2c ||X^T r||; three units, so index 3.
-    x, y = _data(m=6, d_x=2, d_y=1)
+    x, y = gaussian_data(m=6, d_x=2, d_y=1)
     model = MLP(d_in=2, widths=(3,), d_out=1, activation="tanh")
-    variables = _variables(
+    variables = flax_variables(
         {"kernel": np.zeros((2, 3)), "bias": np.zeros(3)},
         {"kernel": np.zeros((3, 1)), "bias": y.mean(0)})
     problem = lminima.Problem.for_module(model, variables, x, y)
@@ -417,7 +389,7 @@ class CriticalityTest(absltest.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.x, self.y = _data(m=10, d_x=3, d_y=2, seed=7)
+    self.x, self.y = gaussian_data(m=10, d_x=3, d_y=2, seed=7)
     self.c = loss_scale("mean", 10)
     w_star = np.linalg.lstsq(self.x, self.y, rcond=None)[0]
     self.delta = 1e-6 * np.random.default_rng(8).standard_normal((3, 2))
@@ -490,7 +462,7 @@ class InputTest(absltest.TestCase):
     super().setUp()
     self.model = MLP(d_in=2, widths=(3,), d_out=1, activation="tanh")
     self.variables = self.model.init_params(jax.random.PRNGKey(0))
-    self.x, self.y = _data(m=5, d_x=2, d_y=1)
+    self.x, self.y = gaussian_data(m=5, d_x=2, d_y=1)
 
   def _problem(self, variables=None, x=None, y=None, **kwargs):
     return lminima.Problem.for_module(

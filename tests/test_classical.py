@@ -17,6 +17,8 @@ import lminima
 from lminima import classical
 from lminima import models
 
+from _helpers import assert_sum_is_m_times_mean, gaussian_data, lstsq_loss
+
 RTOL = 1e-10
 
 NUMPY_ACTIVATIONS = {
@@ -25,17 +27,6 @@ NUMPY_ACTIVATIONS = {
     "tanh": np.tanh,
     "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
 }
-
-
-def _data(m=30, d_x=4, d_y=2, seed=0):
-  rng = np.random.default_rng(seed)
-  return rng.standard_normal((m, d_x)), rng.standard_normal((m, d_y))
-
-
-def _lstsq_loss(design, y, c):
-  """c ||Y - design beta||^2 at numpy's least-squares solution beta."""
-  beta = np.linalg.lstsq(design, y, rcond=None)[0]
-  return c * np.sum(np.square(y - design @ beta))
 
 
 def _with_ones(a):
@@ -75,11 +66,11 @@ class LinearAndBasisTest(parameterized.TestCase):
 
   @parameterized.product(intercept=(True, False), d_y=(1, 3))
   def test_linear_matches_lstsq_and_sklearn(self, intercept, d_y):
-    x, y = _data(d_y=d_y)
+    x, y = gaussian_data(d_y=d_y)
     opt = classical.linear_regression_optimum(x, y, intercept=intercept)
     c = 1 / (2 * x.shape[0])
     design = _with_ones(x) if intercept else x
-    np.testing.assert_allclose(opt.value, _lstsq_loss(design, y, c), rtol=RTOL)
+    np.testing.assert_allclose(opt.value, lstsq_loss(design, y, c), rtol=RTOL)
     prediction = linear_model.LinearRegression(
         fit_intercept=intercept).fit(x, y).predict(x)
     np.testing.assert_allclose(
@@ -91,18 +82,18 @@ class LinearAndBasisTest(parameterized.TestCase):
     self.assertEqual(opt.fitted.shape, y.shape)
 
   def test_linear_rank_deficient_least_norm(self):
-    x, y = _data()
+    x, y = gaussian_data()
     x = np.concatenate([x, x[:, :1] + x[:, 1:2]], axis=1)  # dependent column
     opt = classical.linear_regression_optimum(x, y)
     design = _with_ones(x)
     c = 1 / (2 * x.shape[0])
-    np.testing.assert_allclose(opt.value, _lstsq_loss(design, y, c), rtol=RTOL)
+    np.testing.assert_allclose(opt.value, lstsq_loss(design, y, c), rtol=RTOL)
     self.assertEqual(opt.rank, x.shape[1])  # 5 columns + 1 ones - 1 dependent
     np.testing.assert_allclose(opt.coef, np.linalg.pinv(design) @ y,
                                atol=1e-10)
 
   def test_vector_targets_are_one_column(self):
-    x, y = _data(d_y=1)
+    x, y = gaussian_data(d_y=1)
     vector = classical.linear_regression_optimum(x, y[:, 0])
     matrix = classical.linear_regression_optimum(x, y)
     self.assertEqual(vector.fitted.shape, (x.shape[0], 1))
@@ -116,13 +107,13 @@ class LinearAndBasisTest(parameterized.TestCase):
     opt = classical.basis_function_optimum(phi, y, intercept=intercept,
                                            normalization="sum", name="sines")
     design = _with_ones(phi) if intercept else phi
-    np.testing.assert_allclose(opt.value, _lstsq_loss(design, y, 0.5),
+    np.testing.assert_allclose(opt.value, lstsq_loss(design, y, 0.5),
                                rtol=RTOL)
     self.assertEqual(opt.model, "sines")
     self.assertEqual(opt.coef.shape, (design.shape[1], 2))
 
   def test_to_dict_is_json_ready(self):
-    x, y = _data()
+    x, y = gaussian_data()
     opt = classical.random_features_optimum(x, y, 5, "relu", seed=3)
     record = json.loads(json.dumps(opt.to_dict()))
     self.assertEqual(record["model"], "random_features")
@@ -136,7 +127,7 @@ class FeatureMapTest(parameterized.TestCase):
 
   @parameterized.product(activation=("relu", "tanh"), bias=(True, False))
   def test_random_features_reproduce_mlp_init(self, activation, bias):
-    x, _ = _data(m=9, d_x=3)
+    x, _ = gaussian_data(m=9, d_x=3)
     seed = 7
     features = classical.random_features(x, 11, activation, seed=seed,
                                          bias=bias)
@@ -148,17 +139,17 @@ class FeatureMapTest(parameterized.TestCase):
         features, classical.random_features(x, 11, activation, seed=seed + 1)))
 
   def test_random_features_optimum_matches_lstsq(self):
-    x, y = _data(m=40)
+    x, y = gaussian_data(m=40)
     opt = classical.random_features_optimum(x, y, 12, "tanh", seed=2)
     phi = np.tanh(x @ _first_kernel(4, 12, 1, "tanh", True, 2))
     np.testing.assert_allclose(opt.value,
-                               _lstsq_loss(_with_ones(phi), y, 1 / 80),
+                               lstsq_loss(_with_ones(phi), y, 1 / 80),
                                rtol=RTOL)
     self.assertEqual(opt.rank, 13)
 
   @parameterized.product(degree=(1, 2, 3), include_bias=(True, False))
   def test_polynomial_features_match_sklearn(self, degree, include_bias):
-    x, _ = _data(m=12, d_x=3)
+    x, _ = gaussian_data(m=12, d_x=3)
     ours = classical.polynomial_features(x, degree, include_bias=include_bias)
     theirs = preprocessing.PolynomialFeatures(
         degree, include_bias=include_bias).fit_transform(x)
@@ -171,10 +162,10 @@ class FeatureMapTest(parameterized.TestCase):
                                rtol=1e-13)
 
   def test_polynomial_optimum_matches_lstsq(self):
-    x, y = _data(m=40, d_x=3)
+    x, y = gaussian_data(m=40, d_x=3)
     opt = classical.polynomial_optimum(x, y, 2)
     phi = preprocessing.PolynomialFeatures(2).fit_transform(x)
-    np.testing.assert_allclose(opt.value, _lstsq_loss(phi, y, 1 / 80),
+    np.testing.assert_allclose(opt.value, lstsq_loss(phi, y, 1 / 80),
                                rtol=RTOL)
     self.assertEqual(opt.rank, 10)
 
@@ -182,7 +173,7 @@ class FeatureMapTest(parameterized.TestCase):
                          param_dtype=(jnp.float64, jnp.float32))
   def test_hidden_features_optimum_matches_lstsq(self, layer, bias,
                                                  param_dtype):
-    x, y = _data(m=20, d_x=3)
+    x, y = gaussian_data(m=20, d_x=3)
     model = models.MLP(3, (6, 5), 2, "tanh", bias)
     variables = model.init_params(jax.random.PRNGKey(4), param_dtype)
     variables = jax.tree_util.tree_map(  # nonzero biases, a point "at theta"
@@ -194,7 +185,7 @@ class FeatureMapTest(parameterized.TestCase):
         classical.hidden_features(problem, layer=layer), h,
         rtol=1e-13, atol=1e-14)
     design = _with_ones(h) if bias else h
-    np.testing.assert_allclose(opt.value, _lstsq_loss(design, y, 1 / 40),
+    np.testing.assert_allclose(opt.value, lstsq_loss(design, y, 1 / 40),
                                rtol=RTOL)
     self.assertEqual(opt.rank, np.linalg.matrix_rank(design))
     self.assertEqual(opt.details["layer"], layer % 3)
@@ -202,18 +193,18 @@ class FeatureMapTest(parameterized.TestCase):
     self.assertEqual(opt.details["widths"], [6, 5])
 
   def test_hidden_features_intercept_override(self):
-    x, y = _data(m=20, d_x=3)
+    x, y = gaussian_data(m=20, d_x=3)
     model = models.MLP(3, (6,), 2, "tanh", True)
     problem = _problem(model, model.init_params(jax.random.PRNGKey(1)), x, y)
     h = _numpy_hidden(problem.params, x, "tanh", True)[-1]
     opt = classical.hidden_features_optimum(problem, intercept=False)
-    np.testing.assert_allclose(opt.value, _lstsq_loss(h, y, 1 / 40),
+    np.testing.assert_allclose(opt.value, lstsq_loss(h, y, 1 / 40),
                                rtol=RTOL)
     self.assertEqual(opt.rank, 6)
     self.assertFalse(opt.details["intercept"])
 
   def test_hidden_features_at_init_are_random_features(self):
-    x, _ = _data(m=8, d_x=3)
+    x, _ = gaussian_data(m=8, d_x=3)
     model = models.MLP(3, (9,), 2, "relu")
     problem = _problem(model, model.init_params(jax.random.PRNGKey(5),
                                                 jnp.float64), x)
@@ -267,12 +258,7 @@ class NormalizationTest(parameterized.TestCase):
               jax.random.PRNGKey(0), jnp.float64), x, y, normalization=n))),
   )
   def test_sum_is_m_times_mean(self, optimum):
-    x, y = _data()
-    total, mean = optimum(x, y, "sum"), optimum(x, y, "mean")
-    self.assertGreater(mean.value, 0)
-    np.testing.assert_allclose(total.value, x.shape[0] * mean.value,
-                               rtol=1e-13)
-    np.testing.assert_array_equal(total.fitted, mean.fitted)
+    assert_sum_is_m_times_mean(self, optimum)
 
 
 class BadInputTest(parameterized.TestCase):
@@ -322,7 +308,7 @@ class BadInputTest(parameterized.TestCase):
        "needs a problem of an lminima.models.MLP"),
   )
   def test_raises(self, call, message):
-    x, y = _data()
+    x, y = gaussian_data()
     with self.assertRaisesRegex(ValueError, message):
       call(x, y)
 

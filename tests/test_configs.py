@@ -1,8 +1,6 @@
 """Studies as config files: every config builds, the offline smokes run."""
 
 import os
-import subprocess
-import sys
 import tempfile
 
 from absl.testing import absltest
@@ -13,7 +11,8 @@ from lminima import population
 from lminima import records
 from lminima import sweep
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _helpers import REPO, assert_one_line_error, run_script, start_script
+
 OFFLINE = ("synthetic", "digits", "mnist5k")
 TFDS = {"mnist": "mnist", "cifar10": "cifar10", "svhn": "svhn_cropped"}
 
@@ -68,18 +67,12 @@ class ConfigFilesTest(parameterized.TestCase):
 
 class ScriptTest(absltest.TestCase):
 
-  def run_script(self, *args):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "depth_width.py"),
-         *args], capture_output=True, text=True, timeout=300, check=False,
-        cwd=REPO)
-
   def test_config_file_with_overrides_and_short_flags(self):
     workdir = tempfile.mkdtemp()
-    result = self.run_script(
-        "--config=lminima/configs/digits.py:smoke", "--config.steps=60",
-        "--config.data_options.n=30", f"--config.workdir={workdir}",
-        "--widths=2,3")
+    result = run_script(
+        "depth_width.py", "--config=lminima/configs/digits.py:smoke",
+        "--config.steps=60", "--config.data_options.n=30",
+        f"--config.workdir={workdir}", "--widths=2,3", cwd=REPO)
     self.assertEqual(result.returncode, 0, result.stderr)
     rows = records.read_workdir_rows(workdir)
     self.assertEqual([(r["depth"], r["width"]) for r in rows],
@@ -95,19 +88,13 @@ class ScriptTest(absltest.TestCase):
              (["--config.optimizer=foo"], "optimizer must be one of"),
              (["--config.data_options.colour=1"], "'colour'"),
              (["--config.steps=x"], "--config.steps"))
-    processes = [subprocess.Popen(
-        [sys.executable, os.path.join(REPO, "scripts", "depth_width.py"),
-         "--config=lminima/configs/synthetic.py:smoke",
-         f"--config.workdir={tempfile.mkdtemp()}", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    processes = [start_script(
+        "depth_width.py", "--config=lminima/configs/synthetic.py:smoke",
+        f"--config.workdir={tempfile.mkdtemp()}", *args, cwd=REPO)
                  for args, _ in cases]
     for (args, expected), process in zip(cases, processes):
       _, stderr = process.communicate(timeout=300)
-      self.assertNotEqual(process.returncode, 0, args)
-      lines = stderr.strip().splitlines()
-      self.assertLen(lines, 1, (args, stderr))
-      self.assertStartsWith(lines[0], "error: ")
-      self.assertIn(expected, lines[0])
+      assert_one_line_error(self, process.returncode, stderr, args, expected)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,6 @@
 escape from a bad certified minimum, and the script."""
 
 import os
-import subprocess
-import sys
 import tempfile
 
 import jax
@@ -19,7 +17,7 @@ from lminima import models
 from lminima import records
 from lminima.problem import ModuleMethod, Objective
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _helpers import assert_one_line_error, run_script
 
 
 def _random_point(loss, seed=0, m=7, d_x=3, d_y=2):
@@ -230,14 +228,9 @@ class EscapeTest(absltest.TestCase):
 
 class ScriptTest(absltest.TestCase):
 
-  def run_script(self, *args):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "eliminate.py"),
-         *args], capture_output=True, text=True, timeout=300, check=False)
-
   def test_smoke_run_writes_rows_and_report(self):
     workdir = tempfile.mkdtemp()
-    result = self.run_script("--smoke", f"--workdir={workdir}")
+    result = run_script("eliminate.py", "--smoke", f"--workdir={workdir}")
     self.assertEqual(result.returncode, 0, result.stderr)
     rows = records.read_rows(os.path.join(workdir, records.RESULTS_FILE))
     config = eliminate.get_config("smoke")
@@ -267,22 +260,21 @@ class ScriptTest(absltest.TestCase):
       for variant in eliminate.VARIANTS:
         self.assertIn(f"| {loss_fn} | 2 | {variant} |", report)
     # A rerun finds every member recorded and adds nothing.
-    again = self.run_script("--smoke", f"--workdir={workdir}")
+    again = run_script("eliminate.py", "--smoke", f"--workdir={workdir}")
     self.assertEqual(again.returncode, 0, again.stderr)
     self.assertLen(records.read_rows(os.path.join(
         workdir, records.RESULTS_FILE)), len(rows))
     # Another configuration in the same workdir is refused in one line.
-    other = self.run_script("--smoke", "--lam=0.5", f"--workdir={workdir}")
+    other = run_script("eliminate.py", "--smoke", "--lam=0.5",
+                       f"--workdir={workdir}")
     self.assertNotEqual(other.returncode, 0)
     self.assertStartsWith(other.stderr.strip().splitlines()[-1], "error: ")
 
   def test_invalid_flags_exit_nonzero_with_one_line(self):
     for args in (["--widths=2,-1"], ["--losses=hinge"], ["--lam=0"]):
-      result = self.run_script(*args, f"--workdir={tempfile.mkdtemp()}")
-      self.assertNotEqual(result.returncode, 0, args)
-      lines = result.stderr.strip().splitlines()
-      self.assertLen(lines, 1, (args, result.stderr))
-      self.assertStartsWith(lines[0], "error: ")
+      result = run_script("eliminate.py", *args,
+                          f"--workdir={tempfile.mkdtemp()}")
+      assert_one_line_error(self, result.returncode, result.stderr, args)
 
 
 if __name__ == "__main__":

@@ -13,34 +13,7 @@ from absl.testing import parameterized
 import lminima  # noqa: F401  (enables float64)
 from lminima import hessian
 
-_ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus,
-                "sigmoid": jax.nn.sigmoid}
-
-
-def _mlp_problem(widths, activation="tanh", bias=True, m=40, d_in=3, d_out=2,
-                 seed=0):
-  """(params, loss_fn): a float64 MLP (tuple of layer dicts) with a mean
-  squared loss on Gaussian data; self-contained, independent of
-  lminima.models."""
-  sizes = (d_in, *widths, d_out)
-  keys = jax.random.split(jax.random.PRNGKey(seed), 2 * len(sizes))
-  params = tuple(
-      {"w": jax.random.normal(keys[2 * l], (a, b), jnp.float64) / np.sqrt(a),
-       **({"b": 0.1 * jax.random.normal(keys[2 * l + 1], (b,), jnp.float64)}
-          if bias else {})}
-      for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
-  x = jax.random.normal(keys[-2], (m, d_in), jnp.float64)
-  y = jax.random.normal(keys[-1], (m, d_out), jnp.float64)
-  sigma = _ACTIVATIONS[activation]
-
-  def loss_fn(p):
-    h = x
-    for l, layer in enumerate(p):
-      h = h @ layer["w"] + layer.get("b", 0.0)
-      h = sigma(h) if l < len(p) - 1 else h
-    return 0.5 * jnp.mean(jnp.sum(jnp.square(h - y), axis=1))
-
-  return params, loss_fn
+from _helpers import mlp_problem
 
 
 class HessianVectorProductTest(parameterized.TestCase):
@@ -48,7 +21,7 @@ class HessianVectorProductTest(parameterized.TestCase):
   @parameterized.parameters(("tanh", True), ("softplus", False),
                             ("sigmoid", True))
   def test_dense_hessian_matches_finite_differences(self, activation, bias):
-    params, loss_fn = _mlp_problem((4, 3), activation, bias)
+    params, loss_fn = mlp_problem((4, 3), activation, bias)
     flat, unravel = hessian.flatten_params(params)
     flat_grad = jax.jit(jax.grad(lambda t: loss_fn(unravel(t))))
     step = 1e-5
@@ -64,20 +37,20 @@ class HessianVectorProductTest(parameterized.TestCase):
                                atol=1e-7 * np.abs(finite_diff).max())
 
   def test_dense_hessian_chunk_size_does_not_matter(self):
-    params, loss_fn = _mlp_problem((5,))
+    params, loss_fn = mlp_problem((5,))
     full = hessian.dense_hessian(loss_fn, params, chunk_size=1000)
     chunked = hessian.dense_hessian(loss_fn, params, chunk_size=3)
     np.testing.assert_allclose(chunked, full, rtol=1e-13, atol=1e-15)
 
   def test_dense_from_operator_matches_dense_hessian(self):
-    params, loss_fn = _mlp_problem((4,))
+    params, loss_fn = mlp_problem((4,))
     matvec, dim = hessian.hvp_operator(loss_fn, params)
     np.testing.assert_array_equal(
         hessian.dense_from_operator(matvec, dim, chunk_size=5),
         hessian.dense_hessian(loss_fn, params, chunk_size=5))
 
   def test_hvp_and_operator_match_dense(self):
-    params, loss_fn = _mlp_problem((6, 5))
+    params, loss_fn = mlp_problem((6, 5))
     dense = np.asarray(hessian.dense_hessian(loss_fn, params))
     flat, unravel = hessian.flatten_params(params)
     v = np.random.default_rng(1).standard_normal(flat.size)
@@ -91,7 +64,7 @@ class HessianVectorProductTest(parameterized.TestCase):
                                atol=1e-13)
 
   def test_flatten_params_round_trip(self):
-    params, _ = _mlp_problem((3,))
+    params, _ = mlp_problem((3,))
     flat, unravel = hessian.flatten_params(params)
     self.assertEqual(flat.shape, ((3 * 3 + 3) + (3 * 2 + 2),))
     for a, b in zip(jax.tree_util.tree_leaves(unravel(flat)),
@@ -99,7 +72,7 @@ class HessianVectorProductTest(parameterized.TestCase):
       np.testing.assert_array_equal(a, b)
 
   def test_bad_inputs_raise(self):
-    params, loss_fn = _mlp_problem((3,))
+    params, loss_fn = mlp_problem((3,))
     float32_params = jax.tree_util.tree_map(
         lambda a: a.astype(jnp.float32), params)
     with self.assertRaisesRegex(ValueError, "float64"):

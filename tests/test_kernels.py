@@ -8,26 +8,17 @@ from sklearn import metrics
 
 from lminima import kernels
 
+from _helpers import assert_sum_is_m_times_mean, gaussian_data, lstsq_loss
+
 RTOL = 1e-10
-
-
-def _data(m=30, d_x=4, d_y=2, seed=0):
-  rng = np.random.default_rng(seed)
-  return rng.standard_normal((m, d_x)), rng.standard_normal((m, d_y))
-
-
-def _lstsq_loss(design, y, c):
-  """c ||Y - design beta||^2 at numpy's least-squares solution beta."""
-  beta = np.linalg.lstsq(design, y, rcond=None)[0]
-  return c * np.sum(np.square(y - design @ beta))
 
 
 class KernelTest(parameterized.TestCase):
 
   @parameterized.parameters(0.3, 1.0, 4.0)
   def test_rbf_matches_sklearn(self, lengthscale):
-    x1, _ = _data(m=7)
-    x2, _ = _data(m=5, seed=1)
+    x1, _ = gaussian_data(m=7)
+    x2, _ = gaussian_data(m=5, seed=1)
     np.testing.assert_allclose(
         kernels.rbf_kernel(x1, x2, lengthscale=lengthscale),
         metrics.pairwise.rbf_kernel(x1, x2, gamma=0.5 / lengthscale ** 2),
@@ -35,7 +26,7 @@ class KernelTest(parameterized.TestCase):
 
   @parameterized.product(ridge=(0.1, 1.0), d_y=(1, 2))
   def test_kernel_ridge_matches_sklearn(self, ridge, d_y):
-    x, y = _data(m=25, d_y=d_y)
+    x, y = gaussian_data(m=25, d_y=d_y)
     lengthscale = 1.5
     k = kernels.rbf_kernel(x, x, lengthscale=lengthscale)
     opt = kernels.kernel_regression_optimum(k, y, ridge=ridge)
@@ -56,7 +47,7 @@ class KernelTest(parameterized.TestCase):
                                rtol=1e-9)
 
   def test_interpolation_full_rank_kernel_fits_exactly(self):
-    x, y = _data(m=10, d_x=3)
+    x, y = gaussian_data(m=10, d_x=3)
     k = kernels.rbf_kernel(x, x, lengthscale=1.0)
     opt = kernels.kernel_regression_optimum(k, y)
     self.assertEqual(opt.rank, 10)
@@ -71,7 +62,7 @@ class KernelTest(parameterized.TestCase):
     k = features @ features.T  # rank 4
     opt = kernels.kernel_regression_optimum(k, y)
     self.assertEqual(opt.rank, 4)
-    np.testing.assert_allclose(opt.value, _lstsq_loss(features, y, 1 / 24),
+    np.testing.assert_allclose(opt.value, lstsq_loss(features, y, 1 / 24),
                                rtol=RTOL)
     # The ridge fit tends to the interpolating limit as ridge -> 0+.
     tiny = kernels.kernel_regression_optimum(k, y, ridge=1e-9)
@@ -101,8 +92,8 @@ class KernelTest(parameterized.TestCase):
 
   @parameterized.parameters((2.0, 0.0), (1.0, 0.5))
   def test_relu_nngp_depth_one_is_arc_cosine(self, weight_var, bias_var):
-    x1, _ = _data(m=6, d_x=3)
-    x2, _ = _data(m=4, d_x=3, seed=1)
+    x1, _ = gaussian_data(m=6, d_x=3)
+    x2, _ = gaussian_data(m=4, d_x=3, seed=1)
     x2[0] = -x1[0]  # an antipodal pair, angle pi
 
     def augment(a):
@@ -122,8 +113,8 @@ class KernelTest(parameterized.TestCase):
         bias_var + weight_var * arc_cosine, rtol=1e-12)
 
   def test_relu_nngp_structure(self):
-    x1, _ = _data(m=6, d_x=3)
-    x2, _ = _data(m=4, d_x=3, seed=1)
+    x1, _ = gaussian_data(m=6, d_x=3)
+    x2, _ = gaussian_data(m=4, d_x=3, seed=1)
     np.testing.assert_allclose(
         kernels.relu_nngp_kernel(x1, x2, depth=0, weight_var=1.5,
                                    bias_var=0.2), 0.2 + 1.5 * x1 @ x2.T / 3,
@@ -198,12 +189,7 @@ class NormalizationTest(parameterized.TestCase):
                                          normalization=n)),
   )
   def test_sum_is_m_times_mean(self, optimum):
-    x, y = _data()
-    total, mean = optimum(x, y, "sum"), optimum(x, y, "mean")
-    self.assertGreater(mean.value, 0)
-    np.testing.assert_allclose(total.value, x.shape[0] * mean.value,
-                               rtol=1e-13)
-    np.testing.assert_array_equal(total.fitted, mean.fitted)
+    assert_sum_is_m_times_mean(self, optimum)
 
 
 class BadInputTest(parameterized.TestCase):
@@ -233,7 +219,7 @@ class BadInputTest(parameterized.TestCase):
           x @ x.T, y[:-1]), "rows"),
   )
   def test_raises(self, call, message):
-    x, y = _data()
+    x, y = gaussian_data()
     with self.assertRaisesRegex(ValueError, message):
       call(x, y)
 

@@ -15,55 +15,16 @@ import lminima  # noqa: F401  (enables float64)
 from lminima import hessian
 from lminima import lanczos
 
-
-_ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus,
-                "sigmoid": jax.nn.sigmoid}
-
-
-def _mlp_problem(widths, activation="tanh", bias=True, m=40, d_in=3, d_out=2,
-                 seed=0):
-  """(params, loss_fn): a float64 MLP (tuple of layer dicts) with a mean
-  squared loss on Gaussian data; self-contained, independent of
-  lminima.models."""
-  sizes = (d_in, *widths, d_out)
-  keys = jax.random.split(jax.random.PRNGKey(seed), 2 * len(sizes))
-  params = tuple(
-      {"w": jax.random.normal(keys[2 * l], (a, b), jnp.float64) / np.sqrt(a),
-       **({"b": 0.1 * jax.random.normal(keys[2 * l + 1], (b,), jnp.float64)}
-          if bias else {})}
-      for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
-  x = jax.random.normal(keys[-2], (m, d_in), jnp.float64)
-  y = jax.random.normal(keys[-1], (m, d_out), jnp.float64)
-  sigma = _ACTIVATIONS[activation]
-
-  def loss_fn(p):
-    h = x
-    for l, layer in enumerate(p):
-      h = h @ layer["w"] + layer.get("b", 0.0)
-      h = sigma(h) if l < len(p) - 1 else h
-    return 0.5 * jnp.mean(jnp.sum(jnp.square(h - y), axis=1))
-
-  return params, loss_fn
-
-
-def _matrix_with_spectrum(eigenvalues, seed=0):
-  n = len(eigenvalues)
-  q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
-  return (q * np.asarray(eigenvalues)) @ q.T
-
-
-def _dense_matvec(a):
-  a = jnp.asarray(a)
-  return lambda v: a @ v
+from _helpers import dense_matvec, matrix_with_spectrum, mlp_problem
 
 
 class LanczosTest(parameterized.TestCase):
 
   def test_tridiagonal_relations(self):
-    a = _matrix_with_spectrum(np.linspace(-2.0, 5.0, 30), seed=3)
+    a = matrix_with_spectrum(np.linspace(-2.0, 5.0, 30), seed=3)
     v0 = np.random.default_rng(0).standard_normal(30)
     alphas, betas, basis = lanczos.lanczos_tridiagonal(
-        _dense_matvec(a), jnp.asarray(v0), 12)
+        dense_matvec(a), jnp.asarray(v0), 12)
     basis = np.asarray(basis)
     np.testing.assert_allclose(basis @ basis.T, np.eye(12), atol=1e-13)
     np.testing.assert_allclose(basis[0], v0 / np.linalg.norm(v0), atol=1e-15)
@@ -84,9 +45,9 @@ class LanczosTest(parameterized.TestCase):
       ("psd_with_null_space", np.concatenate([np.zeros(150),
                                               np.geomspace(1e-4, 10.0, 50)])))
   def test_known_spectrum(self, eigenvalues):
-    a = _matrix_with_spectrum(eigenvalues, seed=len(eigenvalues))
+    a = matrix_with_spectrum(eigenvalues, seed=len(eigenvalues))
     dim = a.shape[0]
-    eigs = lanczos.lanczos_extreme_eigs(_dense_matvec(a), dim,
+    eigs = lanczos.lanczos_extreme_eigs(dense_matvec(a), dim,
                                         key=jax.random.PRNGKey(0))
     scale = np.abs(eigenvalues).max()
     self.assertTrue(eigs.converged)
@@ -109,16 +70,16 @@ class LanczosTest(parameterized.TestCase):
   def test_invariant_subspace_stops_early_and_exact(self):
     # Three distinct eigenvalues: the Krylov space is invariant after 3 steps.
     eigenvalues = np.repeat([-1.0, 2.0, 5.0], 20)
-    a = _matrix_with_spectrum(eigenvalues, seed=7)
-    eigs = lanczos.lanczos_extreme_eigs(_dense_matvec(a), 60,
+    a = matrix_with_spectrum(eigenvalues, seed=7)
+    eigs = lanczos.lanczos_extreme_eigs(dense_matvec(a), 60,
                                         key=jax.random.PRNGKey(2))
     self.assertTrue(eigs.converged)
     self.assertEqual(eigs.num_matvecs, 3 + 2)
     np.testing.assert_allclose(eigs.ritz_values, [-1.0, 2.0, 5.0], atol=1e-12)
 
   def test_max_iters_reports_not_converged(self):
-    a = _matrix_with_spectrum(np.linspace(0.0, 1.0, 300), seed=1)
-    eigs = lanczos.lanczos_extreme_eigs(_dense_matvec(a), 300,
+    a = matrix_with_spectrum(np.linspace(0.0, 1.0, 300), seed=1)
+    eigs = lanczos.lanczos_extreme_eigs(dense_matvec(a), 300,
                                         key=jax.random.PRNGKey(0),
                                         max_iters=5, tol=1e-12)
     self.assertFalse(eigs.converged)
@@ -126,7 +87,7 @@ class LanczosTest(parameterized.TestCase):
 
   @parameterized.parameters(((8, 8), 0), ((12, 10), 1))
   def test_mlp_hessian_matches_eigvalsh(self, widths, seed):
-    params, loss_fn = _mlp_problem(widths, seed=seed, d_in=5)
+    params, loss_fn = mlp_problem(widths, seed=seed, d_in=5)
     eigenvalues = np.linalg.eigvalsh(hessian.dense_hessian(loss_fn, params))
     matvec, dim = hessian.hvp_operator(loss_fn, params)
     eigs = lanczos.lanczos_extreme_eigs(matvec, dim,
@@ -139,7 +100,7 @@ class LanczosTest(parameterized.TestCase):
 
   @pytest.mark.slow
   def test_large_mlp_hessian_matches_eigvalsh(self):
-    params, loss_fn = _mlp_problem((40, 40), m=200, d_in=20, d_out=3)
+    params, loss_fn = mlp_problem((40, 40), m=200, d_in=20, d_out=3)
     eigenvalues = np.linalg.eigvalsh(hessian.dense_hessian(loss_fn, params))
     self.assertGreater(eigenvalues.size, 2500)
     matvec, dim = hessian.hvp_operator(loss_fn, params)
@@ -152,7 +113,7 @@ class LanczosTest(parameterized.TestCase):
                          1e-8 * abs(eigenvalues[-1]))
 
   def test_one_compile_per_loss_function(self):
-    params, loss_fn = _mlp_problem((5,))
+    params, loss_fn = mlp_problem((5,))
     moved = jax.tree_util.tree_map(lambda a: a + 0.1, params)
     values = []
     for point, seed in ((params, 0), (moved, 1), (params, 2)):
@@ -175,8 +136,8 @@ class LanczosTest(parameterized.TestCase):
     dim, lam_min, lam_max = 400, -1.0, 1.1
     eigenvalues = np.concatenate([[lam_min], np.linspace(0.0, 1.0, dim - 2),
                                   [lam_max]])
-    a = _matrix_with_spectrum(eigenvalues, seed=11)
-    matvec = _dense_matvec(a)
+    a = matrix_with_spectrum(eigenvalues, seed=11)
+    matvec = dense_matvec(a)
     threshold = 0.5 * lam_min  # between lambda_min and the bulk
 
     def near(ritz_values, value):
@@ -206,16 +167,16 @@ class LanczosTest(parameterized.TestCase):
     self.assertEqual(int(np.sum(eigs.ritz_values < threshold)), 1, "index")
 
   def test_unchecked_core_matches_under_jit(self):
-    a = _matrix_with_spectrum(np.linspace(-1.0, 2.0, 20), seed=2)
+    a = matrix_with_spectrum(np.linspace(-1.0, 2.0, 20), seed=2)
     v0 = jnp.asarray(np.random.default_rng(1).standard_normal(20))
-    checked = lanczos.lanczos_tridiagonal(_dense_matvec(a), v0, 8)
+    checked = lanczos.lanczos_tridiagonal(dense_matvec(a), v0, 8)
     traced = jax.jit(lambda v: lanczos.lanczos_tridiagonal_unchecked(
-        _dense_matvec(a), v, 8))(v0)
+        dense_matvec(a), v, 8))(v0)
     for x, y in zip(checked, traced):
       np.testing.assert_allclose(x, y, rtol=0, atol=1e-13)
 
   def test_bad_inputs_raise(self):
-    a = _dense_matvec(np.eye(4))
+    a = dense_matvec(np.eye(4))
     with self.assertRaisesRegex(ValueError, r"\(5,\)"):
       lanczos.lanczos_extreme_eigs(a, 5, key=jax.random.PRNGKey(0))
     with self.assertRaisesRegex(ValueError, "max_iters"):

@@ -19,17 +19,8 @@ from lminima import problem as problem_lib
 from lminima.losses import loss_scale
 from lminima.models import MLP
 
-
-def _data(m, d_x, d_y, seed=0):
-  rng = np.random.default_rng(seed)
-  return rng.standard_normal((m, d_x)), rng.standard_normal((m, d_y))
-
-
-def _variables(*layers):
-  """Flax variables {"params": {"layer_1": layers[0], ...}}."""
-  return {"params": {f"layer_{l}": {k: jnp.asarray(v, jnp.float64)
-                                    for k, v in layer.items()}
-                     for l, layer in enumerate(layers, start=1)}}
+from _helpers import flax_variables, gaussian_data
+from _helpers import linear_net_spectrum_at_origin
 
 
 def _layers(variables):
@@ -37,21 +28,6 @@ def _layers(variables):
   params = variables["params"]
   return [{k: np.asarray(v) for k, v in params[f"layer_{l}"].items()}
           for l in range(1, len(params) + 1)]
-
-
-def _linear_net_spectrum_at_origin(x, y, hidden, normalization):
-  """Analytic Hessian eigenvalues of c||X W1 W2 - Y||^2 at W1 = W2 = 0.
-
-  L(tA, tB) = L(0) - 2c t^2 tr(Y^T X A B) + O(t^4), a bilinear form coupling
-  A and B through X^T Y (x) I_hidden: eigenvalues +-2c sigma_i(X^T Y), each
-  ``hidden`` times, and zeros for the rest.
-  """
-  c = loss_scale(normalization, x.shape[0])
-  sigma = np.linalg.svd(x.T @ y, compute_uv=False)
-  nonzero = np.repeat(2 * c * sigma, hidden)
-  n = hidden * (x.shape[1] + y.shape[1])
-  zeros = np.zeros(n - 2 * nonzero.size)
-  return np.sort(np.concatenate([-nonzero, zeros, nonzero]))
 
 
 def _gradient_descent(model, variables, x, y, steps, lr):
@@ -65,7 +41,7 @@ def _gradient_descent(model, variables, x, y, steps, lr):
 
 def _near_linear_net_saddle():
   """A 2-2-2 bias-free linear net 1e-3 from its origin saddle, and its data."""
-  x, y = _data(m=9, d_x=2, d_y=2, seed=1)
+  x, y = gaussian_data(m=9, d_x=2, d_y=2, seed=1)
   model = MLP(d_in=2, widths=(2,), d_out=2, activation="identity", bias=False)
   start = jax.tree_util.tree_map(
       lambda a: 1e-3 * jnp.asarray(a, jnp.float64),
@@ -90,7 +66,7 @@ class SaddleTest(absltest.TestCase):
     # The loss there is c ||Y||^2, computed without the model.
     np.testing.assert_allclose(result.loss, np.sum(y ** 2) / 18, rtol=1e-12)
     cert = lminima.certificate(problem.at(result.params))
-    expected = _linear_net_spectrum_at_origin(x, y, 2, "mean")
+    expected = linear_net_spectrum_at_origin(x, y, 2, "mean")
     self.assertEqual(cert.verdict, "saddle")
     self.assertEqual(cert.index, 4)
     self.assertEqual(cert.n_flat, 0)
@@ -142,7 +118,7 @@ class ConvexTest(parameterized.TestCase):
 
   @parameterized.parameters(("mean", False), ("sum", True))
   def test_linear_model_strict_minimum(self, normalization, bias):
-    x, y = _data(m=11, d_x=3, d_y=2, seed=2)
+    x, y = gaussian_data(m=11, d_x=3, d_y=2, seed=2)
     model = MLP(d_in=3, widths=(), d_out=2, activation="identity", bias=bias)
     problem = lminima.Problem.for_module(
         model, model.init_params(jax.random.PRNGKey(0)), x, y,
@@ -178,7 +154,7 @@ class CustomProblemTest(absltest.TestCase):
   """A Problem of a bare callable, not a flax module."""
 
   def test_linear_callable_reaches_least_squares_minimum(self):
-    x, y = _data(m=13, d_x=4, d_y=3, seed=5)
+    x, y = gaussian_data(m=13, d_x=4, d_y=3, seed=5)
     w0 = np.random.default_rng(6).standard_normal((4, 3))
     problem = lminima.Problem(lambda p, x: x @ p["w"], {"w": w0}, x, y)
     self.assertEqual((problem.n_params, problem.features_fn,
@@ -217,7 +193,7 @@ class DegenerateMinimumTest(absltest.TestCase):
     beta = float(x[:, 0] @ y[:, 0] / (x[:, 0] @ x[:, 0]))
     model = MLP(d_in=1, widths=(1,), d_out=1, activation="identity",
                 bias=False)
-    start = _variables({"kernel": [[0.5]]}, {"kernel": [[0.3]]})
+    start = flax_variables({"kernel": [[0.5]]}, {"kernel": [[0.3]]})
     problem = lminima.Problem.for_module(model, start, x, y)
     result = lminima.refine(problem)
     self.assertTrue(result.converged, result)
@@ -269,7 +245,7 @@ class EscapeTest(absltest.TestCase):
     cls.y = np.sign(cls.x)
     cls.model = MLP(d_in=1, widths=(1,), d_out=1, activation="tanh")
     layer = {"kernel": [[1.0]], "bias": [0.0]}
-    cls.start = _variables(layer, layer)
+    cls.start = flax_variables(layer, layer)
     cls.problem = lminima.Problem.for_module(cls.model, cls.start, cls.x,
                                              cls.y)
 
@@ -327,7 +303,7 @@ class RefineTanhTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.x, cls.y = _data(m=20, d_x=3, d_y=1, seed=0)
+    cls.x, cls.y = gaussian_data(m=20, d_x=3, d_y=1, seed=0)
     cls.model = MLP(d_in=3, widths=(16,), d_out=1, activation="tanh")
     start = jax.tree_util.tree_map(
         lambda a: jnp.asarray(a, jnp.float64),
@@ -414,7 +390,7 @@ class RefineOptionsTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     self.model = MLP(d_in=2, widths=(3,), d_out=1, activation="tanh")
-    self.x, self.y = _data(m=5, d_x=2, d_y=1)
+    self.x, self.y = gaussian_data(m=5, d_x=2, d_y=1)
     self.problem = lminima.Problem.for_module(
         self.model, self.model.init_params(jax.random.PRNGKey(0)), self.x,
         self.y)
@@ -477,7 +453,7 @@ class RefineOptionsTest(absltest.TestCase):
 
   def test_non_finite_start_stops_at_once(self):
     # X w overflows when squared: L = inf at the start.
-    x, y = _data(m=4, d_x=2, d_y=1)
+    x, y = gaussian_data(m=4, d_x=2, d_y=1)
     problem = lminima.Problem(lambda p, x: x @ p["w"],
                               {"w": np.full((2, 1), 1e200)}, x, y)
     self.assertEqual(problem.loss, float("inf"))
@@ -518,7 +494,7 @@ class RefineOptionsTest(absltest.TestCase):
   def test_members_of_one_shape_share_compilation(self):
     # Equal modules and equal shapes: the second member compiles nothing.
     model = MLP(d_in=2, widths=(2,), d_out=1, activation="tanh")
-    x, y = _data(m=8, d_x=2, d_y=1, seed=3)
+    x, y = gaussian_data(m=8, d_x=2, d_y=1, seed=3)
     first = lminima.Problem.for_module(
         model, model.init_params(jax.random.PRNGKey(1)), x, y)
     lminima.refine(first, max_iters=5)

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 import jax
@@ -15,7 +13,9 @@ import lminima
 from lminima import records
 from lminima import sharpness
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _helpers import assert_one_line_error, assert_png_has_content
+from _helpers import run_script
+
 H = np.array([0.5, 1.0, 2.0, 3.0, 5.0])  # the Hessian diag(H)
 EPS = 1e-2
 
@@ -154,7 +154,8 @@ class ExperimentTest(absltest.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.workdir = os.path.join(tempfile.mkdtemp(), "run")
-    cls.result = _script("--smoke", f"--workdir={cls.workdir}")
+    cls.result = run_script("sharpness.py", "--smoke",
+                            f"--workdir={cls.workdir}")
     cls.config = sharpness.get_config("smoke")
     cls.rows = records.read_rows(os.path.join(cls.workdir,
                                               sharpness.RESULTS_FILE))
@@ -202,8 +203,8 @@ class ExperimentTest(absltest.TestCase):
                            loss[small], places=10)
     self.assertAlmostEqual(curve["train_loss"][np.argmin(abs(alpha - 1))],
                            loss[large], places=10)
-    _assert_png_has_content(self, os.path.join(self.workdir,
-                                               sharpness.FIGURE_FILE))
+    assert_png_has_content(self, os.path.join(self.workdir,
+                                              sharpness.FIGURE_FILE))
 
   def test_report_holds_the_table(self):
     with open(os.path.join(self.workdir, sharpness.REPORT_FILE)) as f:
@@ -230,11 +231,10 @@ class ExperimentTest(absltest.TestCase):
   def test_bad_flags_exit_with_one_line(self):
     for args in (["--eps=0"], ["--small_batch=0"], ["--dataset=cifar"],
                  ["--large_batch_fraction=2"]):
-      result = _script("--smoke", *args, f"--workdir={tempfile.mkdtemp()}")
-      self.assertNotEqual(result.returncode, 0, args)
-      lines = result.stderr.strip().splitlines()
-      self.assertLen(lines, 1, (args, result.stderr))
-      self.assertStartsWith(lines[0], "error: --")
+      result = run_script("sharpness.py", "--smoke", *args,
+                          f"--workdir={tempfile.mkdtemp()}")
+      assert_one_line_error(self, result.returncode, result.stderr, args,
+                            prefix="error: --")
 
   def test_bad_configs(self):
     for name, value in (("n_test", 0), ("num_seeds", 0), ("eps", ()),
@@ -247,21 +247,6 @@ class ExperimentTest(absltest.TestCase):
         sharpness.validate_config(config)
     with self.assertRaisesRegex(ValueError, "variant"):
       sharpness.get_config("huge")
-
-
-def _script(*args):
-  return subprocess.run(
-      [sys.executable, os.path.join(REPO, "scripts", "sharpness.py"), *args],
-      capture_output=True, text=True, timeout=300, check=False)
-
-
-def _assert_png_has_content(test, path):
-  """A decodable PNG that is not a blank canvas."""
-  import matplotlib.image  # pylint: disable=g-import-not-at-top
-  pixels = matplotlib.image.imread(path)
-  test.assertGreater(min(pixels.shape[:2]), 200)
-  test.assertGreater(len(np.unique(pixels.reshape(-1, pixels.shape[-1]),
-                                   axis=0)), 10)
 
 
 if __name__ == "__main__":

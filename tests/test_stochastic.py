@@ -14,46 +14,7 @@ import lminima  # noqa: F401  (enables float64)
 from lminima import hessian
 from lminima import stochastic
 
-
-_ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus,
-                "sigmoid": jax.nn.sigmoid}
-
-
-def _mlp_problem(widths, activation="tanh", bias=True, m=40, d_in=3, d_out=2,
-                 seed=0):
-  """(params, loss_fn): a float64 MLP (tuple of layer dicts) with a mean
-  squared loss on Gaussian data; self-contained, independent of
-  lminima.models."""
-  sizes = (d_in, *widths, d_out)
-  keys = jax.random.split(jax.random.PRNGKey(seed), 2 * len(sizes))
-  params = tuple(
-      {"w": jax.random.normal(keys[2 * l], (a, b), jnp.float64) / np.sqrt(a),
-       **({"b": 0.1 * jax.random.normal(keys[2 * l + 1], (b,), jnp.float64)}
-          if bias else {})}
-      for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
-  x = jax.random.normal(keys[-2], (m, d_in), jnp.float64)
-  y = jax.random.normal(keys[-1], (m, d_out), jnp.float64)
-  sigma = _ACTIVATIONS[activation]
-
-  def loss_fn(p):
-    h = x
-    for l, layer in enumerate(p):
-      h = h @ layer["w"] + layer.get("b", 0.0)
-      h = sigma(h) if l < len(p) - 1 else h
-    return 0.5 * jnp.mean(jnp.sum(jnp.square(h - y), axis=1))
-
-  return params, loss_fn
-
-
-def _matrix_with_spectrum(eigenvalues, seed=0):
-  n = len(eigenvalues)
-  q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
-  return (q * np.asarray(eigenvalues)) @ q.T
-
-
-def _dense_matvec(a):
-  a = jnp.asarray(a)
-  return lambda v: a @ v
+from _helpers import dense_matvec, matrix_with_spectrum, mlp_problem
 
 
 def _rademacher_form_std(a, num_probes, scale=1.0):
@@ -69,7 +30,7 @@ class SpectralDensityTest(parameterized.TestCase):
     # the Gauss weights are (e_i . v)^2 = 1/n for a normalized Rademacher v;
     # last components (the wrong rule) would differ from 1/n.
     diagonal = np.array([-2.0, -0.5, 0.0, 0.3, 1.0, 2.5, 4.0, 9.0])
-    density = stochastic.slq_density(_dense_matvec(np.diag(diagonal)), 8,
+    density = stochastic.slq_density(dense_matvec(np.diag(diagonal)), 8,
                                   key=jax.random.PRNGKey(0), num_probes=3,
                                   num_iters=8)
     np.testing.assert_allclose(density.nodes,
@@ -78,7 +39,7 @@ class SpectralDensityTest(parameterized.TestCase):
                                atol=1e-12)
 
   def test_moments_match_traces(self):
-    params, loss_fn = _mlp_problem((8, 6), d_in=4)
+    params, loss_fn = mlp_problem((8, 6), d_in=4)
     dense = np.asarray(hessian.dense_hessian(loss_fn, params))
     dim = dense.shape[0]
     matvec, _ = hessian.hvp_operator(loss_fn, params)
@@ -106,7 +67,7 @@ class SpectralDensityTest(parameterized.TestCase):
   def test_user_grid_and_sigma(self):
     a = np.diag([1.0, 3.0])
     grid = np.linspace(0.0, 4.0, 5)
-    density = stochastic.slq_density(_dense_matvec(a), 2,
+    density = stochastic.slq_density(dense_matvec(a), 2,
                                   key=jax.random.PRNGKey(0), num_probes=1,
                                   num_iters=2, grid=grid, sigma=0.5)
     expected = 0.5 * sum(
@@ -118,10 +79,10 @@ class SpectralDensityTest(parameterized.TestCase):
 class TraceTest(parameterized.TestCase):
 
   def test_hutchinson_within_statistical_error(self):
-    a = _matrix_with_spectrum(np.linspace(-1.0, 3.0, 120), seed=5)
+    a = matrix_with_spectrum(np.linspace(-1.0, 3.0, 120), seed=5)
     num_probes = 400
     estimate, standard_error = stochastic.hutchinson_trace(
-        _dense_matvec(a), 120, key=jax.random.PRNGKey(4),
+        dense_matvec(a), 120, key=jax.random.PRNGKey(4),
         num_probes=num_probes)
     std = _rademacher_form_std(a, num_probes)
     self.assertLessEqual(abs(estimate - np.trace(a)), 5 * std)
@@ -130,16 +91,16 @@ class TraceTest(parameterized.TestCase):
 
   def test_hutchpp_exact_on_low_rank(self):
     eigenvalues = np.concatenate([[9.0, 4.0, -2.0, 1.0], np.zeros(96)])
-    a = _matrix_with_spectrum(eigenvalues, seed=2)
-    estimate = stochastic.hutchpp_trace(_dense_matvec(a), 100,
+    a = matrix_with_spectrum(eigenvalues, seed=2)
+    estimate = stochastic.hutchpp_trace(dense_matvec(a), 100,
                                      key=jax.random.PRNGKey(0), num_matvecs=15)
     self.assertAlmostEqual(estimate, np.trace(a), places=10)
 
   def test_hutchpp_within_statistical_error(self):
     eigenvalues = 1.0 / np.arange(1, 201) ** 1.5
-    a = _matrix_with_spectrum(eigenvalues, seed=4)
+    a = matrix_with_spectrum(eigenvalues, seed=4)
     k = 20
-    estimate = stochastic.hutchpp_trace(_dense_matvec(a), 200,
+    estimate = stochastic.hutchpp_trace(dense_matvec(a), 200,
                                      key=jax.random.PRNGKey(1),
                                      num_matvecs=3 * k)
     # Remainder term = Hutchinson with k probes on P A P, variance
@@ -154,7 +115,7 @@ class TraceTest(parameterized.TestCase):
 class BadInputTest(absltest.TestCase):
 
   def test_bad_inputs_raise(self):
-    a = _dense_matvec(np.eye(4))
+    a = dense_matvec(np.eye(4))
     wrong_shape = lambda v: jnp.concatenate([v, v])
     with self.assertRaisesRegex(ValueError, "to \\(4,\\), got"):
       stochastic.slq_density(wrong_shape, 4, key=jax.random.PRNGKey(0))

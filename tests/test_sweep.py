@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from unittest import mock
 
@@ -16,7 +14,8 @@ from lminima import data as data_lib
 from lminima import records
 from lminima import sweep
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _helpers import assert_one_line_error, assert_png_has_content
+from _helpers import run_script, start_script
 
 ROW_FIELDS = (
     "dataset", "depth", "width", "seed", "activation", "bias", "normalization",
@@ -112,12 +111,10 @@ class SweepTest(absltest.TestCase):
   def test_spectrum_script_agrees_with_the_certificate(self):
     row = next(r for r in self.rows if r["verdict"] == "local_min")
     output = os.path.join(tempfile.mkdtemp(), "spectrum.png")
-    result = subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "spectrum.py"),
-         f"--workdir={self.workdir}", f"--depth={row['depth']}",
-         f"--width={row['width']}", f"--seed={row['seed']}",
-         f"--output={output}"], capture_output=True, text=True, timeout=300,
-        check=False)
+    result = run_script(
+        "spectrum.py", f"--workdir={self.workdir}", f"--depth={row['depth']}",
+        f"--width={row['width']}", f"--seed={row['seed']}",
+        f"--output={output}")
     self.assertEqual(result.returncode, 0, result.stderr)
     printed = dict(line.split(" = ") for line in result.stdout.splitlines()
                    if line.startswith("lambda_"))
@@ -126,7 +123,7 @@ class SweepTest(absltest.TestCase):
       value = float(printed[key].split()[0])
       self.assertAlmostEqual(value, row[key],
                              delta=1e-8 * abs(row["lambda_max"]))
-    _assert_png_has_content(self, output)
+    assert_png_has_content(self, output)
 
   def test_summary_and_figure(self):
     with open(os.path.join(self.workdir, records.SUMMARY_FILE)) as f:
@@ -148,8 +145,8 @@ class SweepTest(absltest.TestCase):
                                np.median(minima))
       else:
         self.assertEqual(entry["local_min_loss_median"], "")
-    _assert_png_has_content(self,
-                            os.path.join(self.workdir, records.FIGURE_FILE))
+    assert_png_has_content(self,
+                           os.path.join(self.workdir, records.FIGURE_FILE))
 
   def test_rerun_skips_recorded_members_and_grows_the_grid(self):
     workdir = tempfile.mkdtemp()
@@ -297,11 +294,6 @@ class SweepTest(absltest.TestCase):
 
 class ScriptTest(absltest.TestCase):
 
-  def run_script(self, *args):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", "depth_width.py"),
-         *args], capture_output=True, text=True, timeout=300, check=False)
-
   def test_invalid_flags_exit_nonzero_with_one_line(self):
     not_a_dir = tempfile.mkstemp()[1]
     cases = (
@@ -318,26 +310,22 @@ class ScriptTest(absltest.TestCase):
     processes, workdirs = [], []
     for args, _ in cases:
       workdirs.append(tempfile.mkdtemp())
-      processes.append(subprocess.Popen(
-          [sys.executable, os.path.join(REPO, "scripts", "depth_width.py"),
-           f"--workdir={workdirs[-1]}", *args], stdout=subprocess.PIPE,
-          stderr=subprocess.PIPE, text=True))
+      processes.append(start_script("depth_width.py",
+                                    f"--workdir={workdirs[-1]}", *args))
     for (args, expected), process, workdir in zip(cases, processes, workdirs):
       _, stderr = process.communicate(timeout=300)
-      self.assertNotEqual(process.returncode, 0, args)
-      lines = stderr.strip().splitlines()
-      self.assertLen(lines, 1, (args, stderr))
-      self.assertStartsWith(lines[0], "error: ")
-      self.assertIn(expected, lines[0])
+      line = assert_one_line_error(self, process.returncode, stderr, args,
+                                   expected)
       if "--widths=100000" in args:
-        self.assertRegex(lines[0], r"needs about [0-9.]+ GB")
+        self.assertRegex(line, r"needs about [0-9.]+ GB")
       # Refused before any training: no results file.
       self.assertEmpty(records.results_files(workdir))
 
   def test_small_run_writes_the_three_files(self):
     workdir = tempfile.mkdtemp()
-    result = self.run_script("--depths=1", "--widths=3", "--num_seeds=1",
-                             "--steps=100", "--n=20", f"--workdir={workdir}")
+    result = run_script("depth_width.py", "--depths=1", "--widths=3",
+                        "--num_seeds=1", "--steps=100", "--n=20",
+                        f"--workdir={workdir}")
     self.assertEqual(result.returncode, 0, result.stderr)
     (row,) = records.read_rows(os.path.join(workdir, records.RESULTS_FILE))
     self.assertEqual((row["depth"], row["width"], row["seed"]), (1, 3, 0))
@@ -346,17 +334,8 @@ class ScriptTest(absltest.TestCase):
     with open(os.path.join(workdir, records.SUMMARY_FILE)) as f:
       (entry,) = list(csv.DictReader(f))
     self.assertAlmostEqual(float(entry["loss_median"]), row["loss"])
-    _assert_png_has_content(self, os.path.join(workdir, records.FIGURE_FILE))
+    assert_png_has_content(self, os.path.join(workdir, records.FIGURE_FILE))
     self.assertIn(workdir, result.stdout)
-
-
-def _assert_png_has_content(test, path):
-  """A decodable PNG that is not a blank canvas."""
-  import matplotlib.image  # pylint: disable=g-import-not-at-top
-  pixels = matplotlib.image.imread(path)
-  test.assertGreater(min(pixels.shape[:2]), 200)
-  test.assertGreater(len(np.unique(pixels.reshape(-1, pixels.shape[-1]),
-                                   axis=0)), 10)
 
 
 if __name__ == "__main__":
