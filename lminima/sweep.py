@@ -2,14 +2,15 @@
 
 ``run(config)`` is the library function behind ``scripts/depth_width.py``:
 
-1. validate the config (``validate_config``: one-line errors naming the
-   field), take the workdir's lock (``records.lock_workdir``: a second process
-   on the same workdir, or the same shard, is refused) and repair a torn last
-   line of its results file (``records.repair_results_file``);
+1. validate the config (``sweep_config.validate_config``: one-line errors
+   naming the field), take the workdir's lock (``records.lock_workdir``: a
+   second process on the same workdir, or the same shard, is refused) and
+   repair a torn last line of its results file
+   (``records.repair_results_file``);
 2. load the data set (``lminima.data.load``, or the ``data`` passed, e.g. a
    user's arrays from ``lminima.data.from_arrays``) and check what needs the
-   data (batch size, the memory the grid needs: ``memory_estimate``) before
-   any training;
+   data (batch size, the memory the grid needs:
+   ``sweep_config.memory_estimate``) before any training;
 3. for each depth with members still to record, train the depth's whole
    population, i.e. every (width, seed) of the grid at that depth, as one
    population (``lminima.train.train_population``, float32), and keep the
@@ -58,10 +59,7 @@ Example (a tiny grid, a few seconds on a laptop CPU):
 from __future__ import annotations
 
 import collections
-import difflib
-import hashlib
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -73,7 +71,6 @@ import tqdm
 
 from lminima import certify
 from lminima import data as data_lib
-from lminima import losses
 from lminima import models
 from lminima import planner
 from lminima import population
@@ -84,314 +81,18 @@ from lminima import report
 from lminima import explain
 from lminima import train
 from lminima.problem import Problem
-
-# Fields that may change between runs sharing a workdir: the grid can grow, and
-# where results go, which shard a process runs, how loudly it reports and how
-# much memory it may use do not change a number.
-_NOT_IN_FINGERPRINT = ("depths", "widths", "num_seeds", "workdir", "progress",
-                       "shard", "memory_limit_bytes")
-
-# Fields replaced by the data's provenance when run() is given the data.
-_DATA_FIELDS = ("dataset", "data_options", "data_dir")
+# The configuration lives in sweep_config; its public names are the sweep's.
+from lminima.sweep_config import (ConfigError, DATA_FIELDS, check_against_data,
+                                  config_fingerprint, get_config, grid,
+                                  load_data, parse_shard, shard_members,
+                                  train_config, validate_config)
 
 WorkdirError = records.WorkdirError
 
-
-class ConfigError(ValueError):
-  """A config value is unusable; the one-line message names the field."""
-
-
-def get_config() -> ml_collections.ConfigDict:
-  """Default sweep: synthetic data, depths 1-3, widths 2-16, 3 seeds.
-
-  The one source of defaults: training defaults come from
-  ``lminima.population.TrainConfig``, and the study configs
-  (``lminima/configs/*.py``) are built on this one. The returned config is
-  locked: setting a field it does not have (``config.num_seed = 5``) raises
-  instead of being silently ignored. ``data_options`` stays open (its keys
-  are the data source's options, checked by ``validate_config``).
-
-  Finishes in under a minute on a 2-core CPU, compilation included.
-  """
-  defaults = population.TrainConfig()
-  config = ml_collections.ConfigDict()
-  config.dataset = "synthetic"
-  # Source options for lminima.data.load (e.g. n, classes, grayscale).
-  config.data_options = ml_collections.ConfigDict(
-      {"m": 100, "d_x": 5, "d_y": 2, "seed": 0}, type_safe=False)
-  config.data_dir = ""
-  config.depths = (1, 2, 3)
-  config.widths = (2, 4, 8, 16)
-  config.num_seeds = 3
-  for name in ("activation", "bias", "normalization", "optimizer",
-               "learning_rate", "steps"):
-    config[name] = getattr(defaults, name)
-  config.batch_size = 0  # 0: full batch.
-  config.width_strategy = "auto"
-  config.certify = True
-  config.refine_method = "auto"  # lm (dense) up to 5000 params, else newton_mr
-  config.refine_grad_tol = 1e-10
-  config.refine_max_iters = 200
-  config.dense_max_params = 3000
-  config.theory = True
-  config.memory_budget_bytes = 2**30
-  # Refuse grids whose estimated memory exceeds this (0: the accelerator's
-  # memory, or the host's on CPU); see memory_estimate.
-  config.memory_limit_bytes = 0
-  config.workdir = "runs/depth_width"
-  config.shard = "0/1"  # "i/N": this process runs shard i of N.
-  config.progress = True
-  config.lock()
-  config.data_options.unlock()
-  return config
-
-
-def _field_error(name: str, message: str) -> ConfigError:
-  return ConfigError(f"{name} {message}")
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _int_tuple(config: ml_collections.ConfigDict, name: str,
-               minimum: int) -> tuple[int, ...]:
-  values = config[name]
-  if _is_int(values):
-    values = (values,)
-  if isinstance(values, str) or not np.iterable(values):
-    raise _field_error(name, f"must be a list of integers, got {values!r}")
-  values = tuple(values)
-  if not values:
-    raise _field_error(name, "is empty; give at least one value")
-  if not all(_is_int(v) and v >= minimum for v in values):
-    raise _field_error(name, f"must be integers >= {minimum}, got {values}")
-  if len(set(values)) != len(values):
-    raise _field_error(name, f"repeats a value: {values}")
-  return values
-
-
-def parse_shard(shard: str) -> tuple[int, int]:
-  """``"i/N"`` -> ``(i, N)`` with 0 <= i < N; raises ``ConfigError``."""
-  try:
-    index, count = (int(part) for part in str(shard).split("/"))
-  except ValueError:
-    raise _field_error("shard", f"must be i/N (shard i of N, 0 <= i < N), "
-                       f"got {shard!r}") from None
-  if not 0 <= index < count:
-    raise _field_error("shard", f"must be i/N with 0 <= i < N, got {shard!r}")
-  return index, count
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ``ConfigError`` (a ValueError) naming the field of a bad value.
-
-  Checks every field once, before anything runs: unknown or missing fields
-  (a misspelt ``num_seed``), types, ranges, names (optimizer, activation,
-  ...), the data set name and its options. What needs the data (the batch
-  size, the memory of the grid) is checked by ``check_against_data``.
-  """
-  known = set(get_config().keys())
-  given = set(config.keys())
-  for name in sorted(given - known):
-    close = difflib.get_close_matches(name, sorted(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown config field {name!r}{hint}")
-  for name in sorted(known - given):
-    raise ConfigError(f"config has no field {name!r}; build configs on "
-                      "lminima.sweep.get_config()")
-  _int_tuple(config, "depths", 1)
-  _int_tuple(config, "widths", 1)
-  for name, minimum in (("num_seeds", 1), ("steps", 1), ("batch_size", 0),
-                        ("refine_max_iters", 0), ("dense_max_params", 1),
-                        ("memory_budget_bytes", 1),
-                        ("memory_limit_bytes", 0)):
-    value = config[name]
-    if not _is_int(value) or value < minimum:
-      raise _field_error(name, f"must be an integer >= {minimum}, got "
-                         f"{value!r}")
-  try:
-    population.check_learning_rate(config.learning_rate, "learning_rate")
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  if not (isinstance(config.refine_grad_tol, float)
-          and math.isfinite(config.refine_grad_tol)
-          and config.refine_grad_tol > 0):
-    raise _field_error("refine_grad_tol", f"must be a finite positive number, "
-                       f"got {config.refine_grad_tol!r}")
-  for name, choices in (("activation", tuple(models.ACTIVATIONS)),
-                        ("normalization", losses.NORMALIZATIONS),
-                        ("optimizer", population.OPTIMIZERS),
-                        ("width_strategy", planner.WIDTH_STRATEGIES),
-                        ("refine_method", refinement.METHODS),
-                        ("dataset", data_lib.NAMES)):
-    if config[name] not in choices:
-      raise _field_error(name, f"must be one of {', '.join(choices)}; got "
-                         f"{config[name]!r}")
-  for name in ("bias", "certify", "theory", "progress"):
-    if not isinstance(config[name], bool):
-      raise _field_error(name, f"must be true or false, got {config[name]!r}")
-  for name in ("data_dir", "workdir", "shard"):
-    if not isinstance(config[name], str):
-      raise _field_error(name, f"must be a string, got {config[name]!r}")
-  if not config.workdir:
-    raise _field_error("workdir", "is empty")
-  parse_shard(config.shard)
-  options = config.data_options
-  if not isinstance(options, (dict, ml_collections.ConfigDict)):
-    raise _field_error("data_options", f"must be a dict of options of "
-                       f"{config.dataset!r}, got {options!r}")
-  try:
-    data_lib.check_options(config.dataset, dict(options))
-  except data_lib.DataError as e:
-    raise _field_error("data_options", f"({e})") from None
-
-
-def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
-  options = dict(config.data_options)
-  if config.data_dir:
-    options["data_dir"] = config.data_dir
-  return data_lib.load(config.dataset, **options)
-
-
-def train_config(config: ml_collections.ConfigDict
-                 ) -> population.TrainConfig:
-  return population.TrainConfig(
-      activation=config.activation, bias=config.bias,
-      normalization=config.normalization, optimizer=config.optimizer,
-      learning_rate=config.learning_rate, steps=config.steps,
-      batch_size=config.batch_size or None)
-
-
-def config_fingerprint(config: ml_collections.ConfigDict,
-                       data: data_lib.Dataset | None = None) -> str:
-  """Hash of everything that changes a member's numbers.
-
-  With ``data`` (data passed to ``run`` rather than loaded from the config),
-  the data's provenance replaces the config's data fields.
-  """
-  fields = {k: v for k, v in config.to_dict().items()
-            if k not in _NOT_IN_FINGERPRINT}
-  if data is not None:
-    for name in _DATA_FIELDS:
-      fields.pop(name)
-    fields["data"] = data.provenance
-  text = json.dumps(fields, sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def grid(config: ml_collections.ConfigDict) -> list[population.Member]:
-  """Every member of the grid, in (depth, width, seed) order."""
-  return [population.Member(depth=d, width=w, seed=s)
-          for d in config.depths for w in config.widths
-          for s in range(config.num_seeds)]
-
-
-def shard_members(config: ml_collections.ConfigDict
-                  ) -> list[population.Member]:
-  """The members of this process's shard: grid members k = i, i + N, ..."""
-  index, count = parse_shard(config.shard)
-  return grid(config)[index::count]
-
-
-# Bytes per trained parameter: float32 parameters, gradient, two Adam moments,
-# the frozen copy of divergence and slack.
-_TRAIN_BYTES_PER_PARAM = 4 * 6
-# Bytes per activation of one sample in one hidden unit: float32
-# pre-activation, activation and their cotangents.
-_TRAIN_BYTES_PER_UNIT = 4 * 4
-# float64 vectors of n_params that refinement and the certificate keep alive.
-_ANALYSIS_VECTORS = 40
-
-
-def _n_params(d_x: int, d_y: int, depth: int, width: int) -> int:
-  sizes = (d_x,) + (width,) * depth + (d_y,)
-  return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
-
-
-def memory_estimate(config: ml_collections.ConfigDict, data: data_lib.Dataset
-                    ) -> list[dict[str, Any]]:
-  """Estimated peak bytes per depth: training its population, analysing one.
-
-  Training (float32): every program of a depth is dispatched before any
-  result is read, so the whole population's state is alive at once; per
-  member ``_TRAIN_BYTES_PER_PARAM`` bytes per parameter (at the widest width
-  for ``width_strategy="masked"``) plus ``_TRAIN_BYTES_PER_UNIT`` bytes per
-  sample and hidden unit of a batch. Analysis (float64, one member at a
-  time): ``_ANALYSIS_VECTORS`` parameter vectors plus the dense objects
-  (Hessian, D(theta)), each capped by ``memory_budget_bytes``.
-
-  Returns one dict per depth: depth, widest width, n_params of the widest
-  member, train_bytes, analysis_bytes.
-  """
-  batch = config.batch_size or data.m
-  estimates = []
-  for depth in config.depths:
-    widest = max(config.widths)
-    train_bytes = 0
-    for width in config.widths:
-      shaped = widest if config.width_strategy == "masked" else width
-      per_member = (_n_params(data.d_x, data.d_y, depth, shaped)
-                    * _TRAIN_BYTES_PER_PARAM
-                    + batch * shaped * depth * _TRAIN_BYTES_PER_UNIT)
-      train_bytes += per_member * config.num_seeds
-    n_params = _n_params(data.d_x, data.d_y, depth, widest)
-    dense = min(config.memory_budget_bytes,
-                8 * n_params * max(n_params, data.m * data.d_y))
-    analysis_bytes = (8 * n_params * _ANALYSIS_VECTORS
-                      + (2 * dense if config.certify or config.theory else 0))
-    estimates.append(dict(depth=depth, width=widest, n_params=n_params,
-                          train_bytes=train_bytes,
-                          analysis_bytes=analysis_bytes))
-  return estimates
-
-
-def memory_limit(config: ml_collections.ConfigDict) -> tuple[int, str]:
-  """``(bytes, where the number comes from)`` that a grid may use."""
-  if config.memory_limit_bytes:
-    return int(config.memory_limit_bytes), "memory_limit_bytes"
-  try:
-    stats = jax.devices()[0].memory_stats() or {}
-  except Exception:  # pylint: disable=broad-except  # backends differ
-    stats = {}
-  if stats.get("bytes_limit"):
-    return int(stats["bytes_limit"]), f"{jax.devices()[0].platform} memory"
-  try:
-    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  except (ValueError, OSError, AttributeError):
-    return 2**63 - 1, "unknown"
-  return int(host), "host memory"
-
-
-def _gb(n: float) -> str:
-  return f"{n / 1e9:.3g} GB"
-
-
-def check_against_data(config: ml_collections.ConfigDict,
-                       data: data_lib.Dataset) -> None:
-  """What ``validate_config`` cannot check without the data; ``ConfigError``.
-
-  The batch size must not exceed the samples, and the grid must fit the
-  memory limit (``memory_estimate``, ``memory_limit``).
-  """
-  if config.batch_size > data.m:
-    raise _field_error("batch_size", f"{config.batch_size} exceeds the "
-                       f"{data.m} samples of the data; use batch_size <= "
-                       f"{data.m} (0 = full batch)")
-  limit, source = memory_limit(config)
-  for estimate in memory_estimate(config, data):
-    for key, what in (("train_bytes", f"to train its "
-                       f"{len(config.widths) * config.num_seeds} members "
-                       "(float32)"),
-                      ("analysis_bytes", "to refine and certify a member "
-                       "(float64)")):
-      if estimate[key] > limit:
-        raise _field_error(
-            "widths", f"too large: depth {estimate['depth']} x width "
-            f"{estimate['width']} ({estimate['n_params']:.3g} parameters per "
-            f"member) needs about {_gb(estimate[key])} {what}, above the "
-            f"{_gb(limit)} limit ({source}; memory_limit_bytes overrides); use "
-            f"smaller widths or depths")
+__all__ = ["ConfigError", "WorkdirError", "analyse_member", "cell_line",
+           "check_against_data", "config_fingerprint", "get_config", "grid",
+           "load_data", "member_row", "parse_shard", "run", "shard_members",
+           "train_config", "validate_config"]
 
 
 def member_row(result: population.MemberResult, data: data_lib.Dataset,
@@ -617,7 +318,7 @@ def _run_locked(config: ml_collections.ConfigDict,
   log(f"data: {data.provenance} (m={data.m}, d_x={data.d_x}, d_y={data.d_y})")
   saved = config.to_dict()
   if given_data:
-    saved = {k: v for k, v in saved.items() if k not in _DATA_FIELDS}
+    saved = {k: v for k, v in saved.items() if k not in DATA_FIELDS}
     saved["data"] = data.provenance
 
   def write_config(path):
