@@ -67,6 +67,45 @@ def study(name: str, arg: str | None, *, dataset: str,
   return config
 
 
+def image_study(name: str, arg: str | None, *, n: int,
+                depths: tuple[int, ...], widths: tuple[int, ...],
+                dataset: str | None = None, grayscale: bool | None = None,
+                smoke_n: int = 20, smoke_width: int = 1, smoke_steps: int = 50,
+                smoke_refine_max_iters: int = 3) -> ml_collections.ConfigDict:
+  """``study`` of a 10-class image data set and its smoke variant.
+
+  The study: ``n`` images of the classes 0-9 (data seed 0), the ``depths`` x
+  ``widths`` grid. The smoke variant: ``smoke_n`` images of the classes 0 and
+  1, one seed of one depth-1 net of width ``smoke_width``, ``smoke_steps``
+  training steps and ``smoke_refine_max_iters`` refinement iterations.
+
+  Args:
+    name, arg: as for ``study``.
+    n, depths, widths: the study's subset size and grid.
+    dataset: the data source (default: ``name``).
+    grayscale: the ``grayscale`` data option, where the data set has one
+      (None: not set).
+    smoke_n, smoke_width, smoke_steps, smoke_refine_max_iters: the smoke
+      variant's sizes.
+
+  Example:
+    >>> config = image_study("digits", "smoke", n=500, depths=(1, 2),
+    ...                      widths=(2, 4), smoke_n=40)
+    >>> config.data_options.n, config.data_options.classes, config.widths
+    (40, (0, 1), (1,))
+  """
+  data_options = {"n": n, "seed": 0, "classes": tuple(range(10))}
+  if grayscale is not None:
+    data_options["grayscale"] = grayscale
+  return study(
+      name, arg, dataset=dataset or name, data_options=data_options,
+      full={"depths": depths, "widths": widths},
+      smoke={"data_options": {"n": smoke_n, "classes": (0, 1)},
+             "depths": (1,), "widths": (smoke_width,), "num_seeds": 1,
+             "steps": smoke_steps,
+             "refine_max_iters": smoke_refine_max_iters})
+
+
 def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """``lminima.configs.<name>.get_config(arg)``."""
   if name not in STUDIES:

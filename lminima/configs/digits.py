@@ -8,10 +8,6 @@ from lminima import configs
 
 
 def get_config(arg=None):
-  return configs.study(
-      "digits", arg, dataset="digits",
-      data_options={"n": 500, "seed": 0, "classes": tuple(range(10))},
-      full={"depths": (1, 2, 3), "widths": (2, 4, 8, 16)},
-      smoke={"data_options": {"n": 40, "classes": (0, 1)},
-             "depths": (1,), "widths": (2,), "num_seeds": 1, "steps": 100,
-             "refine_max_iters": 20})
+  return configs.image_study("digits", arg, n=500, depths=(1, 2, 3),
+                             widths=(2, 4, 8, 16), smoke_n=40, smoke_width=2,
+                             smoke_steps=100, smoke_refine_max_iters=20)

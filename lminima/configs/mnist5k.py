@@ -11,10 +11,5 @@ from lminima import configs
 
 
 def get_config(arg=None):
-  return configs.study(
-      "mnist5k", arg, dataset="mnist5k",
-      data_options={"n": 1000, "seed": 0, "classes": tuple(range(10))},
-      full={"depths": (1, 2), "widths": (2, 4, 8, 16)},
-      smoke={"data_options": {"n": 20, "classes": (0, 1)},
-             "depths": (1,), "widths": (1,), "num_seeds": 1, "steps": 50,
-             "refine_max_iters": 3})
+  return configs.image_study("mnist5k", arg, n=1000, depths=(1, 2),
+                             widths=(2, 4, 8, 16))

@@ -11,11 +11,6 @@ from lminima import configs
 
 
 def get_config(arg=None):
-  return configs.study(
-      "svhn", arg, dataset="svhn_cropped",
-      data_options={"n": 2000, "seed": 0, "classes": tuple(range(10)),
-                    "grayscale": True},
-      full={"depths": (1, 2, 3), "widths": (4, 16, 64)},
-      smoke={"data_options": {"n": 20, "classes": (0, 1)},
-             "depths": (1,), "widths": (1,), "num_seeds": 1, "steps": 50,
-             "refine_max_iters": 3})
+  return configs.image_study("svhn", arg, dataset="svhn_cropped", n=2000,
+                             grayscale=True, depths=(1, 2, 3),
+                             widths=(4, 16, 64))
