@@ -13,12 +13,12 @@ per member and variant), config.json and report.md into --workdir
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 
 from lminima import eliminate
+from lminima import experiment
 from lminima import records
 
 _DEFAULTS = eliminate.get_config()
@@ -31,28 +31,19 @@ _LOSSES = flags.DEFINE_list("losses", None, "squared and/or cross_entropy "
                             f"(default {','.join(_DEFAULTS.losses)}).")
 _WIDTHS = flags.DEFINE_list("widths", None, "Hidden widths (default "
                             f"{','.join(map(str, _DEFAULTS.widths))}).")
-_NUM_SEEDS = flags.DEFINE_integer("num_seeds", None, "Seeds per width "
-                                  f"(default {_DEFAULTS.num_seeds}).")
-_STEPS = flags.DEFINE_integer("steps", None, "Adam steps (default "
-                              f"{_DEFAULTS.steps}).")
-_LAM = flags.DEFINE_float("lam", None, "Penalty weight lam > 0 (default "
-                          f"{_DEFAULTS.lam}).")
 _M = flags.DEFINE_integer("m", None, "Number of samples (default "
                           f"{_DEFAULTS.data.m}).")
-_REFINE_MAX_ITERS = flags.DEFINE_integer(
-    "refine_max_iters", None, "LM iterations per refinement (default "
-    f"{_DEFAULTS.refine_max_iters}).")
-_CONTINUE_ITERS = flags.DEFINE_integer(
-    "continue_iters", None, "Further LM iterations without the escape stop "
-    f"(default {_DEFAULTS.continue_iters}).")
-
-
-def _int_list(name, values):
-  try:
-    return tuple(int(v) for v in values)
-  except ValueError:
-    raise ValueError(f"--{name} must be a comma-separated list of integers, "
-                     f"got {','.join(values)!r}") from None
+# Flags copied to the config field of the same name when given.
+_FIELDS = {name: define(name, None, f"{help_text} (default "
+                        f"{_DEFAULTS[name]}).")
+           for define, name, help_text in (
+               (flags.DEFINE_integer, "num_seeds", "Seeds per width"),
+               (flags.DEFINE_integer, "steps", "Adam steps"),
+               (flags.DEFINE_float, "lam", "Penalty weight lam > 0"),
+               (flags.DEFINE_integer, "refine_max_iters",
+                "LM iterations per refinement"),
+               (flags.DEFINE_integer, "continue_iters",
+                "Further LM iterations without the escape stop"))}
 
 
 def config_from_flags():
@@ -62,32 +53,20 @@ def config_from_flags():
   if _LOSSES.value is not None:
     config.losses = tuple(_LOSSES.value)
   if _WIDTHS.value is not None:
-    config.widths = _int_list("widths", _WIDTHS.value)
+    config.widths = experiment.number_list("widths", _WIDTHS.value)
   if _M.value is not None:
     config.data.m = _M.value
-  for flag, name in ((_NUM_SEEDS, "num_seeds"), (_STEPS, "steps"),
-                     (_LAM, "lam"), (_REFINE_MAX_ITERS, "refine_max_iters"),
-                     (_CONTINUE_ITERS, "continue_iters")):
-    if flag.value is not None:
-      config[name] = flag.value
+  experiment.set_given(config, _FIELDS)
   return config
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  try:
-    config = config_from_flags()
-    eliminate.validate_config(config)
-  except ValueError as e:  # Bad flags: one line, no traceback.
-    sys.exit(f"error: {e}")
-  try:
-    eliminate.run(config)
-  except records.WorkdirError as e:
-    sys.exit(f"error: {e}")
-  workdir = config.workdir
-  print(f"results: {os.path.join(workdir, records.RESULTS_FILE)}\n"
-        f"report:  {os.path.join(workdir, eliminate.REPORT_FILE)}")
+  experiment.main(
+      argv, config_from_flags=config_from_flags,
+      validate_config=eliminate.validate_config, run=eliminate.run,
+      outputs=lambda config: {
+          "results": os.path.join(config.workdir, records.RESULTS_FILE),
+          "report": os.path.join(config.workdir, eliminate.REPORT_FILE)})
 
 
 if __name__ == "__main__":

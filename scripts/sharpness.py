@@ -12,12 +12,11 @@ results.jsonl, interpolation.json, interpolation.png and report.md into
   python scripts/sharpness.py --smoke --workdir=/tmp/sharpness_smoke   # < 1 min
 """
 
-import sys
-
 from absl import app
 from absl import flags
 
 from lminima import data as data_lib
+from lminima import experiment
 from lminima import records
 from lminima import sharpness
 
@@ -53,38 +52,25 @@ _STRINGS = {name: flags.DEFINE_string(name, None, help_text)
 def config_from_flags():
   """The default (or smoke) config with the given flags applied."""
   config = sharpness.get_config("smoke" if _SMOKE.value else "")
-  for name, flag in {**_INTS, **_FLOATS, **_STRINGS}.items():
-    if flag.value is not None:
-      setattr(config, name, flag.value)
+  experiment.set_given(config, {**_INTS, **_FLOATS, **_STRINGS})
   if _DATASET.value is not None:
     config.dataset = _DATASET.value
   if _EPS.value is not None:
-    try:
-      config.eps = tuple(float(v) for v in _EPS.value)
-    except ValueError:
-      raise ValueError(f"--eps must be a comma-separated list of numbers, got "
-                       f"{','.join(_EPS.value)!r}") from None
+    config.eps = experiment.number_list("eps", _EPS.value, float)
   if _WORKDIR.value is not None:
     config.workdir = _WORKDIR.value
   return config
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  try:
-    config = config_from_flags()
-    sharpness.validate_config(config)
-  except ValueError as e:  # Bad flags: one line, no traceback.
-    sys.exit(f"error: {e}")
-  try:
-    sharpness.run(config)
-  except (data_lib.DataError, records.WorkdirError) as e:
-    sys.exit(f"error: {e}")
-  workdir = config.workdir
-  print(f"results: {workdir}/{sharpness.RESULTS_FILE}\n"
-        f"report:  {workdir}/{sharpness.REPORT_FILE}\n"
-        f"figure:  {workdir}/{sharpness.FIGURE_FILE}")
+  experiment.main(
+      argv, config_from_flags=config_from_flags,
+      validate_config=sharpness.validate_config, run=sharpness.run,
+      outputs=lambda config: {
+          "results": f"{config.workdir}/{sharpness.RESULTS_FILE}",
+          "report": f"{config.workdir}/{sharpness.REPORT_FILE}",
+          "figure": f"{config.workdir}/{sharpness.FIGURE_FILE}"},
+      errors=(data_lib.DataError, records.WorkdirError))
 
 
 if __name__ == "__main__":
