@@ -152,3 +152,11 @@ def assert_sum_is_m_times_mean(test, optimum):
   np.testing.assert_allclose(total.value, x.shape[0] * mean.value,
                              rtol=1e-13)
   np.testing.assert_array_equal(total.fitted, mean.fitted)
+
+
+def assert_raises_on_data(test, call, message):
+  """``call(x, y)`` on ``gaussian_data()`` raises a ValueError matching
+  ``message``."""
+  x, y = gaussian_data()
+  with test.assertRaisesRegex(ValueError, message):
+    call(x, y)

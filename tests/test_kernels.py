@@ -8,7 +8,8 @@ from sklearn import metrics
 
 from lminima import kernels
 
-from _helpers import assert_sum_is_m_times_mean, gaussian_data, lstsq_loss
+from _helpers import assert_raises_on_data, assert_sum_is_m_times_mean
+from _helpers import gaussian_data, lstsq_loss
 
 RTOL = 1e-10
 
@@ -219,9 +220,7 @@ class BadInputTest(parameterized.TestCase):
           x @ x.T, y[:-1]), "rows"),
   )
   def test_raises(self, call, message):
-    x, y = gaussian_data()
-    with self.assertRaisesRegex(ValueError, message):
-      call(x, y)
+    assert_raises_on_data(self, call, message)
 
 
 if __name__ == "__main__":
