@@ -38,11 +38,9 @@ The Hessian measures beside it (``hessian_measures``): lambda_max (dense
 or Hutch++). For f(x) = 1/2 x^T H x with H diagonal PSD, at x = 0 with A = I:
 max_C f = 1/2 eps^2 tr(H), so phi = 50 eps^2 tr(H).
 
-``run(config)`` is the small-batch vs large-batch experiment behind
-``scripts/sharpness.py``: it trains ``num_seeds`` seeds per batch size in one
-population each, measures train loss, test accuracy, sharpness and
-lambda_max of every member, and writes ``results.jsonl``,
-``interpolation.json``, ``interpolation.png`` and ``report.md``.
+The small-batch vs large-batch experiment behind ``scripts/sharpness.py``
+that uses these measures is ``lminima.sharpness_study`` (its settings in
+``lminima.sharpness_config``, its report in ``lminima.sharpness_report``).
 
 Example:
   >>> import numpy as np
@@ -63,26 +61,16 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import scipy.optimize
 
-from lminima import data as data_lib
 from lminima import lanczos
-from lminima import models
-from lminima import population
-from lminima import provenance
-from lminima import records
 from lminima import stochastic
-from lminima import train
 from lminima.problem import Problem
 
 METHODS = ("lbfgsb", "projected_gradient")
@@ -183,13 +171,14 @@ def box_half_widths(point: Any, eps: float,
     >>> box_half_widths(np.array([0.0, -2.0]), 0.1)
     array([0.1, 0.3])
   """
-  _check_eps(eps)
+  check_eps(eps)
   point = np.asarray(point, np.float64)
   coords = point if subspace is None else np.linalg.pinv(subspace) @ point
   return eps * (np.abs(coords) + 1.0)
 
 
-def _check_eps(eps: float) -> None:
+def check_eps(eps: float) -> None:
+  """Raises ValueError unless ``eps`` is a finite positive number."""
   if isinstance(eps, bool) or not (isinstance(eps, (int, float, np.floating))
                                    and math.isfinite(eps) and eps > 0):
     raise ValueError(f"eps must be a finite positive number, got {eps!r}")
@@ -231,7 +220,7 @@ def epsilon_sharpness(problem: Problem, eps: float, *,
     >>> s.start, round(s.loss_max, 10), s.fraction_at_bound   # w + 0.2 each
     ('zero', 1.44, 1.0)
   """
-  _check_eps(eps)
+  check_eps(eps)
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
   if start not in STARTS:
@@ -390,449 +379,3 @@ def hessian_measures(problem: Problem, *, key: jax.Array,
 
 # ---------------------------------------------------------------------------
 # The experiment: small-batch vs large-batch training (scripts/sharpness.py).
-
-RESULTS_FILE = records.RESULTS_FILE
-REPORT_FILE = "report.md"
-FIGURE_FILE = "interpolation.png"
-INTERPOLATION_FILE = "interpolation.json"
-DATASETS = ("mnist5k", "digits")
-"""Offline image sources the experiment accepts."""
-
-ROW_FIELDS = frozenset({
-    # identity and provenance
-    "batch_size", "batch_role", "seed", "dataset", "depth", "width",
-    "activation", "bias", "normalization", "optimizer", "epochs", "n_params",
-    "versions", "config",
-    # end of training (float32)
-    "loss", "diverged", "steps", "train_wall_s",
-    # at the trained point, float64
-    "train_loss", "grad_norm", "train_accuracy", "test_loss", "test_accuracy",
-    "sharpness", "lambda_max", "residual_max", "lambda_method", "trace",
-    "trace_method", "analysis_wall_s",
-})
-"""Every field a row of the experiment's results.jsonl may hold."""
-
-
-def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  """The experiment's settings; ``variant="smoke"`` a tiny run (< 1 minute).
-
-  The default trains a one-hidden-layer relu MLP (width 32) with Adam on 2,000
-  offline MNIST images, 8 seeds at batch 64 and 8 at 10% of the set, for
-  the same number of epochs; 1,000 held-out images test it.
-  """
-  if variant not in ("", "smoke"):
-    raise ValueError(f"unknown config variant {variant!r}; choose '' or "
-                     f"'smoke'")
-  config = ml_collections.ConfigDict()
-  config.dataset = "mnist5k"
-  config.n_train = 2000
-  config.n_test = 1000
-  config.data_seed = 0
-  config.depth = 1
-  config.width = 32
-  config.activation = "relu"
-  config.bias = True
-  config.normalization = "mean"
-  config.optimizer = "adam"
-  config.learning_rate = 1e-3
-  config.epochs = 100
-  config.small_batch = 64
-  config.large_batch_fraction = 0.1
-  config.num_seeds = 8
-  config.eps = (1e-3, 5e-4)
-  config.subspace_dim = 100  # 0: full space only
-  config.subspace_seed = 0
-  config.sharpness_method = "lbfgsb"
-  config.sharpness_iters = 10
-  config.lanczos_iters = 80
-  config.trace_matvecs = 60
-  config.interp_points = 31
-  config.workdir = "runs/sharpness"
-  config.progress = True
-  if variant == "smoke":
-    config.n_train, config.n_test = 200, 100
-    config.width, config.num_seeds, config.epochs = 8, 2, 5
-    config.small_batch = 16
-    config.subspace_dim = 5
-    config.sharpness_iters = 3
-    config.lanczos_iters, config.trace_matvecs = 20, 9
-    config.interp_points = 7
-    config.workdir = "runs/sharpness_smoke"
-    config.progress = False
-  return config
-
-
-def batch_sizes(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(small, large): ``small_batch`` and ``large_batch_fraction * n_train``."""
-  return (int(config.small_batch),
-          max(1, int(round(config.large_batch_fraction * config.n_train))))
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError with a one-line message for an unusable config."""
-  def positive_int(name, minimum=1):
-    value = config[name]
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-      raise ValueError(f"--{name} must be an integer >= {minimum}, got "
-                       f"{value!r}")
-  if config.dataset not in DATASETS:
-    raise ValueError(f"--dataset must be one of {DATASETS}, got "
-                     f"{config.dataset!r}")
-  for name in ("n_train", "n_test", "depth", "width", "epochs",
-               "small_batch", "num_seeds", "sharpness_iters",
-               "lanczos_iters", "interp_points"):
-    positive_int(name, minimum=2 if name in ("n_train", "interp_points")
-                 else 1)
-  positive_int("data_seed", 0)
-  positive_int("subspace_dim", 0)
-  positive_int("subspace_seed", 0)
-  positive_int("trace_matvecs", 3)
-  if not 0 < config.large_batch_fraction <= 1:
-    raise ValueError(f"--large_batch_fraction must be in (0, 1], got "
-                     f"{config.large_batch_fraction}")
-  small = batch_sizes(config)[0]
-  if small > config.n_train:
-    raise ValueError(f"--small_batch={small} exceeds --n_train="
-                     f"{config.n_train}")
-  if not (isinstance(config.learning_rate, (int, float))
-          and math.isfinite(config.learning_rate)
-          and config.learning_rate > 0):
-    raise ValueError(f"--learning_rate must be a finite positive number, "
-                     f"got {config.learning_rate!r}")
-  if not config.eps:
-    raise ValueError("--eps is empty; give at least one value")
-  for eps in config.eps:
-    try:
-      _check_eps(eps)
-    except ValueError:
-      raise ValueError(f"--eps must be finite positive numbers, got "
-                       f"{tuple(config.eps)}") from None
-  if config.sharpness_method not in METHODS:
-    raise ValueError(f"--sharpness_method must be one of {METHODS}, got "
-                     f"{config.sharpness_method!r}")
-  models.get_activation(config.activation)
-  population.TrainConfig(activation=config.activation,
-                         optimizer=config.optimizer,
-                         normalization=config.normalization)
-  if not config.workdir:
-    raise ValueError("--workdir is empty")
-
-
-def load_split(config: ml_collections.ConfigDict
-               ) -> tuple[data_lib.Dataset, data_lib.Dataset]:
-  """Disjoint train and test sets from one stratified sample.
-
-  ``load(dataset, n=n_train + n_test, seed=data_seed, standardize=False)``
-  is split per class in sample order (the test set takes the last images of
-  each class, class shares proportional). Pixels stay in [0, 1]:
-  per-feature standardization on the training set would blow up test pixels
-  that are rarely nonzero in training.
-  """
-  full = data_lib.load(config.dataset, n=config.n_train + config.n_test,
-                       seed=config.data_seed, standardize=False)
-  labels = np.argmax(full.y, axis=1)
-  counts = np.bincount(labels, minlength=full.d_y)
-  quotas = config.n_test * counts // full.m
-  for c in np.argsort(-(config.n_test * counts % full.m), kind="stable"):
-    if quotas.sum() == config.n_test:
-      break
-    quotas[c] += 1
-  test = np.zeros(full.m, bool)
-  for c in range(full.d_y):
-    members = np.flatnonzero(labels == c)
-    test[members[len(members) - quotas[c]:]] = True
-  split = dict(full.provenance, n_train=int((~test).sum()),
-               n_test=int(test.sum()),
-               split="per class, last images of the sample held out")
-  return (data_lib.Dataset(full.x[~test], full.y[~test],
-                           dict(split, part="train")),
-          data_lib.Dataset(full.x[test], full.y[test],
-                           dict(split, part="test")))
-
-
-def _accuracy(yhat: np.ndarray, y: np.ndarray) -> float:
-  return float(np.mean(np.argmax(yhat, axis=1) == np.argmax(y, axis=1)))
-
-
-def analyse_member(result: population.MemberResult, train_set: data_lib.Dataset,
-                   test_set: data_lib.Dataset,
-                   config: ml_collections.ConfigDict,
-                   subspace: np.ndarray | None) -> dict[str, Any]:
-  """Float64 measurements at a trained member's point: row fields."""
-  problem = Problem.for_module(result.model, result.params, train_set.x,
-                               train_set.y,
-                               normalization=config.normalization)
-  test_problem = Problem.for_module(result.model, result.params, test_set.x,
-                                    test_set.y,
-                                    normalization=config.normalization)
-  seed = result.member.seed
-  key = jax.random.PRNGKey(seed)
-  sharp = []
-  for eps in config.eps:
-    for matrix in ((None, subspace) if subspace is not None else (None,)):
-      sharp.append(epsilon_sharpness(
-          problem, float(eps), subspace=matrix, key=key,
-          method=config.sharpness_method,
-          max_iters=config.sharpness_iters).to_dict())
-  measures = hessian_measures(problem, key=key,
-                              lanczos_iters=config.lanczos_iters,
-                              trace_matvecs=config.trace_matvecs)
-  return {
-      "train_loss": problem.loss, "grad_norm": problem.grad_norm,
-      "train_accuracy": _accuracy(problem.yhat(), train_set.y),
-      "test_loss": test_problem.loss,
-      "test_accuracy": _accuracy(test_problem.yhat(), test_set.y),
-      "sharpness": sharp, **dataclasses.asdict(measures)}
-
-
-def _interpolate(sb: population.MemberResult, lb: population.MemberResult,
-                 train_set: data_lib.Dataset, test_set: data_lib.Dataset,
-                 config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Loss and accuracy along f(alpha x_LB + (1 - alpha) x_SB), alpha in
-  [-1, 2]."""
-  problems = {name: Problem.for_module(sb.model, sb.params, ds.x, ds.y,
-                                       normalization=config.normalization)
-              for name, ds in (("train", train_set), ("test", test_set))}
-  x_sb = problems["train"].flat
-  x_lb = problems["train"].at(lb.params).flat
-  alphas = np.linspace(-1.0, 2.0, config.interp_points)
-  curves = {f"{name}_{what}": [] for name in problems
-            for what in ("loss", "accuracy")}
-  for alpha in alphas:
-    flat = alpha * x_lb + (1 - alpha) * x_sb
-    for name, problem in problems.items():
-      at = problem.at(problem.unravel(flat))
-      curves[f"{name}_loss"].append(at.loss)
-      curves[f"{name}_accuracy"].append(_accuracy(at.yhat(), problem.y))
-  return {"alpha": alphas.tolist(), "seed_small": sb.member.seed,
-          "seed_large": lb.member.seed, **curves}
-
-
-def plot_interpolation(curve: dict[str, Any], sizes: tuple[int, int],
-                       path: str) -> None:
-  """Train/test loss (log, left) and accuracy (right) along the line."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, ax = plt.subplots(figsize=(6, 4))
-  acc = ax.twinx()
-  alpha = curve["alpha"]
-  for name, style in (("train", "-"), ("test", "--")):
-    ax.plot(alpha, curve[f"{name}_loss"], style, color="C0",
-            label=f"{name} loss")
-    acc.plot(alpha, curve[f"{name}_accuracy"], style, color="C3",
-             label=f"{name} accuracy")
-  for value, text in ((0.0, f"SB (batch {sizes[0]})"),
-                      (1.0, f"LB (batch {sizes[1]})")):
-    ax.axvline(value, color="gray", ls=":", lw=1)
-    ax.text(value, 1.02, text, transform=ax.get_xaxis_transform(),
-            ha="center", fontsize=8)
-  ax.set_yscale("log")
-  ax.set_xlabel(r"$\alpha$ in $\alpha\, x_{LB} + (1 - \alpha)\, x_{SB}$")
-  ax.set_ylabel("squared loss (mean)", color="C0")
-  acc.set_ylabel("accuracy", color="C3")
-  acc.set_ylim(0, 1)
-  lines = ax.get_legend_handles_labels()
-  more = acc.get_legend_handles_labels()
-  ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8,
-            loc="center left")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def _cell(values: Sequence[float], fmt: str) -> str:
-  values = [v for v in values if v is not None and math.isfinite(v)]
-  if not values:
-    return "-"
-  return (f"{format(float(np.median(values)), fmt)} "
-          f"[{format(min(values), fmt)}, {format(max(values), fmt)}]")
-
-
-def _phi(row: dict[str, Any], eps: float, space: str,
-         field: str = "phi") -> float | None:
-  for entry in row.get("sharpness") or ():
-    if entry["space"] == space and math.isclose(entry["eps"], eps):
-      return entry.get(field)
-  return None
-
-
-def _measures(config) -> list[tuple[str, Callable[[dict], Any], str]]:
-  """(column title, row -> value, format) of the table."""
-  columns = [("train loss", lambda r: r.get("train_loss"), ".4f"),
-             ("train acc", lambda r: r.get("train_accuracy"), ".3f"),
-             ("test acc", lambda r: r.get("test_accuracy"), ".3f")]
-  spaces = [("full", "full")]
-  if config.subspace_dim:
-    spaces.append(("random", f"{config.subspace_dim}-dim"))
-  for eps in config.eps:
-    for space, label in spaces:
-      columns.append((f"phi {label} eps={eps:g}",
-                      lambda r, e=eps, s=space: _phi(r, e, s), ".4g"))
-  eps = config.eps[0]
-  columns.append((f"phi_linear full eps={eps:g}",
-                  lambda r: _phi(r, eps, "full", "phi_linear"), ".4g"))
-  columns += [("lambda_max", lambda r: r.get("lambda_max"), ".4g"),
-              ("trace", lambda r: r.get("trace"), ".4g")]
-  return columns
-
-
-def summary_table(rows: Sequence[dict[str, Any]],
-                  config: ml_collections.ConfigDict) -> str:
-  """Markdown: per batch size, median [min, max] over seeds of every
-  measure, and the number of seeds at which the large batch is larger."""
-  columns = _measures(config)
-  sizes = sorted({r["batch_size"] for r in rows})
-  header = ["batch", "seeds (diverged)"] + [c[0] for c in columns]
-  lines = ["| " + " | ".join(header) + " |",
-           "|" + "---|" * len(header)]
-  for size in sizes:
-    group = [r for r in rows if r["batch_size"] == size]
-    sane = [r for r in group if not r.get("diverged")]
-    lines.append("| " + " | ".join(
-        [str(size), f"{len(sane)} ({len(group) - len(sane)})"]
-        + [_cell([get(r) for r in sane], fmt) for _, get, fmt in columns])
-        + " |")
-  if len(sizes) == 2:
-    small = {r["seed"]: r for r in rows
-             if r["batch_size"] == sizes[0] and not r.get("diverged")}
-    large = {r["seed"]: r for r in rows
-             if r["batch_size"] == sizes[1] and not r.get("diverged")}
-    seeds = sorted(set(small) & set(large))
-    cells = []
-    for _, get, _ in columns:
-      pairs = [(get(small[s]), get(large[s])) for s in seeds]
-      pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-      cells.append(f"{sum(b > a for a, b in pairs)}/{len(pairs)}")
-    lines.append("| LB > SB (same seed) | " + str(len(seeds)) + " | "
-                 + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def write_report(rows: Sequence[dict[str, Any]],
-                 config: ml_collections.ConfigDict, path: str,
-                 interpolation: dict[str, Any] | None) -> None:
-  """``report.md``: the setup, the table and the interpolation figure."""
-  small, large = batch_sizes(config)
-  text = [
-      "# Sharpness of small-batch vs large-batch minima",
-      "",
-      f"{config.dataset}: {config.n_train} training and {config.n_test} "
-      f"held-out images (data seed {config.data_seed}); MLP depth "
-      f"{config.depth}, width {config.width}, {config.activation}; "
-      f"{config.optimizer} (learning rate {config.learning_rate:g}) for "
-      f"{config.epochs} epochs at batch {small} (SB) and {large} (LB), "
-      f"{config.num_seeds} seeds each, squared loss on one-hot targets "
-      f"({config.normalization} normalization).",
-      "",
-      f"Sharpness phi(eps, A) (docs/theory.md#sharpness) by "
-      f"{config.sharpness_method}, {config.sharpness_iters} iterations from "
-      f"y = 0; A = I (full) and a random Gaussian "
-      f"{config.subspace_dim}-dim subspace (seed {config.subspace_seed}). "
-      "phi_linear is the first-order part, 100 sum_i w_i |(A^T grad)_i| / "
-      "(1 + f), w the box half-widths. "
-      "Cells: median [min, max] over the seeds that did not diverge; the "
-      "last line counts the seeds at which LB's value exceeds SB's.",
-      "",
-      summary_table(rows, config),
-      "",
-  ]
-  if interpolation is not None:
-    text += [f"![interpolation]({FIGURE_FILE})",
-             "",
-             f"1-D interpolation alpha x_LB + (1 - alpha) x_SB (seeds "
-             f"{interpolation['seed_small']} and "
-             f"{interpolation['seed_large']}, same initialization), data in "
-             f"{INTERPOLATION_FILE}.", ""]
-  with open(path, "w") as f:
-    f.write("\n".join(text))
-
-
-def run(config: ml_collections.ConfigDict,
-        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-  """Runs the small-batch vs large-batch experiment; returns its rows.
-
-  Trains ``num_seeds`` members per batch size (one population each), appends
-  one row per member to ``<workdir>/results.jsonl`` (schema ``ROW_FIELDS``),
-  and writes ``interpolation.json``, ``interpolation.png`` (seed pairs
-  trained at both sizes; the first pair where neither diverged) and
-  ``report.md``.
-
-  Raises:
-    ValueError: for a bad config; ``records.WorkdirError`` when the workdir
-      already holds results.
-  """
-  validate_config(config)
-  workdir = config.workdir
-  os.makedirs(workdir, exist_ok=True)
-  results_path = os.path.join(workdir, RESULTS_FILE)
-  if records.read_rows(results_path):
-    raise records.WorkdirError(f"{results_path} already holds results; use a "
-                               f"new --workdir (or delete that one)")
-  settings = {k: v for k, v in config.to_dict().items()
-              if k not in ("workdir", "progress")}
-  with open(os.path.join(workdir, records.CONFIG_FILE), "w") as f:
-    json.dump(config.to_dict(), f, indent=1, default=str)
-  train_set, test_set = load_split(config)
-  log(f"data: {config.dataset}, {train_set.m} train / {test_set.m} test")
-  sizes = batch_sizes(config)
-  results: dict[int, list[population.MemberResult]] = {}
-  subspace = None
-  for role, size in zip(("small", "large"), sizes):
-    steps = config.epochs * (train_set.m // size)
-    tconfig = population.TrainConfig(
-        activation=config.activation, bias=config.bias,
-        normalization=config.normalization, optimizer=config.optimizer,
-        learning_rate=config.learning_rate, steps=steps,
-        batch_size=size if size < train_set.m else None,
-        chunk_steps=min(250, steps))
-    members = [population.Member(config.depth, config.width, seed)
-               for seed in range(config.num_seeds)]
-    start = time.perf_counter()
-    trained = train.train_population(train_set, members, tconfig)
-    log(f"batch {size}: trained {len(members)} seeds x {steps} steps in "
-        f"{time.perf_counter() - start:.1f} s")
-    results[size] = trained
-    for result in trained:
-      start = time.perf_counter()
-      row = {
-          "batch_size": size, "batch_role": role,
-          "seed": result.member.seed, "dataset": train_set.provenance,
-          "depth": config.depth, "width": config.width,
-          "activation": config.activation, "bias": config.bias,
-          "normalization": config.normalization,
-          "optimizer": {"name": config.optimizer,
-                        "learning_rate": config.learning_rate,
-                        "steps": steps, "batch_size": size},
-          "epochs": config.epochs, "n_params": result.model.n_params,
-          "loss": records.json_float(result.loss),
-          "diverged": bool(result.diverged), "steps": int(result.steps),
-          "train_wall_s": float(result.wall_s),
-          "versions": provenance.library_versions(), "config": settings,
-      }
-      if not result.diverged:
-        if subspace is None and config.subspace_dim:
-          subspace = random_subspace(
-              result.model.n_params, config.subspace_dim,
-              jax.random.PRNGKey(config.subspace_seed))
-        row.update(analyse_member(result, train_set, test_set, config,
-                                  subspace))
-      row["analysis_wall_s"] = time.perf_counter() - start
-      records.append_row(results_path, row, schema=ROW_FIELDS)
-    log(f"batch {size}: measured in {results_path}")
-  rows = records.read_rows(results_path)
-  interpolation = None
-  pairs = [(a, b) for a, b in zip(*results.values())
-           if not (a.diverged or b.diverged)]
-  if pairs:
-    interpolation = _interpolate(*pairs[0], train_set, test_set, config)
-    with open(os.path.join(workdir, INTERPOLATION_FILE), "w") as f:
-      json.dump(interpolation, f)
-    plot_interpolation(interpolation, sizes,
-                       os.path.join(workdir, FIGURE_FILE))
-  else:
-    log("every seed diverged at one batch size: no interpolation figure")
-  write_report(rows, config, os.path.join(workdir, REPORT_FILE),
-               interpolation)
-  return rows

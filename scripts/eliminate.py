@@ -6,7 +6,7 @@ network trained and refined; the augmented network (one neuron a_k exp(w_k . x
 start; and the augmented objective refined from the plain member's refined
 point with a = 0. Every end point is certified. Writes results.jsonl (one row
 per member and variant), config.json and report.md into --workdir
-(lminima.eliminate; docs/theory.md#eliminating-bad-local-minima).
+(lminima.eliminate_study; docs/theory.md#eliminating-bad-local-minima).
 
   python scripts/eliminate.py --workdir=runs/eliminate
   python scripts/eliminate.py --smoke --workdir=/tmp/eliminate_smoke  # < 1 min
@@ -17,11 +17,11 @@ import os
 from absl import app
 from absl import flags
 
-from lminima import eliminate
+from lminima import eliminate_study
 from lminima import experiment
 from lminima import records
 
-_DEFAULTS = eliminate.get_config()
+_DEFAULTS = eliminate_study.get_config()
 
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny run (one width, two seeds, "
                            "short training); other flags still apply.")
@@ -48,7 +48,7 @@ _FIELDS = {name: define(name, None, f"{help_text} (default "
 
 def config_from_flags():
   """The default (or smoke) config with the command-line flags applied."""
-  config = eliminate.get_config("smoke" if _SMOKE.value else "default")
+  config = eliminate_study.get_config("smoke" if _SMOKE.value else "default")
   config.workdir = _WORKDIR.value
   if _LOSSES.value is not None:
     config.losses = tuple(_LOSSES.value)
@@ -63,10 +63,12 @@ def config_from_flags():
 def main(argv):
   experiment.main(
       argv, config_from_flags=config_from_flags,
-      validate_config=eliminate.validate_config, run=eliminate.run,
+      validate_config=eliminate_study.validate_config,
+      run=eliminate_study.run,
       outputs=lambda config: {
           "results": os.path.join(config.workdir, records.RESULTS_FILE),
-          "report": os.path.join(config.workdir, eliminate.REPORT_FILE)})
+          "report": os.path.join(config.workdir,
+                                 eliminate_study.REPORT_FILE)})
 
 
 if __name__ == "__main__":

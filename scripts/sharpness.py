@@ -6,7 +6,7 @@ generalize worse. This trains --num_seeds seeds at batch --small_batch and at
 MNIST, measures train loss, test accuracy, the epsilon-sharpness (full space
 and a random subspace) and lambda_max of every member, and writes
 results.jsonl, interpolation.json, interpolation.png and report.md into
---workdir (lminima.sharpness.run; docs/theory.md#sharpness).
+--workdir (lminima.sharpness_study.run; docs/theory.md#sharpness).
 
   python scripts/sharpness.py --workdir=runs/sharpness
   python scripts/sharpness.py --smoke --workdir=/tmp/sharpness_smoke   # < 1 min
@@ -18,7 +18,8 @@ from absl import flags
 from lminima import data as data_lib
 from lminima import experiment
 from lminima import records
-from lminima import sharpness
+from lminima import sharpness_config
+from lminima import sharpness_study
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go (default: "
                                "runs/sharpness, smoke: runs/sharpness_smoke).")
@@ -51,7 +52,7 @@ _STRINGS = {name: flags.DEFINE_string(name, None, help_text)
 
 def config_from_flags():
   """The default (or smoke) config with the given flags applied."""
-  config = sharpness.get_config("smoke" if _SMOKE.value else "")
+  config = sharpness_config.get_config("smoke" if _SMOKE.value else "")
   experiment.set_given(config, {**_INTS, **_FLOATS, **_STRINGS})
   if _DATASET.value is not None:
     config.dataset = _DATASET.value
@@ -65,11 +66,12 @@ def config_from_flags():
 def main(argv):
   experiment.main(
       argv, config_from_flags=config_from_flags,
-      validate_config=sharpness.validate_config, run=sharpness.run,
+      validate_config=sharpness_config.validate_config,
+      run=sharpness_study.run,
       outputs=lambda config: {
-          "results": f"{config.workdir}/{sharpness.RESULTS_FILE}",
-          "report": f"{config.workdir}/{sharpness.REPORT_FILE}",
-          "figure": f"{config.workdir}/{sharpness.FIGURE_FILE}"},
+          "results": f"{config.workdir}/{sharpness_config.RESULTS_FILE}",
+          "report": f"{config.workdir}/{sharpness_config.REPORT_FILE}",
+          "figure": f"{config.workdir}/{sharpness_config.FIGURE_FILE}"},
       errors=(data_lib.DataError, records.WorkdirError))
 
 

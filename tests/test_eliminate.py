@@ -13,6 +13,8 @@ from absl.testing import parameterized
 import lminima
 from lminima import data as data_lib
 from lminima import eliminate
+from lminima import eliminate_report
+from lminima import eliminate_study
 from lminima import models
 from lminima import records
 from lminima.problem import ModuleMethod, Objective
@@ -119,12 +121,12 @@ class TransformTest(parameterized.TestCase):
                             (("lam", 0.0), "--lam"),
                             (("escape_ratio", 1.0), "--escape_ratio"),
                             (("num_seeds", 0), "--num_seeds")):
-      config = eliminate.get_config("smoke")
+      config = eliminate_study.get_config("smoke")
       config[change[0]] = change[1]
       with self.assertRaisesRegex(ValueError, message):
-        eliminate.validate_config(config)
+        eliminate_study.validate_config(config)
     with self.assertRaisesRegex(ValueError, "variant"):
-      eliminate.get_config("huge")
+      eliminate_study.get_config("huge")
 
 
 class CriticalPointsTest(absltest.TestCase):
@@ -233,11 +235,11 @@ class ScriptTest(absltest.TestCase):
     result = run_script("eliminate.py", "--smoke", f"--workdir={workdir}")
     self.assertEqual(result.returncode, 0, result.stderr)
     rows = records.read_rows(os.path.join(workdir, records.RESULTS_FILE))
-    config = eliminate.get_config("smoke")
+    config = eliminate_study.get_config("smoke")
     self.assertLen(rows, len(config.losses) * len(config.widths)
-                   * config.num_seeds * len(eliminate.VARIANTS))
+                   * config.num_seeds * len(eliminate_study.VARIANTS))
     for row in rows:
-      self.assertContainsSubset(set(row), eliminate.ROW_FIELDS)
+      self.assertContainsSubset(set(row), eliminate_study.ROW_FIELDS)
       self.assertEqual(row["versions"]["jax"],
                        lminima.provenance.library_versions()["jax"])
       self.assertIn(row["verdict"], records.VERDICTS)
@@ -253,11 +255,11 @@ class ScriptTest(absltest.TestCase):
         self.assertAlmostEqual(row["loss_start"], plain["loss_refined"],
                                delta=1e-12 * (1 + plain["loss_refined"]))
         self.assertEqual(row["start_verdict"], plain["verdict"])
-    with open(os.path.join(workdir, eliminate.REPORT_FILE)) as f:
+    with open(os.path.join(workdir, eliminate_study.REPORT_FILE)) as f:
       report = f.read()
-    self.assertIn(eliminate.TABLE_HEADER, report)
+    self.assertIn(eliminate_report.TABLE_HEADER, report)
     for loss_fn in config.losses:
-      for variant in eliminate.VARIANTS:
+      for variant in eliminate_study.VARIANTS:
         self.assertIn(f"| {loss_fn} | 2 | {variant} |", report)
     # A rerun finds every member recorded and adds nothing.
     again = run_script("eliminate.py", "--smoke", f"--workdir={workdir}")

@@ -12,6 +12,8 @@ from absl.testing import parameterized
 import lminima
 from lminima import records
 from lminima import sharpness
+from lminima import sharpness_config
+from lminima import sharpness_study
 
 from _helpers import assert_one_line_error, assert_png_has_content
 from _helpers import run_script
@@ -156,23 +158,23 @@ class ExperimentTest(absltest.TestCase):
     cls.workdir = os.path.join(tempfile.mkdtemp(), "run")
     cls.result = run_script("sharpness.py", "--smoke",
                             f"--workdir={cls.workdir}")
-    cls.config = sharpness.get_config("smoke")
+    cls.config = sharpness_config.get_config("smoke")
     cls.rows = records.read_rows(os.path.join(cls.workdir,
-                                              sharpness.RESULTS_FILE))
+                                              sharpness_config.RESULTS_FILE))
 
   def test_script_succeeds_and_names_its_files(self):
     self.assertEqual(self.result.returncode, 0, self.result.stderr)
     self.assertIn(self.workdir, self.result.stdout)
 
   def test_one_row_per_member_with_the_measures(self):
-    sizes = sharpness.batch_sizes(self.config)
+    sizes = sharpness_config.batch_sizes(self.config)
     self.assertEqual(sizes, (16, 20))
     self.assertLen(self.rows, 2 * self.config.num_seeds)
     self.assertEqual(sorted((r["batch_size"], r["seed"]) for r in self.rows),
                      [(b, s) for b in sizes
                       for s in range(self.config.num_seeds)])
     for row in self.rows:
-      self.assertContainsSubset(set(row), sharpness.ROW_FIELDS)
+      self.assertContainsSubset(set(row), sharpness_config.ROW_FIELDS)
       self.assertFalse(row["diverged"])
       self.assertEqual(row["config"]["num_seeds"], self.config.num_seeds)
       self.assertEqual(row["versions"]["jax"], jax.__version__)
@@ -191,12 +193,12 @@ class ExperimentTest(absltest.TestCase):
 
   def test_interpolation_ends_are_the_trained_members(self):
     with open(os.path.join(self.workdir,
-                           sharpness.INTERPOLATION_FILE)) as f:
+                           sharpness_config.INTERPOLATION_FILE)) as f:
       curve = json.load(f)
     alpha = np.array(curve["alpha"])
     self.assertLen(alpha, self.config.interp_points)
     self.assertEqual((alpha[0], alpha[-1]), (-1.0, 2.0))
-    small, large = sharpness.batch_sizes(self.config)
+    small, large = sharpness_config.batch_sizes(self.config)
     loss = {r["batch_size"]: r["train_loss"] for r in self.rows
             if r["seed"] == curve["seed_small"]}
     self.assertAlmostEqual(curve["train_loss"][np.argmin(abs(alpha))],
@@ -204,10 +206,10 @@ class ExperimentTest(absltest.TestCase):
     self.assertAlmostEqual(curve["train_loss"][np.argmin(abs(alpha - 1))],
                            loss[large], places=10)
     assert_png_has_content(self, os.path.join(self.workdir,
-                                              sharpness.FIGURE_FILE))
+                                              sharpness_config.FIGURE_FILE))
 
   def test_report_holds_the_table(self):
-    with open(os.path.join(self.workdir, sharpness.REPORT_FILE)) as f:
+    with open(os.path.join(self.workdir, sharpness_config.REPORT_FILE)) as f:
       report = f.read()
     table = [line for line in report.splitlines() if line.startswith("| ")]
     self.assertLen(table, 4)  # header, two batch sizes, LB > SB counts
@@ -216,13 +218,13 @@ class ExperimentTest(absltest.TestCase):
     self.assertIn("interpolation.png", report)
 
   def test_a_used_workdir_is_refused(self):
-    config = sharpness.get_config("smoke")
+    config = sharpness_config.get_config("smoke")
     config.workdir = self.workdir
     with self.assertRaisesRegex(records.WorkdirError, "already holds"):
-      sharpness.run(config, log=lambda _: None)
+      sharpness_study.run(config, log=lambda _: None)
 
   def test_split_is_disjoint_and_stratified(self):
-    train_set, test_set = sharpness.load_split(self.config)
+    train_set, test_set = sharpness_study.load_split(self.config)
     self.assertEqual((train_set.m, test_set.m), (200, 100))
     train_rows = {row.tobytes() for row in train_set.x}
     self.assertFalse(any(row.tobytes() in train_rows for row in test_set.x))
@@ -241,12 +243,12 @@ class ExperimentTest(absltest.TestCase):
                         ("sharpness_method", "newton"), ("activation", "x"),
                         ("learning_rate", -1.0), ("subspace_dim", -1),
                         ("small_batch", 10_000)):
-      config = sharpness.get_config("smoke")
+      config = sharpness_config.get_config("smoke")
       config[name] = value
       with self.assertRaises(ValueError, msg=name):
-        sharpness.validate_config(config)
+        sharpness_config.validate_config(config)
     with self.assertRaisesRegex(ValueError, "variant"):
-      sharpness.get_config("huge")
+      sharpness_config.get_config("huge")
 
 
 if __name__ == "__main__":
