@@ -4,8 +4,10 @@
 the end-of-training ``loss`` over the members that did not diverge, the same
 statistics of ``loss_refined`` over the members certified ``local_min`` only
 (a refined point that is not a certified minimum says nothing about minima),
-the fraction of members per certificate verdict, the median ``rank_D_frac`` and
-the share of members below the linear-model optimum.
+the fraction of members per certificate verdict, and, again over the
+certified minima only, the median ``rank_D_frac``, the share below the
+linear-model optimum and the number of zero-loss (interpolating) minima, which
+every claim counts apart (docs/theory.md#which-tests-are-informative).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ import numpy as np
 
 from lminima.records import VERDICTS
 
+ZERO_LOSS_RTOL = 1e-12
+"""A certified minimum with L <= ZERO_LOSS_RTOL * (1 + L*_linear) interpolates."""
+
 SUMMARY_FIELDS = (
     "depth", "width", "n_members", "n_diverged",
     "loss_min", "loss_median", "loss_max",
-    "n_local_min", "local_min_loss_min", "local_min_loss_median",
-    "local_min_loss_max",
+    "n_local_min", "n_local_min_zero_loss", "local_min_loss_min",
+    "local_min_loss_median", "local_min_loss_max",
     *(f"frac_{v}" for v in VERDICTS),
     "median_rank_D_frac", "frac_below_linear", "linear_opt",
 )
@@ -52,18 +57,21 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
              "n_diverged": len(members) - len(sane)}
     entry["loss_min"], entry["loss_median"], entry["loss_max"] = _stats(
         _finite(r.get("loss") for r in sane))
-    minima = _finite(r.get("loss_refined") for r in members
-                     if r.get("verdict") == "local_min")
+    certified = [r for r in members if r.get("verdict") == "local_min"]
+    minima = _finite(r.get("loss_refined") for r in certified)
     entry["n_local_min"] = len(minima)
+    entry["n_local_min_zero_loss"] = sum(
+        value <= ZERO_LOSS_RTOL * (1.0 + abs(r.get("linear_opt") or 0.0))
+        for r in certified for value in _finite([r.get("loss_refined")]))
     (entry["local_min_loss_min"], entry["local_min_loss_median"],
      entry["local_min_loss_max"]) = _stats(minima)
     verdicts = [r.get("verdict") for r in members if r.get("verdict")]
     for v in VERDICTS:
       entry[f"frac_{v}"] = (verdicts.count(v) / len(verdicts)
                             if verdicts else None)
-    ranks = _finite(r.get("rank_D_frac") for r in sane)
+    ranks = _finite(r.get("rank_D_frac") for r in certified)
     entry["median_rank_D_frac"] = float(np.median(ranks)) if ranks else None
-    below = [bool(r["below_linear"]) for r in sane
+    below = [bool(r["below_linear"]) for r in certified
              if r.get("below_linear") is not None]
     entry["frac_below_linear"] = sum(below) / len(below) if below else None
     linear = _finite(r.get("linear_opt") for r in members)
