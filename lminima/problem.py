@@ -100,7 +100,7 @@ class ModuleMethod:
 
 
 class Problem:
-  """The float64 squared-loss objective of one model at one point.
+  """The float64 objective (the squared loss by default) of one model at one point.
 
   Attributes:
     apply_fn: ``(params, x) -> yhat`` of shape (m, d_y), linear output layer.
