@@ -73,6 +73,9 @@ ROW_FIELDS = {
     # refinement (float64)
     "loss_refined", "grad_norm_refined", "refine_iters", "refine_stop_reason",
     "refine_method", "param_norm_start", "param_norm_refined", "params_file",
+    # the member's fate when refinement did not converge (lminima.fate)
+    "fate", "fate_reason", "fate_iters", "fate_loss", "fate_param_norm",
+    "fate_grad_norm", "fate_asymptotic_loss", "fate_max_abs_preactivation",
     # certificate at the refined point (lminima.certify.Certificate)
     "verdict", "cert_method", "lambda_min", "lambda_max", "residual_min",
     "residual_max", "index", "n_flat", "grad_norm_rel", "grad_tol",

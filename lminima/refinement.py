@@ -81,6 +81,9 @@ class RefineResult:
       ``"stalled"`` (no step decreased the merit function), ``"non_finite"``
       or ``"escaping"`` (the parameter norm outgrew ``escape_ratio``).
     grad_norm_history: ``||g||`` at the start and after every iteration.
+    loss_history: L at the start and after every iteration.
+    param_norm_history: ``||theta||_2`` at the start and after every
+      iteration (the evidence of a run to infinity, ``lminima.fate``).
     method: ``"lm"`` or ``"newton_mr"``.
     param_norm_start: ``||theta_0||_2`` of the (float64) starting point.
     param_norm: ``||theta||_2`` at ``params``; a large ratio to
@@ -93,6 +96,8 @@ class RefineResult:
   converged: bool
   stop_reason: str
   grad_norm_history: tuple[float, ...]
+  loss_history: tuple[float, ...]
+  param_norm_history: tuple[float, ...]
   method: str
   param_norm_start: float
   param_norm: float
@@ -217,6 +222,7 @@ def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
                  else escape_ratio * max(1.0, norm_start))
   loss, grad = problem.loss, problem.grad
   history = [float(np.linalg.norm(grad))]
+  losses, norms = [float(loss)], [norm_start]
   nu, iters, stop_reason = 1.0, 0, "max_iters"
   with serial_blas():
     while True:
@@ -244,11 +250,14 @@ def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
         break
       iters += 1
       history.append(float(np.linalg.norm(grad)))
+      losses.append(float(loss))
+      norms.append(float(np.linalg.norm(flat)))
   return RefineResult(
       params=problem.unravel(jnp.asarray(flat, EXACT_DTYPE)), loss=loss,
       grad_norm=history[-1], iters=iters,
       converged=stop_reason == "grad_tol", stop_reason=stop_reason,
-      grad_norm_history=tuple(history), method=method,
+      grad_norm_history=tuple(history), loss_history=tuple(losses),
+      param_norm_history=tuple(norms), method=method,
       param_norm_start=norm_start, param_norm=float(np.linalg.norm(flat)))
 
 

@@ -49,7 +49,8 @@ recorded it.
 Example (a tiny grid, a few seconds on a laptop CPU):
   >>> config = get_config()
   >>> config.depths, config.widths, config.num_seeds = (1,), (4,), 1
-  >>> config.workdir = "/tmp/lminima_example"
+  >>> import tempfile
+  >>> config.workdir = tempfile.mkdtemp()
   >>> config.steps, config.progress = 200, False
   >>> rows = run(config, log=lambda _: None)
   >>> len(rows), rows[0]["depth"], rows[0]["verdict"] in records.VERDICTS
@@ -80,6 +81,7 @@ from lminima import refinement
 from lminima import report
 from lminima import explain
 from lminima import train
+from lminima.fate import continue_and_classify
 from lminima.problem import Problem
 # The configuration lives in sweep_config; its public names are the sweep's.
 from lminima.sweep_config import (ConfigError, DATA_FIELDS, check_against_data,
@@ -139,13 +141,26 @@ def analyse_member(result: population.MemberResult, data: data_lib.Dataset,
     refined = refinement.refine(
         problem, method=config.refine_method,
         grad_tol=config.refine_grad_tol, max_iters=config.refine_max_iters)
-    problem = problem.at(refined.params)
     fields.update(
-        loss_refined=refined.loss, grad_norm_refined=refined.grad_norm,
         refine_iters=refined.iters, refine_stop_reason=refined.stop_reason,
         refine_method=refined.method,
-        param_norm_start=refined.param_norm_start,
-        param_norm_refined=refined.param_norm)
+        param_norm_start=refined.param_norm_start)
+    params = refined.params
+    if config.fate_iters and not refined.converged:
+      # Account for the member: continue and classify (lminima.fate); a
+      # critical point found further out is certified where it is.
+      fate = continue_and_classify(problem, refined,
+                                   extra_iters=config.fate_iters,
+                                   grad_tol=config.refine_grad_tol)
+      fields.update(fate.to_row())
+      if fate.fate == "critical":
+        params = fate.params
+    elif refined.converged:
+      fields["fate"] = "critical"
+    problem = problem.at(params)
+    fields.update(loss_refined=problem.loss,
+                  grad_norm_refined=problem.grad_norm,
+                  param_norm_refined=float(np.linalg.norm(problem.flat)))
     member = result.member
     path = records.params_path(config.workdir, member.depth, member.width,
                                member.seed)

@@ -81,6 +81,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.refine_method = "auto"  # lm (dense) up to 5000 params, else newton_mr
   config.refine_grad_tol = 1e-10
   config.refine_max_iters = 200
+  # Continuation of members that did not converge (lminima.fate); 0: none.
+  config.fate_iters = 200
   config.dense_max_params = 3000
   config.theory = True
   config.memory_budget_bytes = 2**30
@@ -152,7 +154,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _int_tuple(config, "depths", 1)
   _int_tuple(config, "widths", 1)
   for name, minimum in (("num_seeds", 1), ("steps", 1), ("batch_size", 0),
-                        ("refine_max_iters", 0), ("dense_max_params", 1),
+                        ("refine_max_iters", 0), ("fate_iters", 0),
+                        ("dense_max_params", 1),
                         ("memory_budget_bytes", 1),
                         ("memory_limit_bytes", 0)):
     value = config[name]

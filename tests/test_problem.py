@@ -262,6 +262,7 @@ class RegressionTest(absltest.TestCase):
     # The plan the pre-redesign cost constants chose (one program per depth);
     # pinned, since "auto" now follows this machine's measured cost model.
     config.width_strategy = "masked"
+    config.fate_iters = 0  # the pre-redesign rows had no continuation
     config.data_options.m = 40
     config.workdir = tempfile.mkdtemp()
     config.progress = False

@@ -11,6 +11,7 @@ from absl.testing import absltest
 
 import lminima
 from lminima import data as data_lib
+from lminima import fate as fate_lib
 from lminima import records
 from lminima import sweep
 
@@ -98,6 +99,24 @@ class SweepTest(absltest.TestCase):
       loss = 0.5 * np.mean(np.sum((yhat - ds.y) ** 2, axis=1))
       self.assertAlmostEqual(loss, row["loss_refined"], delta=1e-12)
       self.assertAlmostEqual(problem.loss, row["loss_refined"], delta=1e-12)
+
+  def test_every_member_is_accounted_for(self):
+    for row in self.rows:
+      if row.get("diverged"):
+        continue
+      self.assertIn(row["fate"], fate_lib.FATES, row)
+      if row["refine_stop_reason"] == "grad_tol":
+        self.assertEqual(row["fate"], "critical")
+        continue
+      # A member that did not converge carries its evidence.
+      self.assertTrue(row["fate_reason"])
+      self.assertGreaterEqual(row["fate_iters"], 1)
+      if row["fate"] == "escaping":
+        self.assertBetween(row["fate_asymptotic_loss"], 0.0, row["fate_loss"])
+        self.assertGreater(row["fate_param_norm"], row["param_norm_start"])
+      if row["fate"] == "critical":  # certified where it was found
+        self.assertLessEqual(row["grad_norm_refined"], 1e-10)
+        self.assertEqual(row["loss_refined"], row["fate_loss"])
 
   def test_certified_rows_satisfy_the_last_layer_identity(self):
     certified = [r for r in self.rows if r["verdict"] == "local_min"]
