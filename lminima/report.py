@@ -80,6 +80,26 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   return summary
 
 
+def cell_line(depth: int, width: int, rows: Sequence[dict[str, Any]]) -> str:
+  """One line for a finished (depth, width) cell: members, verdict counts,
+  diverged and failed members, median certified loss."""
+  counts = collections.Counter(r["verdict"] for r in rows if r.get("verdict"))
+  parts = [f"{counts[v]} {v}" for v in VERDICTS if counts[v]]
+  diverged = sum(bool(r.get("diverged")) for r in rows)
+  errors = sum(bool(r.get("error")) for r in rows)
+  if diverged:
+    parts.append(f"{diverged} diverged")
+  if errors:
+    parts.append(f"{errors} failed")
+  minima = [r["loss_refined"] for r in rows
+            if r.get("verdict") == "local_min"
+            and r.get("loss_refined") is not None]
+  median = (f"median certified loss {np.median(minima):.3e}" if minima
+            else "no certified minimum")
+  return (f"depth {depth} width {width}: {len(rows)} members "
+          f"({', '.join(parts) or 'none certified'}); {median}")
+
+
 def write_summary_csv(summary: Sequence[dict[str, Any]], path: str) -> None:
   """Writes ``summarize`` output as CSV (empty cells for missing values)."""
   with open(path, "w", newline="") as f:

@@ -91,7 +91,7 @@ from lminima.sweep_config import (ConfigError, DATA_FIELDS, check_against_data,
 
 WorkdirError = records.WorkdirError
 
-__all__ = ["ConfigError", "WorkdirError", "analyse_member", "cell_line",
+__all__ = ["ConfigError", "WorkdirError", "analyse_member",
            "check_against_data", "config_fingerprint", "get_config", "grid",
            "load_data", "member_row", "parse_shard", "run", "shard_members",
            "train_config", "validate_config"]
@@ -180,26 +180,6 @@ def analyse_member(result: population.MemberResult, data: data_lib.Dataset,
 def _error_text(error: BaseException, limit: int = 500) -> str:
   text = " ".join(f"{type(error).__name__}: {error}".split())
   return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def cell_line(depth: int, width: int, rows: Sequence[dict[str, Any]]) -> str:
-  """One line for a finished (depth, width) cell: members, verdict counts,
-  diverged and failed members, median certified loss."""
-  counts = collections.Counter(r["verdict"] for r in rows if r.get("verdict"))
-  parts = [f"{counts[v]} {v}" for v in records.VERDICTS if counts[v]]
-  diverged = sum(bool(r.get("diverged")) for r in rows)
-  errors = sum(bool(r.get("error")) for r in rows)
-  if diverged:
-    parts.append(f"{diverged} diverged")
-  if errors:
-    parts.append(f"{errors} failed")
-  minima = [r["loss_refined"] for r in rows
-            if r.get("verdict") == "local_min"
-            and r.get("loss_refined") is not None]
-  median = (f"median certified loss {np.median(minima):.3e}" if minima
-            else "no certified minimum")
-  return (f"depth {depth} width {width}: {len(rows)} members "
-          f"({', '.join(parts) or 'none certified'}); {median}")
 
 
 def _cost_model(workdir: str, log: Callable[[str], None]
@@ -407,7 +387,7 @@ def _run_locked(config: ml_collections.ConfigDict,
         rows_by_cell[cell].append(json.loads(records.encode_row(row)))
         left_in_cell[cell] -= 1
         if not left_in_cell[cell]:
-          progress.say(cell_line(*cell, rows_by_cell[cell]))
+          progress.say(report.cell_line(*cell, rows_by_cell[cell]))
       progress.say(f"depth {depth}: trained in {train_s:.1f} s, rows in "
                    f"{results_path}")
   finally:
