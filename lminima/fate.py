@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from lminima.hessian import flatten_params
 from lminima.models import MLP
 from lminima.problem import Problem
 from lminima.refinement import RefineResult, refine
@@ -152,10 +153,12 @@ def continue_and_classify(problem: Problem, result: RefineResult, *,
   norms = list(run.param_norm_history)
   settled = False
   if run.converged:
-    probe = refine(start.at(run.params), method="lm", grad_tol=1e-300,
+    converged_at = start.at(run.params)
+    probe = refine(converged_at, method="lm", grad_tol=1e-300,
                    max_iters=probe_iters, escape_ratio=None)
-    moved = float(np.linalg.norm(np.asarray(start.at(probe.params).flat)
-                                 - np.asarray(start.at(run.params).flat)))
+    moved = float(np.linalg.norm(
+        np.asarray(flatten_params(probe.params)[0])
+        - np.asarray(converged_at.flat)))
     settled = moved <= settle_rtol * max(run.param_norm, 1.0)
     if not settled:  # the probe's steps are part of the path's evidence
       losses += list(probe.loss_history[1:])
