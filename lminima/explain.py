@@ -18,7 +18,13 @@ from lminima.euler import euler_terms
 from lminima.models import HOMOGENEOUS_ACTIVATIONS, MLP
 from lminima.problem import Problem
 from lminima.theory import (below, critical_point_identity, design_matrix,
-                            inclusion_residual, resolve_rank_tol)
+                            inclusion_residual, rank_of_d, resolve_rank_tol)
+
+LOOSE_RANK_TOL = 1e-8
+"""The second relative tolerance at which rank D is recorded: where the two
+ranks differ, D is ill-conditioned and its rank is a matter of tolerance
+(docs/theory.md#numerics-and-rank-tolerances)."""
+
 
 def theory_record(problem: Problem, *, seed: int = 0,
                   rank_tol: float | None = None) -> dict[str, Any]:
@@ -40,6 +46,8 @@ def theory_record(problem: Problem, *, seed: int = 0,
     inclusion_residual_linear: ||P_N[D] M||_F / ||M||_F, M = [X (1)] kron I.
     below_linear: L <= linear_opt + BOUND_RTOL * (1 + linear_opt).
     rank_tol: the relative cut-off used for every rank and projection here.
+    rank_D_loose, rank_tol_loose: rank of D at the looser relative cut-off
+      ``max(rank_tol, LOOSE_RANK_TOL)``, from the same SVD.
     full_D_skipped: None, or why the full-D fields are None.
 
   Example:
@@ -66,6 +74,7 @@ def theory_record(problem: Problem, *, seed: int = 0,
       rank_tol=tol).value)
             if model is not None and model.widths else None)
   fits = critical.full_D_skipped is None
+  loose = max(tol, LOOSE_RANK_TOL)
   euler_max = inclusion = None
   if fits:
     if model is not None and model.activation in HOMOGENEOUS_ACTIVATIONS:
@@ -86,4 +95,6 @@ def theory_record(problem: Problem, *, seed: int = 0,
       inclusion_residual_linear=inclusion,
       below_linear=below(critical.loss, float(linear.value)),
       rank_tol=tol,
+      rank_D_loose=rank_of_d(problem, loose),
+      rank_tol_loose=loose,
       full_D_skipped=critical.full_D_skipped)

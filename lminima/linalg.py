@@ -41,17 +41,30 @@ class Projection:
   rank_tol: float
 
 
+def left_singular(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Thin SVD's U and singular values s (descending) of M; empty for M = []."""
+  m = checks.float64_matrix(m, "M")
+  if m.size == 0:
+    return np.zeros((m.shape[0], 0)), np.zeros((0,))
+  u, s, _ = np.linalg.svd(m, full_matrices=False)
+  return u, s
+
+
+def kept(s: np.ndarray, rank_tol: float) -> np.ndarray:
+  """Mask of the singular values above ``rank_tol`` times the largest."""
+  if not s.size or not s[0] > 0:
+    return np.zeros_like(s, bool)
+  return s > rank_tol * s[0]
+
+
 def column_basis(m: np.ndarray, rank_tol: float | None = None
                  ) -> tuple[np.ndarray, float]:
   """Orthonormal basis U_r of col(M) and the relative tolerance used."""
   m = checks.float64_matrix(m, "M")
   if rank_tol is None:
     rank_tol = default_rank_tol(m.shape)
-  if m.size == 0:
-    return np.zeros((m.shape[0], 0)), float(rank_tol)
-  u, s, _ = np.linalg.svd(m, full_matrices=False)
-  keep = s > rank_tol * s[0] if s.size and s[0] > 0 else np.zeros_like(s, bool)
-  return u[:, keep], float(rank_tol)
+  u, s = left_singular(m)
+  return u[:, kept(s, rank_tol)], float(rank_tol)
 
 
 def project(m: np.ndarray, y: np.ndarray, scale: float = 1.0,

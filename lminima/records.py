@@ -84,7 +84,7 @@ ROW_FIELDS = {
     "rank_D", "rank_D_frac", "rank_last_hidden", "identity_gap_full",
     "identity_gap_last", "euler_residual_max", "linear_opt", "rf_opt",
     "inclusion_residual_linear", "below_linear", "rank_tol",
-    "full_D_skipped",
+    "rank_D_loose", "rank_tol_loose", "full_D_skipped",
     # what went wrong: "ExceptionType: message" of a member whose refinement,
     # certificate or theory raised (the fields computed before it are kept)
     "error",

@@ -78,10 +78,26 @@ def resolve_rank_tol(problem: Problem, rank_tol: float | None) -> float:
   return float(rank_tol)
 
 
+def _svd_of_d(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+  """U and singular values of D(theta): one SVD per point, any tolerance."""
+  return problem.cached("svd_D", lambda: linalg.left_singular(
+      problem.derivative().matrix))
+
+
 def _basis_of_d(problem: Problem, tol: float) -> np.ndarray:
-  """Orthonormal basis of col(D) at ``tol``; one SVD per point and tolerance."""
-  return problem.cached(f"basis_D/{tol!r}", lambda: linalg.column_basis(
-      problem.derivative().matrix, tol)[0])
+  """Orthonormal basis of col(D) at the relative tolerance ``tol``."""
+  u, s = _svd_of_d(problem)
+  return u[:, linalg.kept(s, tol)]
+
+
+def rank_of_d(problem: Problem, rank_tol: float) -> int | None:
+  """Numerical rank of D(theta) at ``rank_tol``; None when D does not fit.
+
+  Reuses the SVD of the other theory functions, so a second tolerance is free.
+  """
+  if derivative.skip_reason(problem) is not None:
+    return None
+  return int(np.count_nonzero(linalg.kept(_svd_of_d(problem)[1], rank_tol)))
 
 
 def _residual_in_d(problem: Problem, target: np.ndarray, tol: float
@@ -208,7 +224,7 @@ def critical_point_identity(problem: Problem, *,
     vec_y = np.asarray(problem.y).reshape(-1)
     full_value = problem.c * float(np.sum(np.square(
         _residual_in_d(problem, vec_y, tol))))
-    rank_d = int(_basis_of_d(problem, tol).shape[1])
+    rank_d = rank_of_d(problem, tol)
   return CriticalPointIdentity(
       loss=loss, grad_norm=problem.grad_norm, full_value=full_value,
       last_value=last.value,

@@ -700,6 +700,12 @@ class RankToleranceTest(_TestCase):
     record = explain.theory_record(problem, **kwargs)
     self.assertEqual(record["rank_D"], rank)
     self.assertEqual(record["rank_last_hidden"], rank)
+    # The second, looser tolerance (1e-8, or rank_tol if larger) always sees
+    # rank 2: the direction with singular value 1e-11 is below it.
+    self.assertEqual(record["rank_tol_loose"],
+                     max(identity.rank_tol, explain.LOOSE_RANK_TOL))
+    self.assertEqual(record["rank_D_loose"], 2)
+    self.assertEqual(theory.rank_of_d(problem, 1e-12), 3)
     # The linear optimum (x has no intercept here) at the same tolerance.
     self.assertAlmostEqual(record["linear_opt"], value, delta=1e-13)
     return identity.rank_tol
@@ -875,7 +881,7 @@ class TheoryRecordTest(_TestCase):
   KEYS = {"rank_D", "rank_D_frac", "rank_last_hidden", "identity_gap_full",
           "identity_gap_last", "euler_residual_max", "linear_opt", "rf_opt",
           "inclusion_residual_linear", "below_linear", "rank_tol",
-          "full_D_skipped"}
+          "rank_D_loose", "rank_tol_loose", "full_D_skipped"}
 
   @parameterized.parameters(("relu", True), ("leaky_relu", False),
                             ("tanh", True))
@@ -891,6 +897,8 @@ class TheoryRecordTest(_TestCase):
     # symmetries of relu would be finite-difference noise in a numerical D.
     d = problem.derivative().matrix
     self.assertEqual(record["rank_D"], np.linalg.matrix_rank(d))
+    self.assertEqual(record["rank_D_loose"], np.linalg.matrix_rank(
+        d, rtol=explain.LOOSE_RANK_TOL))
     self.assertEqual(record["rank_D_frac"], record["rank_D"] / y.size)
     self.assertIsNone(record["full_D_skipped"])
     # n_params (39 with biases, 30 without) > m d_y = 24.
@@ -931,7 +939,8 @@ class TheoryRecordTest(_TestCase):
     self.assertEqual(set(cheap), self.KEYS)
     json.dumps(cheap)
     for key in ("rank_D", "rank_D_frac", "identity_gap_full",
-                "inclusion_residual_linear", "euler_residual_max"):
+                "inclusion_residual_linear", "euler_residual_max",
+                "rank_D_loose"):
       self.assertIsNone(cheap[key], key)
       self.assertIsNotNone(full[key], key)
     self.assertIn("memory budget", cheap["full_D_skipped"])
