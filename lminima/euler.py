@@ -12,6 +12,12 @@ E^(l) = D^(l); the output layer (l = H+1) satisfies it for every activation,
 since it is linear. At a critical point the columns of E^(l) are columns of D,
 so L = c ||P_N[E^(l)] vec Y||^2. Stated for ``lminima.models.MLP`` only.
 
+With the linear skip connection (``MLP(skip=True)``, Yhat = ... + X S) the
+group above is not enough: scaling it leaves X S unscaled. Yhat is linear in
+S, so adding S to every group restores the identity: G_l = {W^(l), b^(l),
+..., b^(H+1), S} scales Yhat by a, and E^(l) gains the columns D_S = X kron
+I_{d_y} (``euler_blocks`` lists ``"skip/kernel"`` last).
+
 Example:
   >>> import jax, numpy as np
   >>> from lminima import Problem
@@ -30,7 +36,7 @@ import dataclasses
 
 import numpy as np
 
-from lminima.models import HOMOGENEOUS_ACTIVATIONS, MLP, layer_name
+from lminima.models import HOMOGENEOUS_ACTIVATIONS, MLP, SKIP, layer_name
 from lminima.problem import Problem
 from lminima.theory import Record, projection_residual, resolve_rank_tol
 
@@ -86,18 +92,22 @@ class EulerIdentity(Record):
 
 
 def euler_blocks(model: MLP, layer: int) -> tuple[str, ...]:
-  """Block names of E^(l): W^(l) and, with biases, b^(l), ..., b^(H+1).
+  """Block names of E^(l): W^(l) and, with biases, b^(l), ..., b^(H+1); the
+  skip kernel S last for a skip model (module docstring).
 
   Example:
     >>> euler_blocks(MLP(d_in=2, widths=(3, 3), d_out=1, bias=True), 2)
     ('layer_2/kernel', 'layer_2/bias', 'layer_3/bias')
+    >>> euler_blocks(MLP(d_in=2, widths=(3,), d_out=1, skip=True), 1)
+    ('layer_1/kernel', 'layer_1/bias', 'layer_2/bias', 'skip/kernel')
   """
   n_layers = model.depth + 1
   if not 1 <= layer <= n_layers:
     raise ValueError(f"layer must be in 1..{n_layers}, got {layer}")
   later_biases = tuple(f"{layer_name(k)}/bias"
                        for k in range(layer, n_layers + 1) if model.bias)
-  return (f"{layer_name(layer)}/kernel",) + later_biases
+  skip = (f"{SKIP}/kernel",) if model.skip else ()
+  return (f"{layer_name(layer)}/kernel",) + later_biases + skip
 
 
 def _mlp_of(problem: Problem) -> MLP:

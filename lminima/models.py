@@ -9,8 +9,16 @@ with h^(0) = X (m x d_x) and W^(l) of shape (d_{l-1}, d_l) (docs/theory.md,
 "Setup and notation"). Biases are all on or all off (``bias``). The output
 layer is always linear, which is what the analysis needs.
 
+With ``skip=True`` a linear skip connection from the input to the output is
+added, Yhat = h^(H) W^(H+1) + b^(H+1) + X S, S of shape (d_x, d_y) without a
+bias. The output stays linear in [h^(H), X, 1], and the block of S in D(theta)
+is X kron I_{d_y}, so col([X 1] kron I) lies in col(D) at every theta: the
+structure where the subspace bound (C) must hold (docs/theory.md, "(C)
+Subspace bound").
+
 Parameters are flax variables, ``{"params": {"layer_1": {"kernel": W1,
-"bias": b1}, ..., "layer_{H+1}": {...}}}`` (no ``"bias"`` without biases).
+"bias": b1}, ..., "layer_{H+1}": {...}}}`` (no ``"bias"`` without biases),
+plus ``"skip": {"kernel": S}`` with ``skip=True``.
 
 Conventions for any model the analysis takes (``lminima.Problem.for_module``):
 ``module.apply(variables, x)`` returns Yhat (m, d_y) through a linear output
@@ -30,8 +38,11 @@ Initialization (``init_params``): ``W^(l)_ij ~ N(0, gain^2 / d_{l-1})`` with
 ``gain = sqrt(2)`` for relu and leaky_relu, 1 otherwise; the output layer uses
 gain 1; biases start at 0. The draws are a function of the key alone (one
 split per layer), so a seed gives the same network whatever else is trained
-beside it. ``module.init(key, x)`` works too (same distribution, flax's own
-per-parameter keys).
+beside it. The skip kernel is drawn like the output layer, ``S_ij ~ N(0,
+1 / d_x)``, from ``fold_in(key, SKIP_STREAM)``, a stream apart from the
+layers' split, so a skip model's layers start where the plain model's do.
+``module.init(key, x)`` works too (same distribution, flax's own
+per-parameter keys, also unchanged by the skip).
 
 Width masks: to train members of different widths in one padded program, a
 member is embedded in a network of the largest widths, with 0/1 unit masks
@@ -82,6 +93,12 @@ HOMOGENEOUS_ACTIVATIONS = ("relu", "leaky_relu", "identity")
 KINKED_ACTIVATIONS = ("relu", "leaky_relu")
 """Not differentiable at z = 0: certificates check the distance to the kink."""
 
+SKIP = "skip"
+"""Name of the skip connection's Dense submodule (``MLP(skip=True)``)."""
+
+SKIP_STREAM = 1
+"""``init_params`` draws the skip kernel from ``fold_in(key, SKIP_STREAM)``."""
+
 
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
   """Returns the activation function called ``name`` (see ``ACTIVATIONS``)."""
@@ -114,12 +131,14 @@ class MLP(nn.Module):
     d_out: output dimension d_y.
     activation: one of ``ACTIVATIONS``.
     bias: whether every layer has a bias.
+    skip: add the linear skip connection X S (no bias) to the output.
   """
   d_in: int
   widths: tuple[int, ...]
   d_out: int
   activation: str = "tanh"
   bias: bool = True
+  skip: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -129,6 +148,9 @@ class MLP(nn.Module):
     if any(w <= 0 for w in self.widths):
       raise ValueError(f"hidden widths must be positive, got {self.widths}")
     get_activation(self.activation)
+    if not isinstance(self.skip, (bool, np.bool_)):
+      raise ValueError(f"skip must be True or False, got {self.skip!r}")
+    object.__setattr__(self, "skip", bool(self.skip))
     super().__post_init__()
 
   @property
@@ -143,10 +165,12 @@ class MLP(nn.Module):
 
   @property
   def n_params(self) -> int:
-    """Exact parameter count: sum_l d_{l-1} d_l (+ d_l with biases)."""
+    """Exact parameter count: sum_l d_{l-1} d_l (+ d_l with biases), plus
+    d_x d_y with the skip."""
     sizes = self.layer_sizes
     return sum(a * b + (b if self.bias else 0)
-               for a, b in zip(sizes[:-1], sizes[1:]))
+               for a, b in zip(sizes[:-1], sizes[1:])) + (
+                   self.d_in * self.d_out if self.skip else 0)
 
   @nn.compact
   def forward(self, x: jax.Array, masks: Sequence[jax.Array] | None = None
@@ -171,6 +195,11 @@ class MLP(nn.Module):
                     name=layer_name(self.depth + 1),
                     kernel_init=_fan_in_normal(1.0),
                     param_dtype=TRAIN_DTYPE)(h)
+    if self.skip:
+      # Unmasked and width-free: padded programs leave it as it is.
+      yhat = yhat + nn.Dense(self.d_out, use_bias=False, name=SKIP,
+                             kernel_init=_fan_in_normal(1.0),
+                             param_dtype=TRAIN_DTYPE)(x)
     return yhat, pre, hidden
 
   def __call__(self, x: jax.Array,
@@ -179,9 +208,16 @@ class MLP(nn.Module):
     return self.forward(x, masks)[0]
 
   def features(self, x: jax.Array) -> jax.Array:
-    """Design of the output layer: h^(H) (X when H = 0), plus ones with bias."""
+    """Design of the output layer: [h^(H), X (with the skip), 1 (with bias)].
+
+    h^(H) is X when H = 0. Yhat = features @ [W^(H+1); S; b^(H+1)], so the
+    output stays linear in the features with the skip too.
+    """
     _, _, hidden = self.forward(x)
     h = hidden[-1] if hidden else x
+    if self.skip:
+      h = jnp.concatenate([h, x.reshape(x.shape[0], -1).astype(h.dtype)],
+                          axis=1)
     if self.bias:
       h = jnp.concatenate([h, jnp.ones((h.shape[0], 1), h.dtype)], axis=1)
     return h
@@ -210,6 +246,11 @@ class MLP(nn.Module):
       if self.bias:
         layer["bias"] = jnp.zeros((fan_out,), dtype)
       params[layer_name(l + 1)] = layer
+    if self.skip:
+      # Its own stream: the layers' keys are those of the plain model.
+      params[SKIP] = {"kernel": float(1.0 / np.sqrt(self.d_in)) *
+                      jax.random.normal(jax.random.fold_in(key, SKIP_STREAM),
+                                        (self.d_in, self.d_out), dtype)}
     return {"params": params}
 
   @nn.nowrap
@@ -220,22 +261,31 @@ class MLP(nn.Module):
     """
     params = variables.get("params") if isinstance(variables, Mapping) else None
     n_layers = len(self.layer_sizes) - 1
-    if not isinstance(params, Mapping) or set(params) != {
-        layer_name(l) for l in range(1, n_layers + 1)}:
+    names = {layer_name(l) for l in range(1, n_layers + 1)}
+    if self.skip:
+      names.add(SKIP)
+    if not isinstance(params, Mapping) or set(params) != names:
       got = sorted(params) if isinstance(params, Mapping) else type(
           variables).__name__
+      extra = ", 'skip'" if self.skip else ""
       raise ValueError(f"expected flax variables {{'params': {{'layer_1', ..., "
-                       f"'layer_{n_layers}'}}}} for MLP(d_in={self.d_in}, "
-                       f"widths={self.widths}, d_out={self.d_out}), got {got}")
+                       f"'layer_{n_layers}'{extra}}}}} for MLP(d_in="
+                       f"{self.d_in}, widths={self.widths}, d_out={self.d_out}"
+                       f", skip={self.skip}), got {got}")
     sizes = self.layer_sizes
+    wanted = []
     for l, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
       want = {"kernel": (fan_in, fan_out)}
       if self.bias:
         want["bias"] = (fan_out,)
-      got = {k: tuple(np.shape(v)) for k, v in params[layer_name(l)].items()}
+      wanted.append((layer_name(l), want))
+    if self.skip:
+      wanted.append((SKIP, {"kernel": (self.d_in, self.d_out)}))
+    for name, want in wanted:
+      got = {k: tuple(np.shape(v)) for k, v in params[name].items()}
       if set(got) != set(want) or any(
           got[k][-len(s):] != s for k, s in want.items()):
-        raise ValueError(f"{layer_name(l)}: expected shapes {want}, got {got}")
+        raise ValueError(f"{name}: expected shapes {want}, got {got}")
 
 
 def _fan_in_normal(gain: float):

@@ -59,6 +59,9 @@ class TrainConfig:
   Attributes:
     activation: hidden activation, one of ``models.ACTIVATIONS``.
     bias: whether every layer has a bias.
+    skip: whether every member has the linear skip connection X S from the
+      input to the output (``models.MLP``); S does not depend on the width,
+      so padded programs carry it as it is.
     normalization: ``"mean"`` or ``"sum"`` (``losses.loss_scale``).
     optimizer: ``"sgd"``, ``"momentum"`` (heavy ball) or ``"adam"`` (optax
       defaults b1=0.9, b2=0.999, eps=1e-8).
@@ -78,6 +81,7 @@ class TrainConfig:
   """
   activation: str = "tanh"
   bias: bool = True
+  skip: bool = False
   normalization: str = "mean"
   optimizer: str = "adam"
   learning_rate: float = 0.01
@@ -89,6 +93,8 @@ class TrainConfig:
 
   def __post_init__(self):
     models.get_activation(self.activation)
+    if not isinstance(self.skip, bool):
+      raise ValueError(f"skip must be True or False, got {self.skip!r}")
     if self.normalization not in NORMALIZATIONS:
       raise ValueError(f"unknown normalization {self.normalization!r}; choose "
                        f"one of {NORMALIZATIONS}")
@@ -174,22 +180,24 @@ class MemberResult:
 
 def member_model(d_x: int, d_y: int, member: Member,
                  config: TrainConfig) -> models.MLP:
-  """The MLP of ``member``: widths ``(width,) * depth``, activation and bias
-  from ``config``.
+  """The MLP of ``member``: widths ``(width,) * depth``, activation, bias and
+  skip from ``config``.
 
   Example:
     >>> member_model(3, 1, Member(2, 4, seed=0), TrainConfig()).widths
     (4, 4)
   """
   return models.MLP(d_in=d_x, widths=(member.width,) * member.depth,
-                    d_out=d_y, activation=config.activation, bias=config.bias)
+                    d_out=d_y, activation=config.activation, bias=config.bias,
+                    skip=config.skip)
 
 
 def training_flops(model: models.MLP, batch: int, steps: int = 1) -> float:
   """FLOPs of ``steps`` training steps of ``model`` on ``batch`` samples.
 
   Forward: 2 * batch * sum_l d_{l-1} d_l (2 FLOPs per multiply-add of the
-  matmuls; activations and biases are not counted). Backward ~ 2x forward
+  matmuls, the skip's d_x d_y included; activations and biases are not
+  counted). Backward ~ 2x forward
   (gradients with respect to weights and to hidden layers), so a step costs
   3x forward.
 
@@ -198,7 +206,8 @@ def training_flops(model: models.MLP, batch: int, steps: int = 1) -> float:
     540.0
   """
   sizes = model.layer_sizes
-  macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+  macs = sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) + (
+      model.d_in * model.d_out if model.skip else 0)
   return float(3 * 2 * batch * macs * steps)
 
 

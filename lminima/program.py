@@ -26,7 +26,8 @@ mask ``models.width_masks`` of its traced true width. Masked units contribute
 nothing to the output, so the gradient of every padded weight is exactly zero
 and padded weights stay zero under sgd, momentum and adam: the member follows
 the trajectory of its unpadded network (up to the rounding of the larger
-kernels).
+kernels). The skip kernel of ``MLP(skip=True)`` has the shape
+(d_x, d_y) at every width, so it is carried unpadded and unmasked.
 
 Minibatches (``minibatch``). Update t of a member uses block ``t mod (m // B)``
 of the permutation of the m rows drawn from

@@ -65,7 +65,7 @@ VERDICTS = ("local_min", "saddle", "not_critical", "non_differentiable")
 
 ROW_FIELDS = {
     # identity and provenance
-    "depth", "width", "seed", "dataset", "activation", "bias",
+    "depth", "width", "seed", "dataset", "activation", "bias", "skip",
     "normalization", "optimizer", "n_params", "config_fingerprint",
     "versions", "wall_s",
     # end of training (float32)
@@ -355,9 +355,10 @@ def _salvage(line: str) -> dict[str, Any] | None:
 
 
 def member_model(row: dict[str, Any], d_x: int, d_y: int) -> models.MLP:
-  """The MLP of a row."""
+  """The MLP of a row (rows written before the skip existed have none)."""
   return models.MLP(d_x, (row["width"],) * row["depth"], d_y,
-                    row["activation"], row["bias"])
+                    row["activation"], row["bias"],
+                    skip=bool(row.get("skip", False)))
 
 
 def load_member(workdir: str, depth: int, width: int, seed: int,

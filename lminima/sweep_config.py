@@ -72,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.depths = (1, 2, 3)
   config.widths = (2, 4, 8, 16)
   config.num_seeds = 3
-  for name in ("activation", "bias", "normalization", "optimizer",
+  for name in ("activation", "bias", "skip", "normalization", "optimizer",
                "learning_rate", "steps"):
     config[name] = getattr(defaults, name)
   config.batch_size = 0  # 0: full batch.
@@ -180,7 +180,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config[name] not in choices:
       raise _field_error(name, f"must be one of {', '.join(choices)}; got "
                          f"{config[name]!r}")
-  for name in ("bias", "certify", "theory", "progress"):
+  for name in ("bias", "skip", "certify", "theory", "progress"):
     if not isinstance(config[name], bool):
       raise _field_error(name, f"must be true or false, got {config[name]!r}")
   for name in ("data_dir", "workdir", "shard"):
@@ -209,7 +209,7 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
 def train_config(config: ml_collections.ConfigDict
                  ) -> population.TrainConfig:
   return population.TrainConfig(
-      activation=config.activation, bias=config.bias,
+      activation=config.activation, bias=config.bias, skip=config.skip,
       normalization=config.normalization, optimizer=config.optimizer,
       learning_rate=config.learning_rate, steps=config.steps,
       batch_size=config.batch_size or None)
@@ -224,6 +224,10 @@ def config_fingerprint(config: ml_collections.ConfigDict,
   """
   fields = {k: v for k, v in config.to_dict().items()
             if k not in _NOT_IN_FINGERPRINT}
+  if not fields.get("skip"):
+    # Absent before the skip existed: a plain sweep keeps its fingerprint, so
+    # its existing workdirs stay resumable.
+    fields.pop("skip", None)
   if data is not None:
     for name in DATA_FIELDS:
       fields.pop(name)
@@ -256,9 +260,11 @@ _TRAIN_BYTES_PER_UNIT = 4 * 4
 _ANALYSIS_VECTORS = 40
 
 
-def _n_params(d_x: int, d_y: int, depth: int, width: int) -> int:
+def _n_params(d_x: int, d_y: int, depth: int, width: int,
+              skip: bool = False) -> int:
   sizes = (d_x,) + (width,) * depth + (d_y,)
-  return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+  return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:])) + (
+      d_x * d_y if skip else 0)
 
 
 def memory_estimate(config: ml_collections.ConfigDict, data: data_lib.Dataset
@@ -283,11 +289,11 @@ def memory_estimate(config: ml_collections.ConfigDict, data: data_lib.Dataset
     train_bytes = 0
     for width in config.widths:
       shaped = widest if config.width_strategy == "masked" else width
-      per_member = (_n_params(data.d_x, data.d_y, depth, shaped)
+      per_member = (_n_params(data.d_x, data.d_y, depth, shaped, config.skip)
                     * _TRAIN_BYTES_PER_PARAM
                     + batch * shaped * depth * _TRAIN_BYTES_PER_UNIT)
       train_bytes += per_member * config.num_seeds
-    n_params = _n_params(data.d_x, data.d_y, depth, widest)
+    n_params = _n_params(data.d_x, data.d_y, depth, widest, config.skip)
     dense = min(config.memory_budget_bytes,
                 8 * n_params * max(n_params, data.m * data.d_y))
     analysis_bytes = (8 * n_params * _ANALYSIS_VECTORS

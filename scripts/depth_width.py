@@ -44,6 +44,10 @@ _DATASET = flags.DEFINE_string("dataset", _DEFAULTS.dataset,
 _N = flags.DEFINE_integer("n", None, "Subset size for real data sets "
                           "(synthetic: number of samples m).")
 _DATA_SEED = flags.DEFINE_integer("data_seed", 0, "Seed of the data subset.")
+_PCA_DIM = flags.DEFINE_integer(
+    "pca_dim", None, "Image data sets: keep the top pca_dim principal "
+    "components of the inputs (data option pca_dim; small d_x for "
+    "under-parameterised designs).")
 _DEPTHS = flags.DEFINE_list("depths", list(map(str, _DEFAULTS.depths)),
                             "Numbers of hidden layers.")
 _WIDTHS = flags.DEFINE_list("widths", list(map(str, _DEFAULTS.widths)),
@@ -53,6 +57,9 @@ flags.DEFINE_integer("num_seeds", _DEFAULTS.num_seeds,
 flags.DEFINE_string("activation", _DEFAULTS.activation,
                     "relu, leaky_relu, tanh, softplus, sigmoid or identity.")
 flags.DEFINE_bool("bias", _DEFAULTS.bias, "Biases in every layer.")
+flags.DEFINE_bool("skip", _DEFAULTS.skip, "A linear skip connection X S from "
+                  "the input to the output (the structure where the subspace "
+                  "bound (C) must hold).")
 flags.DEFINE_string("normalization", _DEFAULTS.normalization,
                     "Loss normalization: sum or mean.")
 flags.DEFINE_string("optimizer", _DEFAULTS.optimizer, "sgd, momentum or adam.")
@@ -82,7 +89,7 @@ _COMPILATION_CACHE = flags.DEFINE_bool(
     "rerun skips compilation; --nocompilation_cache turns it off.")
 
 # Short flags copied to the config field of the same name when given.
-_PLAIN_FIELDS = ("num_seeds", "activation", "bias", "normalization",
+_PLAIN_FIELDS = ("num_seeds", "activation", "bias", "skip", "normalization",
                  "optimizer", "learning_rate", "steps", "batch_size",
                  "width_strategy", "certify", "refine_max_iters", "theory",
                  "workdir", "data_dir", "shard", "progress")
@@ -114,6 +121,10 @@ def config_from_flags():
   if _N.value is not None:
     config.data_options["m" if config.dataset == "synthetic" else "n"] = (
         _N.value)
+  if _PCA_DIM.value is not None:
+    # A new key: the image studies' data options do not list pca_dim.
+    with config.data_options.unlocked():
+      config.data_options["pca_dim"] = _PCA_DIM.value
   if _given("depths"):
     config.depths = _int_list("depths", _DEPTHS.value)
   if _given("widths"):

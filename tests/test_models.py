@@ -21,9 +21,12 @@ class MLPTest(parameterized.TestCase):
       (10, (), 1, True, 11),
       (784, (100, 50, 20), 10, True,
        784 * 100 + 100 + 100 * 50 + 50 + 50 * 20 + 20 + 20 * 10 + 10),
+      (3, (4, 4), 2, True, 3 * 4 + 4 + 4 * 4 + 4 + 4 * 2 + 2 + 3 * 2, True),
+      (10, (), 1, False, 10 + 10, True),
   )
-  def test_n_params_exact(self, d_in, widths, d_out, bias, expected):
-    model = models.MLP(d_in, widths, d_out, "tanh", bias)
+  def test_n_params_exact(self, d_in, widths, d_out, bias, expected,
+                          skip=False):
+    model = models.MLP(d_in, widths, d_out, "tanh", bias, skip=skip)
     self.assertEqual(model.n_params, expected)
     for variables in (model.init_params(jax.random.PRNGKey(0)),
                       model.init(jax.random.PRNGKey(0), jnp.ones((1, d_in)))):

@@ -22,11 +22,13 @@ Y = jnp.asarray(DS.y, jnp.float32)
 
 class ProgramTest(parameterized.TestCase):
 
-  @parameterized.parameters("sgd", "momentum", "adam")
-  def test_padded_weights_stay_exactly_zero(self, optimizer):
+  @parameterized.parameters(("sgd", False), ("momentum", False),
+                            ("adam", False), ("adam", True))
+  def test_padded_weights_stay_exactly_zero(self, optimizer, skip):
     """Trains a padded program directly and inspects the padded blocks."""
     config = TrainConfig(activation="sigmoid", optimizer=optimizer,
-                         learning_rate=0.05, steps=20, chunk_steps=20)
+                         learning_rate=0.05, steps=20, chunk_steps=20,
+                         skip=skip)
     members = [Member(2, 2, 0), Member(2, 5, 1)]
     true_models = [member_model(DS.d_x, DS.d_y, m, config) for m in members]
     padded = true_models[1]
@@ -46,9 +48,10 @@ class ProgramTest(parameterized.TestCase):
     self.assertTrue(any(jax.tree_util.tree_leaves(moved)))  # it did train
     chex.assert_trees_all_equal(small, active)  # padding is exactly zero
 
-  def test_initialization_by_seed(self):
+  @parameterized.parameters(False, True)
+  def test_initialization_by_seed(self, skip):
     """A member's initial parameters depend on its own seed only."""
-    config = TrainConfig()
+    config = TrainConfig(skip=skip)
     pair = [Member(2, 3, 9), Member(2, 6, 9)]
     true_models = [member_model(DS.d_x, DS.d_y, m, config) for m in pair]
     _, state = program.start_program(pair, true_models[1], config, X, Y,

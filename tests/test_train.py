@@ -169,10 +169,13 @@ class TrainPopulationTest(parameterized.TestCase):
       self.assertLess(result.loss_history[-1], result.loss_history[0])
       self.assertGreater(result.wall_s, 0)
 
-  @parameterized.parameters("tanh", "sigmoid", "softplus")
-  def test_per_width_and_masked_agree(self, activation):
+  @parameterized.parameters(("tanh", False), ("sigmoid", False),
+                            ("softplus", False), ("tanh", True),
+                            ("sigmoid", True))
+  def test_per_width_and_masked_agree(self, activation, skip):
     config = TrainConfig(activation=activation, optimizer="momentum",
-                         steps=30, chunk_steps=30, learning_rate=0.05)
+                         steps=30, chunk_steps=30, learning_rate=0.05,
+                         skip=skip)
     members = [Member(2, width, seed)
                for width, seed in itertools.product((2, 3, 6), (0, 1))]
     per_width = train.train_population(DS, members, config,
@@ -181,6 +184,7 @@ class TrainPopulationTest(parameterized.TestCase):
                                     width_strategy="masked")
     for a, b in zip(per_width, masked):
       self.assertEqual(a.model, b.model)
+      self.assertEqual(a.model.skip, skip)
       np.testing.assert_allclose(a.loss, b.loss, rtol=1e-5)
       np.testing.assert_allclose(a.grad_norm, b.grad_norm, rtol=1e-4)
       chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)
