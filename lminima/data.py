@@ -44,12 +44,17 @@ from lminima.images import TFDS_SPLITS, check_pca_dim, digits, mnist5k, \
 
 
 def synthetic(m: int = 200, d_x: int = 10, d_y: int = 2, seed: int = 0,
-              teacher_width: int = 16, noise: float = 0.1) -> Dataset:
+              teacher_width: int = 16, noise: float = 0.1,
+              linear_part: float = 0.0) -> Dataset:
   """Teacher-student regression data.
 
   x_i ~ N(0, I_{d_x}); y_i = tanh(x_i A / sqrt(d_x)) B / sqrt(teacher_width)
-  + noise * eps_i with A (d_x x teacher_width), B (teacher_width x d_y) and eps
-  standard normal, all drawn from ``numpy.random.default_rng(seed)``.
+  + linear_part * x_i C / sqrt(d_x) + noise * eps_i with A (d_x x
+  teacher_width), B (teacher_width x d_y), C (d_x x d_y) and eps standard
+  normal, all drawn from ``numpy.random.default_rng(seed)`` (C last, so
+  ``linear_part=0`` gives the data of earlier versions). A large
+  ``linear_part`` makes the target nearly linear: the linear model is then a
+  strong competitor, which the subspace bound (C) needs to be informative.
 
   Example:
     >>> ds = synthetic(m=5, d_x=3, d_y=1, seed=1)
@@ -60,8 +65,9 @@ def synthetic(m: int = 200, d_x: int = 10, d_y: int = 2, seed: int = 0,
                       ("teacher_width", teacher_width)):
     if int(value) <= 0:
       raise ValueError(f"synthetic: {name} must be positive, got {value}")
-  if noise < 0:
-    raise ValueError(f"synthetic: noise must be >= 0, got {noise}")
+  for name, value in (("noise", noise), ("linear_part", linear_part)):
+    if not value >= 0:
+      raise ValueError(f"synthetic: {name} must be >= 0, got {value}")
   rng = np.random.default_rng(seed)
   a = rng.standard_normal((d_x, teacher_width))
   b = rng.standard_normal((teacher_width, d_y))
@@ -71,6 +77,9 @@ def synthetic(m: int = 200, d_x: int = 10, d_y: int = 2, seed: int = 0,
   provenance = dict(name="synthetic", m=int(m), d_x=int(d_x), d_y=int(d_y),
                     seed=int(seed), teacher_width=int(teacher_width),
                     noise=float(noise))
+  if linear_part:
+    y = y + linear_part * x @ rng.standard_normal((d_x, d_y)) / np.sqrt(d_x)
+    provenance["linear_part"] = float(linear_part)
   return Dataset(x=x, y=y, provenance=provenance)
 
 

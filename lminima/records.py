@@ -42,7 +42,7 @@ import logging
 import math
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -188,6 +188,20 @@ def check_writable(workdir: str) -> None:
     except OSError as e:
       raise WorkdirError(f"workdir {workdir} cannot be written "
                          f"({type(e).__name__}: {e.strerror or e})") from None
+
+
+def write_atomic(path: str, write: Callable[[str], None]) -> None:
+  """Writes ``path`` through ``write(tmp)`` and a rename: a reader (another
+  shard, a report) never sees half a file. The extension is kept, so writers
+  that infer the format from it (matplotlib) work."""
+  root, ext = os.path.splitext(path)
+  tmp = f"{root}.tmp-{os.getpid()}{ext}"
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def read_json(path: str) -> Any:

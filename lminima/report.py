@@ -1,37 +1,54 @@
-"""Tables and figures from result records (results.jsonl rows).
+"""The study's report, from result records (results.jsonl rows) only.
 
 ``summarize`` groups rows by (depth, width) and reports min / median / max of
 the end-of-training ``loss`` over the members that did not diverge, the same
 statistics of ``loss_refined`` over the members certified ``local_min`` only
 (a refined point that is not a certified minimum says nothing about minima),
-the fraction of members per certificate verdict, and, again over the
-certified minima only, the median ``rank_D_frac``, the share below the
-linear-model optimum and the number of zero-loss (interpolating) minima, which
-every claim counts apart (docs/theory.md#which-tests-are-informative).
+the count of members per outcome (``lminima.claims.outcome``) and the
+fraction per certificate verdict, and, again over the certified minima only,
+the median ``rank_D_frac``, the share below the linear-model optimum and the
+number of zero-loss (interpolating) minima, which every claim counts apart
+(docs/theory.md#which-tests-are-informative).
+
+``write_report(workdir)`` writes ``report.md`` (the claims table of
+``lminima.claims``, members by outcome, certified minima per cell), the
+figures (i)-(v) of ``lminima.figures``, ``summary.csv`` and ``claims.json``.
 """
 
 from __future__ import annotations
 
 import collections
 import csv
+import json
 import math
+import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from lminima import claims
+from lminima import figures
+from lminima import records
 from lminima.records import VERDICTS
-
-ZERO_LOSS_RTOL = 1e-12
-"""A certified minimum with L <= ZERO_LOSS_RTOL * (1 + L*_linear) interpolates."""
 
 SUMMARY_FIELDS = (
     "depth", "width", "n_members", "n_diverged",
     "loss_min", "loss_median", "loss_max",
     "n_local_min", "n_local_min_zero_loss", "local_min_loss_min",
-    "local_min_loss_median", "local_min_loss_max",
+    "local_min_loss_median", "local_min_loss_max", "too_few_minima",
     *(f"frac_{v}" for v in VERDICTS),
-    "median_rank_D_frac", "frac_below_linear", "linear_opt",
+    *(f"n_{o}" for o in claims.OUTCOMES),
+    "median_rank_D_frac", "n_rank_disagree", "frac_below_linear",
+    "linear_opt", "rf_opt_median",
 )
+
+REPORT_FILE = "report.md"
+CLAIMS_FILE = "claims.json"
+FIGURE_FILES = {
+    "loss": records.FIGURE_FILE, "rank": "rank_vs_width.png",
+    "outcomes": "outcomes.png", "linear_bound": "linear_bound.png",
+    "saddles": "minima_and_saddles.png"}
+"""The report's figures (i)-(v), written beside report.md."""
 
 
 def _finite(values: Iterable[Any]) -> list[float]:
@@ -57,25 +74,30 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
              "n_diverged": len(members) - len(sane)}
     entry["loss_min"], entry["loss_median"], entry["loss_max"] = _stats(
         _finite(r.get("loss") for r in sane))
-    certified = [r for r in members if r.get("verdict") == "local_min"]
+    certified = claims.certified(members)
     minima = _finite(r.get("loss_refined") for r in certified)
     entry["n_local_min"] = len(minima)
-    entry["n_local_min_zero_loss"] = sum(
-        value <= ZERO_LOSS_RTOL * (1.0 + abs(r.get("linear_opt") or 0.0))
-        for r in certified for value in _finite([r.get("loss_refined")]))
+    entry["n_local_min_zero_loss"] = sum(map(claims.is_zero_loss, certified))
     (entry["local_min_loss_min"], entry["local_min_loss_median"],
      entry["local_min_loss_max"]) = _stats(minima)
+    entry["too_few_minima"] = len(minima) < claims.MIN_POINTS
     verdicts = [r.get("verdict") for r in members if r.get("verdict")]
     for v in VERDICTS:
       entry[f"frac_{v}"] = (verdicts.count(v) / len(verdicts)
                             if verdicts else None)
+    outcomes = collections.Counter(map(claims.outcome, members))
+    for o in claims.OUTCOMES:
+      entry[f"n_{o}"] = outcomes[o]
     ranks = _finite(r.get("rank_D_frac") for r in certified)
     entry["median_rank_D_frac"] = float(np.median(ranks)) if ranks else None
+    entry["n_rank_disagree"] = sum(map(claims.ranks_disagree, certified))
     below = [bool(r["below_linear"]) for r in certified
              if r.get("below_linear") is not None]
     entry["frac_below_linear"] = sum(below) / len(below) if below else None
     linear = _finite(r.get("linear_opt") for r in members)
     entry["linear_opt"] = linear[0] if linear else None
+    rf = _finite(r.get("rf_opt") for r in members)
+    entry["rf_opt_median"] = float(np.median(rf)) if rf else None
     summary.append(entry)
   return summary
 
@@ -110,79 +132,143 @@ def write_summary_csv(summary: Sequence[dict[str, Any]], path: str) -> None:
                        for k in SUMMARY_FIELDS})
 
 
-def plot_loss_vs_width(rows: Sequence[dict[str, Any]],
-                       summary: Sequence[dict[str, Any]], path: str,
-                       title: str = "") -> None:
-  """Median training loss vs width, one line per depth, min-max band.
+def _fmt(value: Any) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, bool):
+    return "yes" if value else "no"
+  if isinstance(value, float):
+    return f"{value:.3g}"
+  return str(value)
 
-  Certified local minima (verdict ``local_min``) are overlaid as crosses at
-  their refined loss; on a log axis, minima more than 1e4 times below the
-  smallest training loss (zero-loss global minima, up to rounding) are drawn
-  as triangles on a floor at that level. The dashed line is the linear-model
-  optimum.
+
+def _markdown_table(header: Sequence[str], lines: Iterable[Sequence[Any]]
+                    ) -> str:
+  out = ["| " + " | ".join(header) + " |",
+         "|" + "---|" * len(header)]
+  out += ["| " + " | ".join(map(_fmt, line)) + " |" for line in lines]
+  return "\n".join(out)
+
+
+def _describe(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """The study in a few lines: data, model, grid, versions (from the rows)."""
+  first = rows[0]
+  data = first.get("dataset") or {}
+  label = data.get("label") or data.get("name")
+  grid = (sorted({r["depth"] for r in rows}), sorted({r["width"] for r in rows}),
+          len({r["seed"] for r in rows}))
+  optimizer = first.get("optimizer") or {}
+  versions = first.get("versions") or {}
+  return [
+      f"- data: {label} ({', '.join(f'{k}={v}' for k, v in sorted(data.items()) if k not in ('name', 'label'))})",
+      f"- model: MLP, activation {first.get('activation')}, bias "
+      f"{first.get('bias')}, linear skip {bool(first.get('skip'))}, "
+      f"normalization {first.get('normalization')}",
+      f"- training: {optimizer.get('name')}, learning rate "
+      f"{optimizer.get('learning_rate')}, {optimizer.get('steps')} steps, "
+      f"batch {optimizer.get('batch_size') or 'full'}",
+      f"- grid: depths {grid[0]}, widths {grid[1]}, {grid[2]} seeds: "
+      f"{len(rows)} members recorded",
+      f"- library versions: {', '.join(f'{k} {v}' for k, v in sorted(versions.items()))}",
+  ]
+
+
+def report_markdown(rows: Sequence[dict[str, Any]], title: str = "",
+                    figure_files: dict[str, str] | None = None) -> str:
+  """report.md's text for one study's rows (figures linked by file name)."""
+  summary = summarize(rows)
+  table = claims.claims_table(rows)
+  outcomes = collections.Counter(map(claims.outcome, rows))
+  minima = claims.certified(rows)
+  text = [f"# {title or 'Depth x width study'}", "", *_describe(rows), "",
+          "## Claims", "",
+          f"Tested on the {len(minima)} certified local minima "
+          f"({sum(map(claims.is_zero_loss, minima))} of them with zero loss, "
+          "counted apart) of " + ", ".join(
+              f"{outcomes[o]} {o}" for o in claims.OUTCOMES if outcomes[o])
+          + " members. Mathematics and why a test is or is not informative: "
+          "docs/theory.md (\"Identities at a critical point\", \"Which tests "
+          "are informative\").", "", claims.claims_markdown(table), ""]
+  few = [f"{e['depth']}x{e['width']}" for e in summary if e["too_few_minima"]]
+  if few:
+    text += [f"Cells with fewer than {claims.MIN_POINTS} certified minima "
+             f"(no median is drawn or compared for them): {', '.join(few)}.",
+             ""]
+  text += ["## Members by outcome", "", _markdown_table(
+      ["depth", "width", *claims.OUTCOMES],
+      [[e["depth"], e["width"], *(e[f"n_{o}"] for o in claims.OUTCOMES)]
+       for e in summary]), "",
+           "## Certified local minima per cell", "", _markdown_table(
+      ["depth", "width", "members", "certified", "zero loss", "min L",
+       "median L", "max L", "median L end of training", "L* linear",
+       "L* random features", "median rank D / (m d_y)",
+       "rank tolerance-dependent"],
+      [[e["depth"], e["width"], e["n_members"], e["n_local_min"],
+        e["n_local_min_zero_loss"], e["local_min_loss_min"],
+        None if e["too_few_minima"] else e["local_min_loss_median"],
+        e["local_min_loss_max"], e["loss_median"], e["linear_opt"],
+        e["rf_opt_median"], e["median_rank_D_frac"], e["n_rank_disagree"]]
+       for e in summary]), "",
+           f"Medians over fewer than {claims.MIN_POINTS} points are left "
+           "out (-).", ""]
+  captions = {
+      "loss": "(i) certified local-minimum loss vs width",
+      "rank": "(ii) rank of D at certified minima",
+      "outcomes": "(iii) every member's outcome per cell",
+      "linear_bound": "(iv) certified loss vs the linear optimum and the "
+                      "inclusion of (C)",
+      "saddles": "(v) certified minima and saddles per cell"}
+  for key, name in (figure_files or {}).items():
+    text += [f"![{captions[key]}]({name})", ""]
+  return "\n".join(text)
+
+
+def write_report(workdir: str, title: str = "") -> list[str]:
+  """Writes report.md, claims.json, summary.csv and the figures of a workdir.
+
+  Args:
+    workdir: a sweep's work directory (its results files are read and merged,
+      shards included, by ``lminima.records.read_workdir_rows``).
+    title: the report's heading (default: the data set's label).
+
+  Returns:
+    The paths written.
+
+  Raises:
+    lminima.records.WorkdirError: when the workdir holds no result rows.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = records.read_workdir_rows(workdir)
+  if not rows:
+    raise records.WorkdirError(f"{workdir}: no result rows to report")
+  data = rows[0].get("dataset") or {}
+  title = title or f"{data.get('label') or data.get('name')}: depth x width"
+  written = []
 
-  curves = {depth: [e for e in summary
-                    if e["depth"] == depth and e["loss_median"] is not None]
-            for depth in sorted({e["depth"] for e in summary})}
-  lows = [e["loss_min"] for group in curves.values() for e in group]
-  floor = 1e-4 * min(lows) if lows and min(lows) > 0 else None
-  fig, ax = plt.subplots(figsize=(5.5, 4))
-  for depth, group in curves.items():
-    if not group:
-      continue
-    widths = [e["width"] for e in group]
-    line, = ax.plot(widths, [e["loss_median"] for e in group], "o-",
-                    label=f"depth {depth}")
-    ax.fill_between(widths, [e["loss_min"] for e in group],
-                    [e["loss_max"] for e in group], alpha=0.2,
-                    color=line.get_color())
-    minima = [(r["width"], r["loss_refined"]) for r in rows
-              if r["depth"] == depth and r.get("verdict") == "local_min"
-              and r.get("loss_refined") is not None]
-    above = [(w, v) for w, v in minima if floor is None or v >= floor]
-    below = [(w, floor) for w, v in minima if floor is not None and v < floor]
-    for points, marker in ((above, "x"), (below, "v")):
-      if points:
-        ax.plot(*zip(*points), marker, color=line.get_color(), ms=6)
-  linear = [e["linear_opt"] for e in summary if e.get("linear_opt") is not None]
-  if linear:
-    ax.axhline(linear[0], color="k", ls="--", lw=1, label="linear model optimum")
-  ax.plot([], [], "x", color="gray", label="certified local minimum")
-  if floor is not None:
-    ax.plot([], [], "v", color="gray", label="certified minimum, loss ~ 0")
-    ax.set_yscale("log")
-  ax.set_xscale("log", base=2)
-  ax.set_xlabel("hidden width")
-  ax.set_ylabel("training loss")
-  ax.set_title(title or "median over seeds (band: min to max)")
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  def put(name, write):
+    path = os.path.join(workdir, name)
+    records.write_atomic(path, write)
+    written.append(path)
+  summary = summarize(rows)
+  put(records.SUMMARY_FILE, lambda p: write_summary_csv(summary, p))
+  table = claims.claims_table(rows)
 
+  def dump(path):
+    with open(path, "w") as f:
+      json.dump(table, f, indent=1)
+  put(CLAIMS_FILE, dump)
+  drawn = {}
+  if any(claims.certified(rows)) or any(not r.get("diverged") for r in rows):
+    plots = {"loss": lambda p: figures.plot_loss_vs_width(rows, p, title),
+             "rank": lambda p: figures.plot_rank(rows, p),
+             "outcomes": lambda p: figures.plot_outcomes(rows, p),
+             "linear_bound": lambda p: figures.plot_linear_bound(rows, p),
+             "saddles": lambda p: figures.plot_minima_and_saddles(rows, p)}
+    for key, plot in plots.items():
+      put(FIGURE_FILES[key], plot)
+      drawn[key] = FIGURE_FILES[key]
 
-def plot_spectral_density(grid: np.ndarray, density: np.ndarray, path: str,
-                          extremes: Sequence[float] = (), title: str = "",
-                          ) -> None:
-  """Hessian eigenvalue density (log axis, 6 decades) with marked extremes."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, ax = plt.subplots(figsize=(5.5, 4))
-  ax.plot(grid, density, lw=1.2)
-  for value in extremes:
-    ax.axvline(value, color="k", ls=":", lw=1)
-  top = max(float(np.max(density)), 1e-300)
-  ax.set_yscale("log")
-  ax.set_ylim(1e-6 * top, 2 * top)
-  ax.set_xlabel("Hessian eigenvalue")
-  ax.set_ylabel("density (SLQ, Gaussian smoothing)")
-  ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  def text(path):
+    with open(path, "w") as f:
+      f.write(report_markdown(rows, title, drawn))
+  put(REPORT_FILE, text)
+  return written

@@ -30,8 +30,9 @@
 5. append the member's row (``lminima.records``) at once (flushed), so a killed
    run loses at most the member in progress; a rerun with the same workdir
    skips the members already recorded;
-6. write ``summary.csv`` and ``loss_vs_width.png`` from the rows of every
-   results file of the workdir.
+6. write the report (``lminima.report.write_report``: report.md with the
+   claims table, summary.csv, claims.json and the figures) from the rows of
+   every results file of the workdir.
 
 Shards. ``config.shard = "i/N"`` runs the members k = i, i + N, ... of the
 grid listed in (depth, width, seed) order, appending to
@@ -209,18 +210,6 @@ def _cost_model(workdir: str, log: Callable[[str], None]
   return model
 
 
-def _atomic(path: str, write: Callable[[str], None]) -> None:
-  """Writes ``path`` through ``write(tmp)`` and a rename (shards race)."""
-  root, ext = os.path.splitext(path)
-  tmp = f"{root}.tmp-{os.getpid()}{ext}"
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 class _Progress:
   """One bar over the whole grid: each member counts 1 for training (split
   over the steps of its depth's population) and 1 for its certificate."""
@@ -320,7 +309,8 @@ def _run_locked(config: ml_collections.ConfigDict,
   def write_config(path):
     with open(path, "w") as f:
       json.dump(saved, f, indent=1, default=str)
-  _atomic(os.path.join(workdir, records.CONFIG_FILE), write_config)
+  records.write_atomic(os.path.join(workdir, records.CONFIG_FILE),
+                       write_config)
 
   mine = shard_members(config)
   todo = [m for m in mine
@@ -395,20 +385,15 @@ def _run_locked(config: ml_collections.ConfigDict,
     progress.close()
 
   rows = records.read_workdir_rows(workdir)
-  summary = report.summarize(rows)
-  _atomic(os.path.join(workdir, records.SUMMARY_FILE),
-          lambda path: report.write_summary_csv(summary, path))
   _totals(config, rows, log)
-  if any(e["loss_median"] is not None for e in summary):
-    _atomic(os.path.join(workdir, records.FIGURE_FILE),
-            lambda path: report.plot_loss_vs_width(
-                rows, summary, path,
-                title=f"{data.provenance.get('label', config.dataset)}, "
-                      f"{config.activation}, median over {config.num_seeds} "
-                      "seeds"))
-  else:
-    log(f"warning: no member finished training, so no figure "
-        f"({records.FIGURE_FILE} not written)")
+  if rows:
+    written = report.write_report(
+        workdir, title=f"{data.provenance.get('label', config.dataset)}, "
+        f"{config.activation}")
+    if not any(p.endswith(".png") for p in written):
+      log(f"warning: no member finished training, so no figures "
+          f"({records.FIGURE_FILE} not written)")
+    log(f"report: {os.path.join(workdir, report.REPORT_FILE)}")
   return rows
 
 

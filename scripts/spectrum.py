@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 
 from lminima import records
-from lminima import report
+from lminima import figures
 from lminima import spectrum
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/depth_width",
@@ -53,7 +53,7 @@ def main(argv):
   print("smallest Ritz values:", " ".join(f"{v:+.4e}" for v in ritz[:5]))
   path = _OUTPUT.value or os.path.join(
       _WORKDIR.value, f"spectrum_depth{depth}_width{width}_seed{seed}.png")
-  report.plot_spectral_density(
+  figures.plot_spectral_density(
       result.density.grid, result.density.density, path,
       extremes=(eigs.lambda_min, eigs.lambda_max),
       title=f"depth {depth}, width {width}, seed {seed} "

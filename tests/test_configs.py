@@ -11,10 +11,16 @@ from lminima import population
 from lminima import records
 from lminima import sweep
 
+from lminima.models import MLP
+
 from _helpers import REPO, assert_one_line_error, run_script, start_script
 
 OFFLINE = ("synthetic", "digits", "mnist5k")
 TFDS = {"mnist": "mnist", "cifar10": "cifar10", "svhn": "svhn_cropped"}
+
+
+def sweep_config_n_params(d_x, d_y, depth, width):
+  return MLP(d_x, (width,) * depth, d_y).n_params
 
 
 class ConfigFilesTest(parameterized.TestCase):
@@ -25,19 +31,20 @@ class ConfigFilesTest(parameterized.TestCase):
       self.assertTrue(os.path.exists(os.path.join(
           REPO, "lminima", "configs", f"{name}.py")))
 
-  @parameterized.product(name=configs.STUDIES, variant=(None, "smoke"))
+  @parameterized.parameters(*[(name, variant) for name in configs.STUDIES
+                               for variant in (None,)
+                               + configs.variants(name)])
   def test_builds_validates_and_keeps_the_one_source_of_defaults(
       self, name, variant):
     config = configs.load(name, variant)
     sweep.validate_config(config)
     self.assertEqual(config.workdir,
-                     f"runs/{name}" + ("_smoke" if variant else ""))
+                     f"runs/{name}" + (f"_{variant}" if variant else ""))
     if name in TFDS:
       self.assertEqual(config.dataset, TFDS[name])
     # Training defaults come from TrainConfig through sweep.get_config.
     defaults = population.TrainConfig()
-    for field in ("activation", "bias", "normalization", "optimizer",
-                  "learning_rate"):
+    for field in ("bias", "normalization", "optimizer", "learning_rate"):
       self.assertEqual(config[field], getattr(defaults, field), field)
     if variant is None:
       self.assertEqual(config.steps, defaults.steps)
@@ -45,8 +52,31 @@ class ConfigFilesTest(parameterized.TestCase):
     with self.assertRaisesRegex(AttributeError, "num_seed"):
       config.num_seed = 2
 
+  def test_variants_of_the_subspace_bound(self):
+    control = configs.load("synthetic", "bottleneck")
+    skip = configs.load("synthetic", "skip")
+    self.assertFalse(control.skip)
+    self.assertTrue(skip.skip)
+    # The same data and grid: only the structure differs.
+    self.assertEqual(control.data_options, skip.data_options)
+    self.assertLess(max(control.widths), control.data_options.d_y)
+    self.assertEqual(configs.variants("synthetic"),
+                     ("smoke", "bottleneck", "skip", "relu"))
+
+  def test_studies_are_under_parameterised(self):
+    for name in ("synthetic", "digits", "mnist5k"):
+      config = configs.load(name)
+      options = config.data_options
+      d_x = options.get("pca_dim") or options.get("d_x")
+      d_y = options.get("d_y", 10)
+      m = options.get("m") or options.get("n")
+      largest = sweep_config_n_params(d_x, d_y, max(config.depths),
+                                      max(config.widths))
+      self.assertLess(largest, m * d_y, name)
+
   def test_unknown_variant(self):
-    with self.assertRaisesRegex(ValueError, "unknown variant 'tiny'"):
+    with self.assertRaisesRegex(ValueError, "unknown variant 'tiny'.*"
+                                "digits.py:pixels"):
       configs.load("digits", "tiny")
     with self.assertRaisesRegex(ValueError, "unknown study"):
       configs.load("imagenet")

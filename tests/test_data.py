@@ -62,8 +62,26 @@ class SyntheticTest(absltest.TestCase):
     self.assertEqual((ds.m, ds.d_x, ds.d_y), (3, 2, 1))
 
   def test_provenance_round_trip(self):
-    ds = data.load("synthetic", m=7, seed=3)
-    _assert_same(self, data.load(**json.loads(json.dumps(ds.provenance))), ds)
+    for options in ({}, {"linear_part": 2.0}):
+      ds = data.load("synthetic", m=7, seed=3, **options)
+      _assert_same(self, data.load(**json.loads(json.dumps(ds.provenance))),
+                   ds)
+
+  def test_linear_part_adds_a_linear_map_drawn_last(self):
+    base = data.load("synthetic", m=30, d_x=4, d_y=3, seed=5)
+    mixed = data.load("synthetic", m=30, d_x=4, d_y=3, seed=5,
+                      linear_part=2.0)
+    self.assertNotIn("linear_part", base.provenance)
+    np.testing.assert_array_equal(mixed.x, base.x)
+    # The same generator, advanced past a, b, x and the noise, draws C.
+    rng = np.random.default_rng(5)
+    for shape in ((4, 16), (16, 3), (30, 4), (30, 3)):
+      rng.standard_normal(shape)
+    c = rng.standard_normal((4, 3))
+    np.testing.assert_allclose(mixed.y - base.y, 2.0 * base.x @ c / 2.0,
+                               rtol=1e-12, atol=1e-12)
+    with self.assertRaisesRegex(ValueError, "linear_part must be >= 0"):
+      data.load("synthetic", linear_part=-1.0)
 
 
 class TfdsSourcesTest(parameterized.TestCase):

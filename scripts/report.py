@@ -1,0 +1,59 @@
+"""The report of one or more finished (or partial) depth x width studies.
+
+For every --workdir, reads all its results files (shards merged) and writes
+report.md (the claims table (A)-(E), members by outcome, certified minima per
+cell), claims.json, summary.csv and the figures (i)-(v) beside them
+(lminima.report.write_report). ``scripts/depth_width.py`` calls the same
+function at the end of a sweep; run this one to redo the report, or on a
+workdir that several shard processes filled. With --combined, the claims
+tables of all workdirs go into one markdown file, one section per study.
+
+  python scripts/report.py --workdir=runs/synthetic
+  python scripts/report.py --workdir=runs/synthetic,runs/synthetic_skip \\
+      --combined=runs/claims.md
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+from lminima import claims
+from lminima import records
+from lminima import report
+
+_WORKDIRS = flags.DEFINE_list("workdir", None, "Work directories of studies "
+                              "(comma-separated).", required=True)
+_TITLE = flags.DEFINE_string("title", "", "Heading of report.md (default: the "
+                             "data set's label); with several workdirs, "
+                             "each keeps its default.")
+_COMBINED = flags.DEFINE_string("combined", "", "Also write every workdir's "
+                                "claims table into this markdown file.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  sections = []
+  for workdir in _WORKDIRS.value:
+    try:
+      written = report.write_report(
+          workdir, title=_TITLE.value if len(_WORKDIRS.value) == 1 else "")
+    except (records.WorkdirError, OSError) as error:
+      sys.exit(f"error: {error}")
+    print(f"{workdir}: wrote {', '.join(os.path.basename(p) for p in written)}")
+    rows = records.read_workdir_rows(workdir)
+    sections += [f"## {workdir}", "",
+                 claims.claims_markdown(claims.claims_table(rows)), ""]
+  if _COMBINED.value:
+    try:
+      with open(_COMBINED.value, "w") as f:
+        f.write("\n".join(["# Claims per study", "", *sections]))
+    except OSError as error:
+      sys.exit(f"error: {error}")
+    print(f"claims of {len(_WORKDIRS.value)} studies: {_COMBINED.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
