@@ -110,13 +110,17 @@ def image_study(name: str, arg: str | None, *, n: int,
     >>> config.data_options.n, config.data_options.classes, config.widths
     (40, (0, 1), (1,))
   """
-  data_options = {"n": n, "seed": 0, "classes": tuple(range(10))}
+  data_options = {"n": n, "seed": 0, "classes": tuple(range(10)),
+                  "pca_dim": _optional_int(pca_dim)}
   smoke_options = {"n": smoke_n, "classes": (0, 1)}
   if grayscale is not None:
     data_options["grayscale"] = grayscale
   if pca_dim is not None:
-    data_options["pca_dim"] = pca_dim
     smoke_options["pca_dim"] = min(pca_dim, smoke_n // 2)
+  variants = {name: {**fields, "data_options": {
+      k: _optional_int(v) if k == "pca_dim" else v
+      for k, v in fields.get("data_options", {}).items()}}
+              for name, fields in (variants or {}).items()}
   return study(
       name, arg, dataset=dataset or name, data_options=data_options,
       full={"depths": depths, "widths": widths, "num_seeds": num_seeds},
@@ -125,6 +129,14 @@ def image_study(name: str, arg: str | None, *, n: int,
              "steps": smoke_steps,
              "refine_max_iters": smoke_refine_max_iters},
       variants=variants)
+
+
+def _optional_int(value: int | None) -> Any:
+  """An int option that may be None, still settable from the command line
+  (``--config.data_options.pca_dim=8``: ml_collections cannot override a
+  plain None)."""
+  return ml_collections.config_dict.placeholder(int) if value is None \
+      else value
 
 
 def _check(name: str) -> str:

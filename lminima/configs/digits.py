@@ -15,6 +15,6 @@ VARIANTS = {"pixels": {"data_options": {"pca_dim": None}}}
 
 def get_config(arg=None):
   return configs.image_study("digits", arg, n=500, depths=(1, 2, 3),
-                             widths=(4, 8, 16), num_seeds=8, pca_dim=16,
+                             widths=(4, 8, 16), num_seeds=10, pca_dim=16,
                              smoke_n=40, smoke_width=2, smoke_steps=100,
                              smoke_refine_max_iters=20, variants=VARIANTS)
