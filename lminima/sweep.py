@@ -87,15 +87,16 @@ from lminima.problem import Problem
 # The configuration lives in sweep_config; its public names are the sweep's.
 from lminima.sweep_config import (ConfigError, DATA_FIELDS, check_against_data,
                                   config_fingerprint, get_config, grid,
-                                  load_data, parse_shard, shard_members,
-                                  train_config, validate_config)
+                                  load_data, parse_shard, process_shard,
+                                  shard_members, train_config,
+                                  validate_config)
 
 WorkdirError = records.WorkdirError
 
 __all__ = ["ConfigError", "WorkdirError", "analyse_member",
            "check_against_data", "config_fingerprint", "get_config", "grid",
-           "load_data", "member_row", "parse_shard", "run", "shard_members",
-           "train_config", "validate_config"]
+           "load_data", "member_row", "parse_shard", "process_shard", "run",
+           "shard_members", "train_config", "validate_config"]
 
 
 def member_row(result: population.MemberResult, data: data_lib.Dataset,

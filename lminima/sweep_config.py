@@ -134,6 +134,24 @@ def parse_shard(shard: str) -> tuple[int, int]:
   return index, count
 
 
+def process_shard(initialize: Any = None) -> str:
+  """The shard of this process in a multi-host job: ``"i/N"``.
+
+  Calls ``jax.distributed.initialize()`` (on a TPU pod slice, or under Slurm
+  and other launchers JAX recognizes, it finds the coordinator itself), then
+  returns ``f"{jax.process_index()}/{jax.process_count()}"``. Each process
+  trains and certifies its shard on its own local devices and writes its own
+  results file; every number is computed in one process, so the rows equal a
+  single-host run's.
+
+  Args:
+    initialize: the initializer (tests pass a stub); default
+      ``jax.distributed.initialize``.
+  """
+  (initialize or jax.distributed.initialize)()
+  return f"{jax.process_index()}/{jax.process_count()}"
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ``ConfigError`` (a ValueError) naming the field of a bad value.
 
@@ -309,11 +327,12 @@ def memory_limit(config: ml_collections.ConfigDict) -> tuple[int, str]:
   if config.memory_limit_bytes:
     return int(config.memory_limit_bytes), "memory_limit_bytes"
   try:
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
   except Exception:  # pylint: disable=broad-except  # backends differ
     stats = {}
   if stats.get("bytes_limit"):
-    return int(stats["bytes_limit"]), f"{jax.devices()[0].platform} memory"
+    return (int(stats["bytes_limit"]),
+            f"{jax.local_devices()[0].platform} memory")
   try:
     host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
   except (ValueError, OSError, AttributeError):

@@ -1,7 +1,8 @@
 """Trains, certifies and explains a depth x width x seed grid of MLPs.
 
-Writes results.jsonl (one row per member, as each finishes), summary.csv,
-loss_vs_width.png and params/*.npz into --workdir. Rerunning with the same
+Writes results.jsonl (one row per member, as each finishes), the report
+(report.md with the claims table, claims.json, summary.csv, five figures) and
+params/*.npz into --workdir. Rerunning with the same
 workdir skips the members already recorded (a killed run loses nothing but
 the member in progress).
 
@@ -29,6 +30,7 @@ from ml_collections import config_flags
 from lminima import data as data_lib
 from lminima import cache
 from lminima import records
+from lminima import report
 from lminima import sweep
 
 _DEFAULTS = sweep.get_config()
@@ -83,6 +85,11 @@ flags.DEFINE_string("shard", _DEFAULTS.shard,
                     "... in (depth, width, seed) order), writing "
                     "results.shard-i-of-N.jsonl; shards may run at once.")
 flags.DEFINE_bool("progress", _DEFAULTS.progress, "Show a progress bar.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Multi-host job (a TPU pod slice, a multi-node GPU job): call "
+    "jax.distributed.initialize() and run shard process_index/process_count "
+    "of the grid on this host's devices (instead of --shard).")
 _COMPILATION_CACHE = flags.DEFINE_bool(
     "compilation_cache", True,
     "Keep compiled XLA programs in the user cache (lminima.cache) so that a "
@@ -170,9 +177,15 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # no INFO lines of the backends
   try:
     config = config_from_flags()
+    if _DISTRIBUTED.value:
+      if _given("shard") or config.shard != _DEFAULTS.shard:
+        raise sweep.ConfigError("--distributed picks the shard from the "
+                                "process index; do not also give --shard")
+      config.shard = sweep.process_shard()
     sweep.validate_config(config)
-  except (ValueError, TypeError, AttributeError, KeyError, OSError) as e:
-    # Bad flags or config values: one line, no traceback.
+  except (ValueError, TypeError, AttributeError, KeyError, OSError,
+          RuntimeError) as e:
+    # Bad flags or config values, or no cluster to join: one line.
     sys.exit(f"error: {_one_line(e)}")
   if _COMPILATION_CACHE.value:
     cache.enable_compilation_cache()
@@ -183,8 +196,9 @@ def main(argv):
   workdir = config.workdir
   results = records.results_path(workdir, sweep.parse_shard(config.shard))
   print(f"results: {results}\n"
+        f"report:  {workdir}/{report.REPORT_FILE}\n"
         f"summary: {workdir}/{records.SUMMARY_FILE}\n"
-        f"figure:  {workdir}/{records.FIGURE_FILE}\n"
+        f"figures: {workdir}/*.png\n"
         f"params:  {workdir}/{records.PARAMS_DIR}/")
 
 

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
+import jax
 from absl.testing import absltest
 
 from lminima import records
@@ -190,6 +192,28 @@ class ResumeTest(absltest.TestCase):
                      strip(self.reference))
     self.assertFalse(os.path.exists(os.path.join(workdir,
                                                  records.RESULTS_FILE)))
+
+
+class DistributedShardTest(absltest.TestCase):
+
+  def test_process_index_and_count_name_the_shard(self):
+    calls = []
+    with mock.patch.object(jax, "process_index", return_value=3), \
+         mock.patch.object(jax, "process_count", return_value=8):
+      shard = sweep.process_shard(initialize=lambda: calls.append(1))
+    self.assertEqual((shard, calls), ("3/8", [1]))
+    self.assertEqual(sweep.parse_shard(shard), (3, 8))
+    # One process: the whole grid.
+    self.assertEqual(sweep.process_shard(initialize=lambda: None), "0/1")
+
+  def test_distributed_refuses_an_explicit_shard(self):
+    result = subprocess.run(script(f"--workdir={tempfile.mkdtemp()}",
+                                   "--distributed", "--shard=1/2"),
+                            capture_output=True, text=True, timeout=300,
+                            check=False)
+    self.assertNotEqual(result.returncode, 0)
+    (line,) = result.stderr.strip().splitlines()
+    self.assertIn("do not also give --shard", line)
 
 
 if __name__ == "__main__":
