@@ -112,17 +112,6 @@ class ScriptTest(absltest.TestCase):
       self.assertEqual(row["dataset"]["n"], 30)
       self.assertEqual(row["dataset"]["classes"], [0, 1])
 
-  def test_an_unset_pca_dim_is_settable_from_the_command_line(self):
-    workdir = tempfile.mkdtemp()
-    result = run_script(
-        "depth_width.py", "--config=lminima/configs/digits.py:pixels",
-        "--config.data_options.pca_dim=4", "--config.data_options.n=30",
-        "--config.steps=20", "--depths=1", "--widths=2", "--num_seeds=1",
-        f"--config.workdir={workdir}", cwd=REPO)
-    self.assertEqual(result.returncode, 0, result.stderr)
-    (row,) = records.read_workdir_rows(workdir)
-    self.assertEqual(row["dataset"]["pca_dim"], 4)
-
   def test_bad_config_values_end_in_one_line(self):
     cases = ((["--config.num_seed=3"], "unknown config field 'num_seed'"),
              (["--config.learning_rate=inf"], "learning_rate must be"),

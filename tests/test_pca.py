@@ -171,14 +171,20 @@ class PcaConfigTest(absltest.TestCase):
     self.assertEqual(result.stdout.split(), ["5", "(40,", "5)"])
 
 
-class PcaScriptTest(absltest.TestCase):
+class PcaScriptTest(parameterized.TestCase):
 
-  def test_pca_dim_flag(self):
+  # The short flag, and the config field of a study without PCA (an unset
+  # int placeholder, which the command line can set).
+  @parameterized.parameters(("digits.py:smoke", "--pca_dim=6"),
+                            ("digits.py:pixels",
+                             "--config.data_options.pca_dim=6"))
+  def test_pca_dim_flag(self, config, flag):
     workdir = tempfile.mkdtemp()
     result = run_script(
-        "depth_width.py", "--config=lminima/configs/digits.py:smoke",
-        "--pca_dim=6", "--nocertify", "--notheory", "--steps=20",
-        f"--workdir={workdir}", cwd=REPO)
+        "depth_width.py", f"--config=lminima/configs/{config}", flag,
+        "--config.data_options.n=40", "--config.data_options.classes=(0,1)",
+        "--nocertify", "--notheory", "--steps=20", "--depths=1",
+        "--widths=2", "--num_seeds=1", f"--workdir={workdir}", cwd=REPO)
     self.assertEqual(result.returncode, 0, result.stderr)
     (row,) = records.read_workdir_rows(workdir)
     self.assertEqual(row["dataset"]["pca_dim"], 6)
