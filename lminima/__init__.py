@@ -25,6 +25,8 @@ __version__ = "0.1.0"
 from lminima.problem import Problem  # noqa: E402
 from lminima.refinement import RefineResult, refine  # noqa: E402
 from lminima.certify import Certificate, certificate  # noqa: E402
+from lminima.batch_refine import certify_many, refine_many  # noqa: E402
 
 __all__ = ["EXACT_DTYPE", "TRAIN_DTYPE", "Certificate", "Problem",
            "RefineResult", "certificate", "refine"]
+__all__ += ["certify_many", "refine_many"]

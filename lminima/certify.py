@@ -107,22 +107,84 @@ class Certificate:
             for field in dataclasses.fields(self)}
 
 
+def end_residuals(matrix, lam, vecs, xp=np):
+  """``||H v - lambda v||`` of the extreme eigenpairs (lambda_min, lambda_max)
+  of a dense ``eigh``; with leading batch axes and ``xp=jax.numpy`` too."""
+  ends = vecs[..., :, [0, -1]]
+  return xp.linalg.norm(matrix @ ends - ends * lam[..., None, [0, -1]],
+                        axis=-2)
+
+
 def _spectrum_summary(problem: Problem, dense_max_params: int,
                       key: jax.Array):
   """(ascending eigenvalues or Ritz values, lam_min, lam_max, res_min,
-  res_max, method)."""
+  res_max)."""
   if problem.n_params <= dense_max_params:
     matrix = problem.dense_hessian()
     with serial_blas():
       lam, vecs = np.linalg.eigh(matrix)
-    ends = vecs[:, [0, -1]]
-    residuals = np.linalg.norm(matrix @ ends - ends * lam[[0, -1]], axis=0)
+    residuals = end_residuals(matrix, lam, vecs)
     return (lam, float(lam[0]), float(lam[-1]), float(residuals[0]),
-            float(residuals[1]), "dense")
+            float(residuals[1]))
   eigs = lanczos.lanczos_extreme_eigs(problem.hvp_operator(),
                                       problem.n_params, key=key)
   return (np.asarray(eigs.ritz_values), eigs.lambda_min, eigs.lambda_max,
-          eigs.residual_min, eigs.residual_max, "lanczos")
+          eigs.residual_min, eigs.residual_max)
+
+
+def check_tolerances(grad_tol: float, kink_tol: float, dense_max_params: int,
+                     eig_tol: float | None, caller: str = "certificate"
+                     ) -> None:
+  """Raises ValueError (naming ``caller``) on a bad tolerance."""
+  if not (grad_tol > 0 and kink_tol >= 0 and dense_max_params >= 0
+          and (eig_tol is None or eig_tol >= 0)):
+    raise ValueError(
+        f"{caller}: need grad_tol > 0, kink_tol >= 0, dense_max_params >= 0"
+        f" and eig_tol >= 0 or None; got grad_tol={grad_tol}, kink_tol="
+        f"{kink_tol}, dense_max_params={dense_max_params}, eig_tol={eig_tol}")
+
+
+def summarize(*, n_params: int, loss: float, grad_norm: float,
+              min_abs_kink: float | None, spectrum: tuple | None,
+              method: str, grad_tol: float, eig_tol: float | None,
+              kink_tol: float) -> Certificate:
+  """The certificate of a point from its measurements (module docstring).
+
+  Shared by ``certificate`` and the batched ``lminima.batch_refine.
+  certify_many``, so both decide verdicts by the same rules.
+
+  Args:
+    n_params, loss, grad_norm, min_abs_kink: the point's measurements
+      (``min_abs_kink`` None for smooth models).
+    spectrum: ``(ascending eigenvalues or Ritz values, lambda_min,
+      lambda_max, residual_min, residual_max)``; None when L or g is not
+      finite (no spectrum is taken there).
+    method: ``"dense"`` or ``"lanczos"``.
+    grad_tol, eig_tol, kink_tol: as in ``certificate``.
+  """
+  finite = math.isfinite(loss) and math.isfinite(grad_norm)
+  nan = float("nan")
+  values, lam_min, lam_max, res_min, res_max = (
+      (np.array([]), nan, nan, nan, nan) if spectrum is None else spectrum)
+  if eig_tol is None:
+    eig_tol = 1e-6 * max(abs(lam_min), abs(lam_max)) if finite else nan
+  index = int(np.sum(values < -eig_tol))
+  n_flat = int(np.sum(np.abs(values) <= eig_tol))
+  if not finite or grad_norm > grad_tol:
+    verdict = "not_critical"
+  elif min_abs_kink is not None and min_abs_kink <= kink_tol:
+    verdict = "non_differentiable"
+  elif index > 0:
+    verdict = "saddle"
+  else:
+    verdict = "local_min"
+  return Certificate(
+      n_params=n_params, loss=loss, grad_norm=grad_norm,
+      grad_norm_rel=grad_norm / (1.0 + abs(loss)), lambda_min=lam_min,
+      lambda_max=lam_max, residual_min=res_min, residual_max=res_max,
+      index=index, n_flat=n_flat, grad_tol=float(grad_tol),
+      eig_tol=float(eig_tol), kink_tol=float(kink_tol),
+      min_abs_preactivation=min_abs_kink, method=method, verdict=verdict)
 
 
 def certificate(problem: Problem, *, dense_max_params: int = 3000,
@@ -147,38 +209,14 @@ def certificate(problem: Problem, *, dense_max_params: int = 3000,
   Raises:
     ValueError: on negative tolerances.
   """
-  if not (grad_tol > 0 and kink_tol >= 0 and dense_max_params >= 0
-          and (eig_tol is None or eig_tol >= 0)):
-    raise ValueError(
-        "certificate: need grad_tol > 0, kink_tol >= 0, dense_max_params >= 0"
-        f" and eig_tol >= 0 or None; got grad_tol={grad_tol}, kink_tol="
-        f"{kink_tol}, dense_max_params={dense_max_params}, eig_tol={eig_tol}")
+  check_tolerances(grad_tol, kink_tol, dense_max_params, eig_tol)
   loss, grad_norm = problem.loss, problem.grad_norm
   finite = math.isfinite(loss) and math.isfinite(grad_norm)
-  min_abs_kink = problem.min_abs_kink_input()
-  nan = float("nan")
-  values, lam_min, lam_max, res_min, res_max, method = (
-      (np.array([]), nan, nan, nan, nan,
-       "dense" if problem.n_params <= dense_max_params else "lanczos")
-      if not finite else _spectrum_summary(
-          problem, dense_max_params,
-          jax.random.PRNGKey(0) if key is None else key))
-  if eig_tol is None:
-    eig_tol = 1e-6 * max(abs(lam_min), abs(lam_max)) if finite else nan
-  index = int(np.sum(values < -eig_tol))
-  n_flat = int(np.sum(np.abs(values) <= eig_tol))
-  if not finite or grad_norm > grad_tol:
-    verdict = "not_critical"
-  elif min_abs_kink is not None and min_abs_kink <= kink_tol:
-    verdict = "non_differentiable"
-  elif index > 0:
-    verdict = "saddle"
-  else:
-    verdict = "local_min"
-  return Certificate(
+  spectrum = _spectrum_summary(
+      problem, dense_max_params,
+      jax.random.PRNGKey(0) if key is None else key) if finite else None
+  return summarize(
       n_params=problem.n_params, loss=loss, grad_norm=grad_norm,
-      grad_norm_rel=grad_norm / (1.0 + abs(loss)), lambda_min=lam_min,
-      lambda_max=lam_max, residual_min=res_min, residual_max=res_max,
-      index=index, n_flat=n_flat, grad_tol=float(grad_tol),
-      eig_tol=float(eig_tol), kink_tol=float(kink_tol),
-      min_abs_preactivation=min_abs_kink, method=method, verdict=verdict)
+      min_abs_kink=problem.min_abs_kink_input(), spectrum=spectrum,
+      method="dense" if problem.n_params <= dense_max_params else "lanczos",
+      grad_tol=grad_tol, eig_tol=eig_tol, kink_tol=kink_tol)

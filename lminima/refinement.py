@@ -103,6 +103,54 @@ class RefineResult:
   param_norm: float
 
 
+def stop_code(loss, grad_norm, param_norm, iters, *, grad_tol, escape_norm,
+              max_iters, xp=np):
+  """Why to stop before an iteration: 0 to go on, else ``1 + i`` for
+  ``STOP_REASONS[i]``.
+
+  The tests, by precedence: L or ``||g||`` not finite, ``||g|| <= grad_tol``,
+  ``||theta|| > escape_norm``, ``iters >= max_iters``. Elementwise with
+  ``xp=jax.numpy``, so the batched path (``lminima.batch_refine``) applies the
+  same rules to a population.
+  """
+  code = xp.where(iters >= max_iters, 1 + STOP_REASONS.index("max_iters"), 0)
+  code = xp.where(param_norm > escape_norm,
+                  1 + STOP_REASONS.index("escaping"), code)
+  code = xp.where(grad_norm <= grad_tol, 1 + STOP_REASONS.index("grad_tol"),
+                  code)
+  finite = xp.isfinite(loss) & xp.isfinite(grad_norm)
+  return xp.where(finite, code, 1 + STOP_REASONS.index("non_finite"))
+
+
+def lm_trial(lam, coeffs, mu):
+  """The LM step ``d = -(H + mu I)^{-1} g`` in the eigenbasis of H, and its
+  predicted decrease ``-(g.d + d.H d / 2)`` (positive when H + mu I > 0).
+
+  ``lam`` are the eigenvalues, ``coeffs = V^T g``; works on numpy and JAX
+  arrays, with leading batch axes.
+  """
+  step_coeffs = -coeffs / (lam + mu)
+  predicted = -(step_coeffs * coeffs + 0.5 * lam * step_coeffs ** 2).sum(-1)
+  return step_coeffs, predicted
+
+
+def lm_accept(loss, new_loss, predicted, grad_norm, new_grad_norm, xp=np):
+  """The LM ratio test: ``(accept, very_good)`` of a trial step.
+
+  A non-finite trial is refused. When the predicted decrease is below the
+  roundoff of L (``_LOSS_NOISE * |L|``) the ratio is noise, and the step is
+  judged by the gradient norm (accepted if it shrinks, then "very good");
+  else by ``rho = (L - L_new) / predicted``: accept if ``rho > 0.1``, very
+  good if ``rho > 0.75`` (nu is then divided by 4). Elementwise with
+  ``xp=jax.numpy``.
+  """
+  finite = xp.isfinite(new_loss) & xp.isfinite(new_grad_norm)
+  noise = predicted <= _LOSS_NOISE * xp.abs(loss)
+  ratio = (loss - new_loss) / xp.where(noise, 1.0, predicted)
+  accept = finite & xp.where(noise, new_grad_norm < grad_norm, ratio > 0.1)
+  return accept, noise | (ratio > 0.75)
+
+
 def _lm_step(problem: Problem, flat: np.ndarray, loss: float,
              grad: np.ndarray, nu: float, max_trials: int = 40):
   """One accepted LM step, or None. Returns (flat, loss, grad, nu)."""
@@ -111,23 +159,13 @@ def _lm_step(problem: Problem, flat: np.ndarray, loss: float,
   coeffs = vecs.T @ grad
   shift = max(0.0, -float(lam[0]))
   for _ in range(max_trials):
-    mu = shift + nu * grad_norm
-    step_coeffs = -coeffs / (lam + mu)
-    # -(g.d + d.H d / 2) in the eigenbasis, positive since H + mu I > 0.
-    predicted = -float(np.sum(step_coeffs * coeffs
-                              + 0.5 * lam * step_coeffs ** 2))
+    step_coeffs, predicted = lm_trial(lam, coeffs, shift + nu * grad_norm)
     candidate = flat + vecs @ step_coeffs
     new_loss, new_grad = problem.loss_and_grad_at(candidate)
-    new_grad_norm = float(np.linalg.norm(new_grad))
-    if math.isfinite(new_loss) and math.isfinite(new_grad_norm):
-      if predicted <= _LOSS_NOISE * abs(loss):
-        # Decrease too small to measure in L: judge by the gradient norm.
-        accept, very_good = new_grad_norm < grad_norm, True
-      else:
-        ratio = (loss - new_loss) / predicted
-        accept, very_good = ratio > 0.1, ratio > 0.75
-      if accept:
-        return candidate, new_loss, new_grad, (nu / 4 if very_good else nu)
+    accept, very_good = lm_accept(loss, new_loss, float(predicted), grad_norm,
+                                  float(np.linalg.norm(new_grad)))
+    if accept:
+      return candidate, new_loss, new_grad, (nu / 4 if very_good else nu)
     nu = max(4.0 * nu, 1e-8)
   return None
 
@@ -226,16 +264,11 @@ def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
   nu, iters, stop_reason = 1.0, 0, "max_iters"
   with serial_blas():
     while True:
-      if not (math.isfinite(loss) and math.isfinite(history[-1])):
-        stop_reason = "non_finite"
-        break
-      if history[-1] <= grad_tol:
-        stop_reason = "grad_tol"
-        break
-      if np.linalg.norm(flat) > escape_norm:
-        stop_reason = "escaping"
-        break
-      if iters >= max_iters:
+      code = int(stop_code(loss, history[-1], np.linalg.norm(flat), iters,
+                           grad_tol=grad_tol, escape_norm=escape_norm,
+                           max_iters=max_iters))
+      if code:
+        stop_reason = STOP_REASONS[code - 1]
         break
       if method == "lm":
         outcome = _lm_step(problem, flat, loss, grad, nu)

@@ -1,0 +1,163 @@
+"""Members refined + certified per second: batched (one program per shape)
+against the sequential path (``refine`` + ``certificate`` per member).
+
+Cases (``lminima.sweep.get_config()`` defaults: synthetic m=100, d_x=5,
+d_y=2, tanh, depths 1-3, widths 2-16, refine_max_iters=200):
+
+* (a) the default sweep's 36 members (3 seeds);
+* (b) 256 members of the same grid (seeds 0-21, the first 256 in seed-major
+  order, so every cell has 21 or 22 seeds).
+
+The members are trained once (``train.train_population`` per depth, as the
+sweep does). Only refinement + certification are timed, end to end: each
+path runs in a FRESH process (its own compilations included, no persistent
+compilation cache), as ``sweep.analyse_member`` does it with fate_iters=0
+and theory off. The batched path calls
+``batch_refine.refine_and_certify_many`` once per shape group. Agreement:
+stop reasons, verdicts, and refined losses of converged members (relative
+1e-9, or absolute 1e-20 for interpolating minima with L ~ 0).
+
+Usage:
+  python benchmarks/bench_certify.py            # (a) and (b)
+  python benchmarks/bench_certify.py --quick    # (a) only, about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+
+TARGET = 5.0
+
+
+def _train(num_seeds: int, limit: int | None):
+  """Trained members of the default grid with ``num_seeds`` seeds."""
+  from lminima import population, sweep_config, train  # pylint: disable=g-import-not-at-top
+  config = sweep_config.get_config()
+  data = sweep_config.load_data(config)
+  members = []
+  for depth in config.depths:  # one population per depth, as the sweep
+    group = [population.Member(depth=depth, width=width, seed=seed)
+             for width in config.widths for seed in range(num_seeds)]
+    members += train.train_population(data, group,
+                                      sweep_config.train_config(config),
+                                      width_strategy=config.width_strategy)
+  members = [r for r in members if not r.diverged]
+  members.sort(key=lambda r: (r.member.seed, r.member.depth, r.member.width))
+  members = members[:limit]
+  return [(r.member.depth, r.member.width, r.member.seed, r.model, r.params)
+          for r in members]
+
+
+def _worker(path: str, members_file: str, out_file: str) -> None:
+  """Refines and certifies the members in this (fresh) process."""
+  from lminima import batch_refine, certify, refinement, sweep_config  # pylint: disable=g-import-not-at-top
+  from lminima.problem import Problem  # pylint: disable=g-import-not-at-top
+  config = sweep_config.get_config()
+  data = sweep_config.load_data(config)
+  with open(members_file, "rb") as f:
+    members = pickle.load(f)
+  start = time.perf_counter()
+  problems = [Problem.for_module(
+      model, params, data.x, data.y, normalization=config.normalization,
+      memory_budget_bytes=config.memory_budget_bytes)
+              for _, _, _, model, params in members]
+  rows = [None] * len(problems)
+  if path == "sequential":
+    for i, problem in enumerate(problems):
+      refined = refinement.refine(
+          problem, method=config.refine_method,
+          grad_tol=config.refine_grad_tol, max_iters=config.refine_max_iters)
+      cert = certify.certificate(problem.at(refined.params),
+                                 dense_max_params=config.dense_max_params)
+      rows[i] = (refined.stop_reason, refined.iters, refined.loss,
+                 cert.verdict, cert.lambda_min)
+  else:
+    results, certs = batch_refine.refine_and_certify_groups(
+        problems, grad_tol=config.refine_grad_tol,
+        max_iters=config.refine_max_iters,
+        dense_max_params=config.dense_max_params)
+    rows = [(refined.stop_reason, refined.iters, refined.loss, cert.verdict,
+             cert.lambda_min) for refined, cert in zip(results, certs)]
+  seconds = time.perf_counter() - start
+  with open(out_file, "wb") as f:
+    pickle.dump({"seconds": seconds, "rows": rows}, f)
+
+
+def _run_path(path: str, members_file: str) -> dict:
+  with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+    out_file = f.name
+  env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE="false")
+  subprocess.run([sys.executable, __file__, "--worker", path, members_file,
+                  out_file], check=True, env=env)
+  with open(out_file, "rb") as f:
+    result = pickle.load(f)
+  os.unlink(out_file)
+  return result
+
+
+def _agreement(seq_rows, bat_rows) -> tuple[int, int, int, float]:
+  """(same stop reason, same verdict, converged pairs, max loss deviation
+  of converged members relative to max(|L|, 1e-11))."""
+  stops = sum(a[0] == b[0] for a, b in zip(seq_rows, bat_rows))
+  verdicts = sum(a[3] == b[3] for a, b in zip(seq_rows, bat_rows))
+  both = [(a[2], b[2]) for a, b in zip(seq_rows, bat_rows)
+          if a[0] == b[0] == "grad_tol"]
+  worst = max((abs(a - b) / max(abs(a), 1e-11) for a, b in both),
+              default=0.0)
+  return stops, verdicts, len(both), worst
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="case (a) only (about a minute)")
+  parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    _worker(*args.worker)
+    return
+  cases = [("a", "default sweep", 3, None)]
+  if not args.quick:
+    cases.append(("b", "same grid, more seeds", 22, 256))
+  print(f"{'case':<4} {'members':>7} {'sequential s':>12} {'batched s':>9} "
+        f"{'seq m/s':>8} {'bat m/s':>8} {'ratio':>6}  agreement")
+  lines = []
+  for name, label, seeds, limit in cases:
+    start = time.perf_counter()
+    members = _train(seeds, limit)
+    train_s = time.perf_counter() - start
+    with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
+      pickle.dump(members, f)
+      members_file = f.name
+    batched = _run_path("batched", members_file)
+    sequential = _run_path("sequential", members_file)
+    os.unlink(members_file)
+    n = len(members)
+    ratio = sequential["seconds"] / batched["seconds"]
+    stops, verdicts, converged, worst = _agreement(sequential["rows"],
+                                                   batched["rows"])
+    counts = {}
+    for row in batched["rows"]:
+      counts[row[3]] = counts.get(row[3], 0) + 1
+    print(f"({name})  {n:>7} {sequential['seconds']:>12.1f} "
+          f"{batched['seconds']:>9.1f} {n / sequential['seconds']:>8.2f} "
+          f"{n / batched['seconds']:>8.2f} {ratio:>6.2f}  stop {stops}/{n}, "
+          f"verdict {verdicts}/{n}, converged loss rel dev {worst:.1e} "
+          f"({converged} members)", flush=True)
+    lines.append(f"({name}) {label}: trained in {train_s:.1f} s (not timed); "
+                 f"verdicts {dict(sorted(counts.items()))}; target "
+                 f">= {TARGET:.0f}x: {'met' if ratio >= TARGET else 'NOT met'}"
+                 f" ({ratio:.2f}x)")
+  print("\n".join(lines))
+  print("ratio = sequential seconds / batched seconds (members/s batched over "
+        "sequential); each path in a fresh process, compile included.")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,448 @@
+"""Refinement and certificates of a whole population in one compiled program.
+
+``refinement.refine`` and ``certify.certificate`` treat one member at a time,
+from Python: a dense float64 ``eigh`` and a handful of jitted calls per
+Levenberg-Marquardt iteration. Here the members of one shape (one
+``Objective``, the same parameter shapes and the same data, different points)
+go through ONE jitted float64 program per call:
+
+* ``refine_many(problems, ...) -> list[RefineResult]``: the LM iteration of
+  ``refinement.refine(method="lm")`` with its rules shared
+  (``refinement.stop_code``, ``lm_trial``, ``lm_accept``): with ``H = V
+  diag(lam) V^T`` the exact Hessian and ``g`` the gradient, the trial step
+  ``d = -V (lam + mu)^{-1} V^T g``, ``mu = max(0, -lam_min) + nu ||g||``,
+  accepted on ``rho = (L - L(theta + d)) / (-(g.d + d.H d / 2))``, ``nu``
+  times 4 per refusal and / 4 after a very good step; stop reasons
+  grad_tol / max_iters / stalled / non_finite / escaping. A
+  ``lax.while_loop`` runs ``lanes`` members at once (``jax.vmap``: batched
+  Hessians and ``jnp.linalg.eigh``); a lane whose member stopped takes the
+  next member of the queue, so stopped members cost nothing once the queue
+  is empty except the idle lanes of the tail (masked work).
+* ``certify_many(problems, ...) -> list[Certificate]``: ``certificate`` for
+  every point, the dense Hessians and ``eigh`` vmapped in one program, the
+  verdicts by the same code (``certify.summarize``); Lanczos members above
+  ``dense_max_params`` go through ``certificate``.
+* ``refine_and_certify_many``: both, the certificate's spectrum taken from
+  the ``eigh`` the refinement does at its end point (no second program);
+  ``refine_and_certify_groups``: the same over mixed shapes, one program per
+  ``group_by_shape`` group (what a sweep calls).
+
+Results equal the sequential ones up to float64 roundoff (members never
+interact; only the summation order of batched kernels differs): same stop
+reasons and, on converged members, the same refined losses
+(tests/test_batch_refine.py). A program compiles once per (objective,
+shapes, population size, ``max_iters``, ``lanes``); mixed shapes or data
+raise a one-line ``ValueError``.
+
+Example:
+  >>> import jax, numpy as np
+  >>> from lminima.models import MLP
+  >>> model = MLP(d_in=2, widths=(3,), d_out=1, activation="tanh")
+  >>> x = np.random.default_rng(0).standard_normal((8, 2))
+  >>> problems = [Problem.for_module(model, model.init_params(
+  ...     jax.random.PRNGKey(s)), x, np.sin(x[:, :1])) for s in range(3)]
+  >>> results = refine_many(problems, max_iters=50)
+  >>> certs = certify_many([p.at(r.params) for p, r in zip(problems,
+  ...                                                       results)])
+  >>> len(results), all(c.n_params == 13 for c in certs)
+  (3, True)
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from lminima import EXACT_DTYPE
+from lminima import certify
+from lminima import problem as problem_lib
+from lminima import refinement
+from lminima.problem import Problem
+from lminima.refinement import RefineResult
+
+# Dense P x P float64 matrices alive per lane (Hessian, eigenvectors, LAPACK
+# workspace): with the memory budget, the number of lanes.
+_MATRICES_PER_MEMBER = 4
+# Default lanes, 8 up to _VMAP_MAX_PARAMS parameters, else 1: on a 2-core CPU
+# small members gain ~3x a pass from sharing the loop's per-op overhead, but
+# at P ~ 200 vmapped Hessians over lanes are slower than one lane.
+_DEFAULT_LANES, _VMAP_MAX_PARAMS = 8, 128
+
+
+def shape_key(problem: Problem) -> tuple:
+  """What members must share to run in one program: the objective, the
+  parameters' structure and shapes, the data's shapes."""
+  leaves, treedef = jax.tree_util.tree_flatten(problem.params)
+  return (problem.objective, treedef, tuple(np.shape(a) for a in leaves),
+          tuple(problem.x.shape), tuple(problem.y.shape))
+
+
+def group_by_shape(problems: Sequence[Problem]) -> list[list[int]]:
+  """Indices of ``problems`` grouped by ``shape_key``, in first-seen order."""
+  groups: dict[tuple, list[int]] = {}
+  for i, problem in enumerate(problems):
+    groups.setdefault(shape_key(problem), []).append(i)
+  return list(groups.values())
+
+
+def _check_population(problems: Sequence[Problem], caller: str) -> Problem:
+  """The first problem, after checking that all share one program."""
+  if not problems:
+    raise ValueError(f"{caller}: no problems given")
+  first = problems[0]
+  key = shape_key(first)
+  for i, problem in enumerate(problems[1:], 1):
+    if shape_key(problem) != key:
+      raise ValueError(
+          f"{caller}: problem {i} differs from problem 0 in objective or "
+          f"shapes (n_params {problem.n_params} vs {first.n_params}); call it "
+          "per group of batch_refine.group_by_shape(problems)")
+    if not (problem.x is first.x or np.array_equal(problem.x, first.x)) or (
+        not (problem.y is first.y or np.array_equal(problem.y, first.y))):
+      raise ValueError(f"{caller}: problem {i} has other data than problem "
+                       "0; a population shares one training set")
+  return first
+
+
+def _blocks(count: int, per_member_bytes: int, budget: int):
+  """``[(start, real, rows)]``: program calls of as many members as the
+  memory budget allows, the last padded with copies of the last member
+  (dropped afterwards) so that every call has one size, one compilation."""
+  size = max(1, min(count, budget // max(per_member_bytes, 1)))
+  return [(start, min(size, count - start),
+           np.minimum(np.arange(start, start + size), count - 1))
+          for start in range(0, count, size)]
+
+
+# Refinement: one program per population of one shape.
+_OUTPUTS = ("flat", "loss", "iters", "stop", "lam", "residuals", "gn_hist",
+            "loss_hist", "norm_hist")
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "objective", "max_iters", "max_trials", "lanes"))
+def _lm_population(objective, flats, escape_norms, like, x, y, grad_tol, *,
+                   max_iters: int, max_trials: int, lanes: int):
+  """LM refinement of every row of ``flats`` on ``lanes`` vmapped lanes.
+
+  Each pass of one ``lax.while_loop``, per lane: a stopped lane takes the
+  next queued member (whose first pass only evaluates L and g); H, ``eigh``
+  and the stop tests at the lane's point; one LM step for running members.
+  Each lane's state is written to its member's outputs every pass; the last
+  write is at the final point, whose eigenvalues give the certificate.
+  """
+  count, dim = flats.shape
+  loss_and_grad = lambda f: problem_lib._loss_and_flat_grad(  # pylint: disable=protected-access
+      objective, f, like, x, y)
+  hessian_at = lambda f: problem_lib._dense_hessian(  # pylint: disable=protected-access
+      objective, f, like, x, y)
+  stalled = 1 + refinement.STOP_REASONS.index("stalled")
+  nan = jnp.asarray(jnp.nan, EXACT_DTYPE)
+
+  def lane_pass(lane):
+    flat, iters, loss, grad = (lane[k] for k in ("flat", "iters", "loss",
+                                                  "grad"))
+    # A fresh lane only evaluates L and g at its start (loss_and_grad has one
+    # call site, the trial loop's: it is compiled once); it is checked and
+    # stepped from the next pass on.
+    fresh = lane["fresh"]
+    matrix = hessian_at(flat)
+    lam, vecs = jnp.linalg.eigh(matrix)
+    grad_norm = jnp.linalg.norm(grad)
+    checking = (lane["stop"] == 0) & ~fresh
+    code = jnp.where(checking, refinement.stop_code(
+        loss, grad_norm, jnp.linalg.norm(flat), iters, grad_tol=grad_tol,
+        escape_norm=lane["escape_norm"], max_iters=max_iters, xp=jnp), 0)
+    running = checking & (code == 0)
+    coeffs = vecs.T @ grad
+    shift = jnp.maximum(0.0, -lam[0])
+
+    def trial(carry):
+      k, nu = carry[:2]
+      step_coeffs, predicted = refinement.lm_trial(
+          lam, coeffs, shift + nu * grad_norm)
+      candidate = jnp.where(fresh, flat, flat + vecs @ step_coeffs)
+      new_loss, new_grad = loss_and_grad(candidate)
+      accept, very_good = refinement.lm_accept(
+          loss, new_loss, predicted, grad_norm, jnp.linalg.norm(new_grad),
+          xp=jnp)
+      nu = jnp.where(fresh, nu, jnp.where(
+          accept, jnp.where(very_good, nu / 4, nu),
+          jnp.maximum(4.0 * nu, 1e-8)))
+      return k + 1, nu, accept | fresh, candidate, new_loss, new_grad
+
+    _, nu, accepted, candidate, new_loss, new_grad = lax.while_loop(
+        lambda c: (running | fresh) & (c[0] < max_trials) & ~c[2], trial,
+        (0, lane["nu"], False, flat, loss, grad))
+    # Histories at this pass's point (index iters), the step's effect next.
+    record = lambda name, value: lane[name].at[iters].set(
+        jnp.where(checking, value, lane[name][iters]))
+    step = running & accepted
+    moved = step | fresh
+    stop = jnp.where(code != 0, code,
+                     jnp.where(running & ~accepted, stalled, lane["stop"]))
+    return dict(
+        lane, flat=jnp.where(step, candidate, flat), nu=nu,
+        loss=jnp.where(moved, new_loss, loss),
+        grad=jnp.where(moved, new_grad, grad), fresh=jnp.zeros_like(fresh),
+        iters=iters + step.astype(jnp.int32), stop=stop.astype(jnp.int32),
+        lam=lam, residuals=certify.end_residuals(matrix, lam, vecs, xp=jnp),
+        gn_hist=record("gn_hist", grad_norm),
+        loss_hist=record("loss_hist", loss),
+        norm_hist=record("norm_hist", jnp.linalg.norm(flat)))
+
+  def queued(member):
+    """A lane's state for queue entry ``member`` (its history blank)."""
+    blank = jnp.full((max_iters + 1,), nan)
+    return dict(member=member, flat=flats[member], fresh=jnp.asarray(True),
+                escape_norm=escape_norms[member],
+                nu=jnp.asarray(1.0, EXACT_DTYPE),
+                iters=jnp.asarray(0, jnp.int32),
+                stop=jnp.asarray(0, jnp.int32), loss=nan,
+                grad=jnp.zeros((dim,), EXACT_DTYPE),
+                lam=jnp.full((dim,), nan), residuals=jnp.full((2,), nan),
+                gn_hist=blank, loss_hist=blank, norm_hist=blank)
+
+  def body(carry):
+    lane, queue, out = carry
+    # Refill: the lanes whose member stopped take the next queued members.
+    done = lane["stop"] != 0
+    wanted = queue + jnp.cumsum(done) - 1
+    take = done & (wanted < count)
+    new = jax.vmap(queued)(jnp.where(take, wanted, lane["member"]))
+    lane = jax.tree_util.tree_map(
+        lambda a, b: jnp.where(take.reshape((-1,) + (1,) * (a.ndim - 1)),
+                               a, b), new, lane)
+    lane = jax.vmap(lane_pass)(lane)
+    out = {k: out[k].at[lane["member"]].set(lane[k]) for k in _OUTPUTS}
+    return lane, queue + jnp.sum(take), out
+
+  def running(carry):
+    lane, queue, _ = carry
+    return jnp.any(lane["stop"] == 0) | (queue < count)
+
+  lane = jax.vmap(queued)(jnp.arange(lanes))
+  out = {k: jnp.zeros((count,) + v.shape[1:], v.dtype)
+         for k, v in lane.items() if k in _OUTPUTS}
+  return lax.while_loop(running, body, (lane, lanes, out))[2]
+
+
+def _run_population(problems: Sequence[Problem], *, grad_tol: float,
+                    max_iters: int, escape_ratio: float | None,
+                    lm_max_params: int, max_trials: int, lanes: int | None
+                    ) -> tuple[list[RefineResult], dict[str, np.ndarray]]:
+  """The refinement program on a checked population; (results, outputs)."""
+  first = _check_population(problems, "refine_many")
+  if not (grad_tol > 0 and max_iters >= 0 and max_trials >= 1
+          and (lanes is None or lanes >= 1)
+          and (escape_ratio is None or escape_ratio > 1)):
+    raise ValueError(f"refine_many: need grad_tol > 0, max_iters >= 0, "
+                     f"max_trials >= 1, lanes >= 1 and escape_ratio > 1 or "
+                     f"None, got grad_tol={grad_tol}, max_iters={max_iters}, "
+                     f"max_trials={max_trials}, lanes={lanes}, escape_ratio="
+                     f"{escape_ratio}")
+  if first.n_params > lm_max_params:
+    raise ValueError(f"refine_many: n_params={first.n_params} > lm_max_params"
+                     f"={lm_max_params}; the dense LM path does not apply")
+  flats = np.stack([np.asarray(p.flat) for p in problems])
+  norms_start = np.linalg.norm(flats, axis=1)
+  escape = (np.full(len(problems), np.inf) if escape_ratio is None
+            else escape_ratio * np.maximum(1.0, norms_start))
+  fit = first.memory_budget_bytes // (
+      _MATRICES_PER_MEMBER * 8 * first.n_params ** 2)
+  if lanes is None:
+    lanes = _DEFAULT_LANES if first.n_params <= _VMAP_MAX_PARAMS else 1
+  lanes = max(1, min(len(problems), fit, lanes))
+  with refinement.serial_blas():  # LAPACK threads only contend (eigh)
+    out = jax.block_until_ready(_lm_population(
+        first.objective, jnp.asarray(flats, EXACT_DTYPE),
+        jnp.asarray(escape, EXACT_DTYPE), first.params, first.x, first.y,
+        jnp.asarray(grad_tol, EXACT_DTYPE), max_iters=int(max_iters),
+        max_trials=int(max_trials), lanes=int(lanes)))
+  out = {k: np.asarray(v) for k, v in out.items()}
+  return [_refine_result(problem, out, i, norms_start[i])
+          for i, problem in enumerate(problems)], out
+
+
+def refine_many(problems: Sequence[Problem], *, grad_tol: float = 1e-10,
+                max_iters: int = 100, escape_ratio: float | None = 5.0,
+                lm_max_params: int = 5000, max_trials: int = 40,
+                lanes: int | None = None) -> list[RefineResult]:
+  """``refinement.refine(p, method="lm")`` for every ``p``, in one program.
+
+  Args:
+    problems: members of one shape (``shape_key``): same objective, data and
+      parameter shapes, any points.
+    grad_tol, max_iters, escape_ratio, lm_max_params: as in ``refine``.
+    max_trials: LM trial steps per iteration before ``"stalled"`` (the
+      sequential path's 40).
+    lanes: members iterated together (vmapped); a lane whose member stops
+      takes the next one. Default 8 up to 128 parameters, else 1 (faster
+      on CPU, see ``_VMAP_MAX_PARAMS``); fewer if the problems'
+      ``memory_budget_bytes`` cannot hold ~4 P x P matrices a lane.
+
+  Returns:
+    One ``RefineResult`` per problem, in order, with ``method="lm"``.
+
+  Raises:
+    ValueError: on mixed shapes or data, bad tolerances, or n_params >
+      lm_max_params.
+  """
+  return _run_population(
+      problems, grad_tol=grad_tol, max_iters=max_iters,
+      escape_ratio=escape_ratio, lm_max_params=lm_max_params,
+      max_trials=max_trials, lanes=lanes)[0]
+
+
+def refine_and_certify_many(
+    problems: Sequence[Problem], *, grad_tol: float = 1e-10,
+    max_iters: int = 100, escape_ratio: float | None = 5.0,
+    lm_max_params: int = 5000, lanes: int | None = None,
+    dense_max_params: int = 3000, cert_grad_tol: float = 1e-8,
+    eig_tol: float | None = None, kink_tol: float = 1e-8
+    ) -> tuple[list[RefineResult], list[certify.Certificate]]:
+  """``refine_many`` and the certificates of its end points, one program.
+
+  The refinement program diagonalizes H at every point it visits, the end
+  point included, so the dense certificate (``certify.summarize``) costs no
+  second program; above ``dense_max_params`` the certificates come from
+  ``certify_many``. Arguments as in ``refine_many`` and ``certify_many``
+  (``cert_grad_tol`` is the certificate's ``grad_tol``).
+  """
+  certify.check_tolerances(cert_grad_tol, kink_tol, dense_max_params, eig_tol,
+                           caller="refine_and_certify_many")
+  results, out = _run_population(
+      problems, grad_tol=grad_tol, max_iters=max_iters,
+      escape_ratio=escape_ratio, lm_max_params=lm_max_params, max_trials=40,
+      lanes=lanes)
+  ends = [p.at(r.params) for p, r in zip(problems, results)]
+  if problems[0].n_params > dense_max_params:
+    return results, certify_many(
+        ends, dense_max_params=dense_max_params, grad_tol=cert_grad_tol,
+        eig_tol=eig_tol, kink_tol=kink_tol)
+  certs = []
+  for i, (end, result) in enumerate(zip(ends, results)):
+    loss, lam, res = float(out["loss"][i]), out["lam"][i], out["residuals"][i]
+    finite = math.isfinite(loss) and math.isfinite(result.grad_norm)
+    certs.append(certify.summarize(
+        n_params=end.n_params, loss=loss, grad_norm=result.grad_norm,
+        min_abs_kink=end.min_abs_kink_input(),
+        spectrum=_spectrum(lam, res) if finite else None,
+        method="dense", grad_tol=cert_grad_tol, eig_tol=eig_tol,
+        kink_tol=kink_tol))
+  return results, certs
+
+
+def _refine_result(problem: Problem, out: dict[str, np.ndarray], i: int,
+                   norm_start: float) -> RefineResult:
+  """Member i of the program's output as ``refine`` reports it."""
+  iters = int(out["iters"][i])
+  flat = out["flat"][i]
+  history = lambda name: tuple(float(v) for v in out[name][i, :iters + 1])
+  stop_reason = refinement.STOP_REASONS[int(out["stop"][i]) - 1]
+  grad_norms = history("gn_hist")
+  return RefineResult(
+      params=problem.unravel(jnp.asarray(flat, EXACT_DTYPE)),
+      loss=float(out["loss"][i]), grad_norm=grad_norms[-1], iters=iters,
+      converged=stop_reason == "grad_tol", stop_reason=stop_reason,
+      grad_norm_history=grad_norms, loss_history=history("loss_hist"),
+      param_norm_history=history("norm_hist"), method="lm",
+      param_norm_start=float(norm_start),
+      param_norm=float(np.linalg.norm(flat)))
+
+
+# ---------------------------------------------------------------------------
+# Certificates.
+
+
+def _spectrum(lam: np.ndarray, residuals: np.ndarray) -> tuple:
+  """``certify.summarize``'s spectrum from a dense ``eigh``."""
+  return (lam, float(lam[0]), float(lam[-1]), float(residuals[0]),
+          float(residuals[1]))
+
+
+@functools.partial(jax.jit, static_argnames=("objective",))
+def _dense_spectra(objective, flats, like, x, y):
+  """Ascending eigenvalues and extreme residuals of each member's Hessian."""
+  def one(flat):
+    matrix = problem_lib._dense_hessian(  # pylint: disable=protected-access
+        objective, flat, like, x, y)
+    lam, vecs = jnp.linalg.eigh(matrix)
+    return lam, certify.end_residuals(matrix, lam, vecs, xp=jnp)
+  return jax.vmap(one)(flats)
+
+
+def certify_many(problems: Sequence[Problem], *, dense_max_params: int = 3000,
+                 grad_tol: float = 1e-8, eig_tol: float | None = None,
+                 kink_tol: float = 1e-8, key: jax.Array | None = None
+                 ) -> list[certify.Certificate]:
+  """``certify.certificate(p, ...)`` for every ``p``, dense spectra batched.
+
+  Loss, gradient norm and kinks are each problem's own (cached) values, so
+  those fields equal the sequential ones exactly; the spectra come from one
+  vmapped ``eigh`` program (equal up to roundoff). Members with a non-finite
+  L or g get no spectrum, as in ``certificate``.
+
+  Args:
+    problems: members of one shape (``shape_key``), at their points.
+    dense_max_params, grad_tol, eig_tol, kink_tol, key: as in
+      ``certificate``; above ``dense_max_params`` each member is certified by
+      ``certificate`` (Lanczos, one at a time).
+
+  Returns:
+    One ``certify.Certificate`` per problem, in order.
+
+  Raises:
+    ValueError: on mixed shapes or data, or bad tolerances.
+  """
+  first = _check_population(problems, "certify_many")
+  certify.check_tolerances(grad_tol, kink_tol, dense_max_params, eig_tol,
+                           caller="certify_many")
+  if first.n_params > dense_max_params or (
+      8 * first.n_params ** 2 > first.memory_budget_bytes):
+    return [certify.certificate(p, dense_max_params=dense_max_params,
+                                grad_tol=grad_tol, eig_tol=eig_tol,
+                                kink_tol=kink_tol, key=key)
+            for p in problems]
+  rows = [i for i, p in enumerate(problems)
+          if math.isfinite(p.loss) and math.isfinite(p.grad_norm)]
+  spectra: dict[int, tuple] = {}
+  flats = np.stack([np.asarray(problems[i].flat) for i in rows]) if rows \
+      else np.zeros((0, first.n_params))
+  for start, real, block in _blocks(len(rows), 3 * 8 * first.n_params ** 2,
+                                   first.memory_budget_bytes):
+    with refinement.serial_blas():
+      lams, residuals = (np.asarray(a) for a in _dense_spectra(
+          first.objective, jnp.asarray(flats[block], EXACT_DTYPE),
+          first.params, first.x, first.y))
+    for j in range(real):
+      spectra[rows[start + j]] = _spectrum(lams[j], residuals[j])
+  return [certify.summarize(
+      n_params=p.n_params, loss=p.loss, grad_norm=p.grad_norm,
+      min_abs_kink=p.min_abs_kink_input(), spectrum=spectra.get(i),
+      method="dense", grad_tol=grad_tol, eig_tol=eig_tol, kink_tol=kink_tol)
+          for i, p in enumerate(problems)]
+
+
+def refine_and_certify_groups(
+    problems: Sequence[Problem], **kwargs
+    ) -> tuple[list[RefineResult], list[certify.Certificate]]:
+  """``refine_and_certify_many`` on every shape group of ``problems``
+  (``group_by_shape``), one program per group; ``kwargs`` go to it.
+
+  Returns:
+    ``(results, certificates)`` in the order of ``problems``.
+  """
+  results: list = [None] * len(problems)
+  certs: list = [None] * len(problems)
+  for group in group_by_shape(problems):  # one program per group
+    for i, result, cert in zip(group, *refine_and_certify_many(
+        [problems[i] for i in group], **kwargs)):
+      results[i], certs[i] = result, cert
+  return results, certs
