@@ -166,7 +166,7 @@ def _identity_claims(minima: list[dict]) -> list[dict[str, Any]]:
       f"residual <= {EULER_TOL:g}", points,
       lambda r: float(r["euler_residual_max"]) <= EULER_TOL, zero,
       "no: exact for positively homogeneous nets" if points or zero else
-      "not applicable: no homogeneous activation without skip")
+      "not applicable: the activation is not positively homogeneous")
   return [last, full, euler]
 
 
