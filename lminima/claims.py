@@ -232,16 +232,20 @@ def _medians(minima: list[dict], key: str) -> dict[tuple[int, int], tuple]:
   return {cell: (float(np.median(v)), len(v)) for cell, v in cells.items()}
 
 
-def trend_comparisons(minima: list[dict], key: str, worse: Any
+def trend_comparisons(minima: list[dict], key: str, worse: Any,
+                      cells: Sequence[tuple[int, int]] = ()
                       ) -> tuple[list[tuple], list[tuple[int, int]]]:
   """Neighbouring-cell comparisons of the median of ``key``.
 
   Returns ``(comparisons, too_few)``: each comparison is ``(cell, next_cell,
   median, next_median, no_worse)`` for the next width at the same depth and
-  the next depth at the same width, between cells of at least
-  ``MIN_POINTS`` points; ``too_few`` lists the cells left out.
+  the next depth at the same width, among the cells of at least
+  ``MIN_POINTS`` points; ``too_few`` lists the cells left out (those of
+  ``cells``, the study's (depth, width) cells, without any point included).
   """
   medians = _medians(minima, key)
+  for cell in cells:
+    medians.setdefault(cell, (None, 0))
   enough = {c: m for c, (m, n) in medians.items() if n >= MIN_POINTS}
   depths = sorted({d for d, _ in enough})
   widths = sorted({w for _, w in enough})
@@ -257,11 +261,13 @@ def trend_comparisons(minima: list[dict], key: str, worse: Any
   return comparisons, too_few
 
 
-def _trend_claims(minima: list[dict]) -> list[dict[str, Any]]:
+def _trend_claims(rows: Sequence[dict], minima: list[dict]
+                  ) -> list[dict[str, Any]]:
   zero = sum(is_zero_loss(r) for r in minima)
+  cells = {(int(r["depth"]), int(r["width"])) for r in rows}
   loss, too_few = trend_comparisons(
       minima, "loss_refined",
-      lambda a, b: b > (1 + TREND_RTOL) * a + ZERO_LOSS_RTOL)
+      lambda a, b: b > (1 + TREND_RTOL) * a + ZERO_LOSS_RTOL, cells)
   positive = any(max(a, b) > ZERO_LOSS_RTOL for _, _, a, b, _ in loss)
   note = (f"; {len(too_few)} cells with < {MIN_POINTS} certified minima left "
           "out" if too_few else "")
@@ -303,7 +309,7 @@ def claims_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """
   minima = certified(rows)
   return [*_identity_claims(minima), *_bound_claims(rows, minima),
-          *_trend_claims(minima)]
+          *_trend_claims(rows, minima)]
 
 
 def claims_markdown(table: Sequence[dict[str, Any]]) -> str:

@@ -118,17 +118,18 @@ class ClaimsTableTest(absltest.TestCase):
             + [_minimum(width=4, loss=0.3) for _ in range(n)]
             + [_minimum(width=8, loss=0.35) for _ in range(n)]  # 0.35 > 0.315
             + [_minimum(width=16, loss=0.01) for _ in range(n - 1)]
-            + [_minimum(depth=2, width=2, loss=0.4) for _ in range(n)])
+            + [_minimum(depth=2, width=2, loss=0.4) for _ in range(n)]
+            + [_minimum(depth=3, width=2, verdict="saddle")])
     comparisons, too_few = claims.trend_comparisons(
         claims.certified(rows), "loss_refined",
-        lambda a, b: b > (1 + claims.TREND_RTOL) * a)
-    self.assertEqual(too_few, [(1, 16)])
+        lambda a, b: b > (1 + claims.TREND_RTOL) * a, cells=[(3, 2)])
+    self.assertEqual(too_few, [(1, 16), (3, 2)])  # (3, 2): no minimum
     self.assertEqual([(a, b, ok) for a, b, *_, ok in comparisons],
                      [((1, 2), (1, 4), True), ((1, 4), (1, 8), False),
                       ((1, 2), (2, 2), True)])
     trend = _by_test(claims.claims_table(rows), "E", "median certified L")
     self.assertEqual((trend["tested"], trend["holds"]), (3, 2))
-    self.assertIn("1 cells with < 5", trend["informative"])
+    self.assertIn("2 cells with < 5", trend["informative"])
 
   def test_zero_loss_is_relative_to_the_linear_optimum(self):
     self.assertTrue(claims.is_zero_loss({"loss_refined": 1e-13,
