@@ -1,14 +1,17 @@
 """Studies as config files: every config builds, the offline smokes run."""
 
+import contextlib
 import os
 import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import tensorflow_datasets as tfds
 
 from lminima import configs
 from lminima import population
 from lminima import records
+from lminima import report
 from lminima import sweep
 
 from lminima.models import MLP
@@ -81,18 +84,25 @@ class ConfigFilesTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "unknown study"):
       configs.load("imagenet")
 
-  @parameterized.parameters(*OFFLINE)
-  def test_offline_smoke_runs(self, name):
+  @parameterized.parameters(*OFFLINE, *TFDS)
+  def test_smoke_runs_and_reports(self, name):
     config = configs.load(name, "smoke")
     config.workdir = tempfile.mkdtemp()
-    rows = sweep.run(config, log=lambda _: None)
+    with contextlib.ExitStack() as stack:
+      if name in TFDS:  # no network: tensorflow-datasets' mock examples
+        config.data_dir = tempfile.mkdtemp()
+        stack.enter_context(tfds.testing.mock_data(
+            num_examples=200, policy=tfds.testing.MockPolicy.USE_CODE))
+      rows = sweep.run(config, log=lambda _: None)
     self.assertLen(rows, len(config.depths) * len(config.widths)
                    * config.num_seeds)
     for row in rows:
-      self.assertEqual(row["dataset"]["name"], config.dataset)
+      self.assertEqual(row["dataset"]["name"], TFDS.get(name, config.dataset))
       self.assertIn(row["verdict"], records.VERDICTS)
-    self.assertTrue(os.path.exists(os.path.join(config.workdir,
-                                                records.SUMMARY_FILE)))
+    for name in (records.SUMMARY_FILE, report.REPORT_FILE,
+                 report.CLAIMS_FILE, *report.FIGURE_FILES.values()):
+      self.assertTrue(os.path.exists(os.path.join(config.workdir, name)),
+                      name)
 
 
 class ScriptTest(absltest.TestCase):
