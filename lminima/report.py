@@ -103,16 +103,10 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def cell_line(depth: int, width: int, rows: Sequence[dict[str, Any]]) -> str:
-  """One line for a finished (depth, width) cell: members, verdict counts,
-  diverged and failed members, median certified loss."""
-  counts = collections.Counter(r["verdict"] for r in rows if r.get("verdict"))
-  parts = [f"{counts[v]} {v}" for v in VERDICTS if counts[v]]
-  diverged = sum(bool(r.get("diverged")) for r in rows)
-  errors = sum(bool(r.get("error")) for r in rows)
-  if diverged:
-    parts.append(f"{diverged} diverged")
-  if errors:
-    parts.append(f"{errors} failed")
+  """One line for a finished (depth, width) cell: members, their counts by
+  outcome (``lminima.claims.outcome``), median certified loss."""
+  counts = collections.Counter(map(claims.outcome, rows))
+  parts = [f"{counts[o]} {o}" for o in claims.OUTCOMES if counts[o]]
   minima = [r["loss_refined"] for r in rows
             if r.get("verdict") == "local_min"
             and r.get("loss_refined") is not None]

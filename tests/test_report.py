@@ -52,11 +52,14 @@ class CellLineTest(absltest.TestCase):
             _row(4, "local_min", 0.4, True, 0.5),
             _row(4, "local_min", 0.9, True, 0.5),
             _row(4, "saddle", 0.1, True, 0.5),
+            {"depth": 1, "width": 4, "verdict": "not_critical",
+             "fate": "escaping"},
             {"depth": 1, "width": 4, "diverged": True},
             {"depth": 1, "width": 4, "error": "ValueError: boom"}]
     self.assertEqual(report.cell_line(1, 4, rows),
-                     "depth 1 width 4: 6 members (3 local_min, 1 saddle, "
-                     "1 diverged, 1 failed); median certified loss 4.000e-01")
+                     "depth 1 width 4: 7 members (3 local_min, 1 saddle, "
+                     "1 escaping, 1 diverged, 1 failed); median certified "
+                     "loss 4.000e-01")
 
 
 if __name__ == "__main__":
