@@ -28,5 +28,5 @@ from lminima.certify import Certificate, certificate  # noqa: E402
 from lminima.batch_refine import certify_many, refine_many  # noqa: E402
 
 __all__ = ["EXACT_DTYPE", "TRAIN_DTYPE", "Certificate", "Problem",
-           "RefineResult", "certificate", "refine"]
-__all__ += ["certify_many", "refine_many"]
+           "RefineResult", "certificate", "certify_many", "refine",
+           "refine_many"]
