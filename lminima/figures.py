@@ -15,6 +15,7 @@ points; the points themselves are always drawn.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 from typing import Any, Iterator, Sequence
@@ -177,9 +178,9 @@ def plot_rank(rows: Sequence[dict[str, Any]], path: str) -> None:
 def plot_outcomes(rows: Sequence[dict[str, Any]], path: str) -> None:
   """(iii) Stacked counts of every member's outcome per (depth, width)."""
   cells = sorted({(int(r["depth"]), int(r["width"])) for r in rows})
-  counts = {o: [sum(claims.outcome(r) == o for r in rows
-                    if (r["depth"], r["width"]) == c) for c in cells]
-            for o in claims.OUTCOMES}
+  per_cell = collections.Counter((int(r["depth"]), int(r["width"]),
+                                  claims.outcome(r)) for r in rows)
+  counts = {o: [per_cell[(*c, o)] for c in cells] for o in claims.OUTCOMES}
   with _figure(path) as (fig, ax):
     fig.set_size_inches(max(5.5, 0.45 * len(cells) + 2), 4)
     bottom = np.zeros(len(cells))

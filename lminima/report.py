@@ -168,10 +168,14 @@ def _describe(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def report_markdown(rows: Sequence[dict[str, Any]], title: str = "",
-                    figure_files: dict[str, str] | None = None) -> str:
-  """report.md's text for one study's rows (figures linked by file name)."""
-  summary = summarize(rows)
-  table = claims.claims_table(rows)
+                    figure_files: dict[str, str] | None = None, *,
+                    summary: Sequence[dict[str, Any]] | None = None,
+                    table: Sequence[dict[str, Any]] | None = None) -> str:
+  """report.md's text for one study's rows (figures linked by file name);
+  ``summary`` and ``table``, when the caller has them, are ``summarize(rows)``
+  and ``claims.claims_table(rows)``."""
+  summary = summarize(rows) if summary is None else summary
+  table = claims.claims_table(rows) if table is None else table
   outcomes = collections.Counter(map(claims.outcome, rows))
   minima = claims.certified(rows)
   text = [f"# {title or 'Depth x width study'}", "", *_describe(rows), "",
@@ -263,6 +267,7 @@ def write_report(workdir: str, title: str = "") -> list[str]:
 
   def text(path):
     with open(path, "w") as f:
-      f.write(report_markdown(rows, title, drawn))
+      f.write(report_markdown(rows, title, drawn, summary=summary,
+                              table=table))
   put(REPORT_FILE, text)
   return written

@@ -129,7 +129,8 @@ def config_from_flags():
     config.data_options["m" if config.dataset == "synthetic" else "n"] = (
         _N.value)
   if _PCA_DIM.value is not None:
-    # A new key: the image studies' data options do not list pca_dim.
+    # The image studies list pca_dim; other sources do not (and refuse it
+    # in validate_config, with a one-line error naming the option).
     with config.data_options.unlocked():
       config.data_options["pca_dim"] = _PCA_DIM.value
   if _given("depths"):

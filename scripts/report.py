@@ -43,9 +43,9 @@ def main(argv):
     except (records.WorkdirError, OSError) as error:
       sys.exit(f"error: {error}")
     print(f"{workdir}: wrote {', '.join(os.path.basename(p) for p in written)}")
-    rows = records.read_workdir_rows(workdir)
-    sections += [f"## {workdir}", "",
-                 claims.claims_markdown(claims.claims_table(rows)), ""]
+    # The table just written, not recomputed.
+    table = records.read_json(os.path.join(workdir, report.CLAIMS_FILE))
+    sections += [f"## {workdir}", "", claims.claims_markdown(table), ""]
   if _COMBINED.value:
     try:
       with open(_COMBINED.value, "w") as f:
