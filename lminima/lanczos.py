@@ -101,8 +101,15 @@ def _lanczos_step(operator, basis, alphas, betas, scale, j, threshold):
   ``basis`` has one more row than steps and its unused rows are zero. After a
   breakdown every later vector, alpha and beta is exactly zero.
   """
+  return _lanczos_update(basis, alphas, betas, scale, j,
+                         operator(basis[j]), threshold)
+
+
+def _lanczos_update(basis, alphas, betas, scale, j, w, threshold):
+  """``_lanczos_step`` given ``w = H basis[j]`` (computed by the caller, so
+  that a population's products are one batched call)."""
   v = basis[j]
-  w = operator(v).astype(basis.dtype)
+  w = w.astype(basis.dtype)
   alpha = jnp.vdot(v, w)
   w = _reorthogonalize(basis, w, j + 1)
   beta = jnp.linalg.norm(w)
@@ -220,12 +227,25 @@ def _padded_tridiagonal(alphas, betas, num_active, size):
   return jnp.diag(diag) + jnp.diag(off, 1) + jnp.diag(off, -1)
 
 
-def _extreme_loop(operator, v0, tol, max_iters):
-  dtype = v0.dtype
-  threshold = _breakdown_threshold(v0.shape[0], dtype)
-  basis = _initial_basis(v0, max_iters + 1, dtype)
-  alphas = jnp.zeros((max_iters,), dtype)
-  betas = jnp.zeros((max_iters,), dtype)
+def _extreme_loop(operator, v0s, tol, max_iters):
+  """Lanczos runs of a population, stepped together until each converged.
+
+  ``operator`` maps a batch of vectors ``(B, dim)`` to their products, row i
+  by member i's symmetric operator; ``v0s`` holds the B start vectors. The
+  step counter j is shared (so the reorthogonalization and check sizes stay
+  static switches under the batch); each lane counts its own ``steps``,
+  which stop at its convergence or breakdown. A converged lane keeps being
+  multiplied until the last lane converges (its later rows are ignored).
+
+  Returns ``(basis (B, max_iters + 1, dim), alphas (B, max_iters), betas,
+  steps (B,))``.
+  """
+  batch, dim = v0s.shape
+  dtype = v0s.dtype
+  threshold = _breakdown_threshold(dim, dtype)
+  basis = jax.vmap(lambda v: _initial_basis(v, max_iters + 1, dtype))(v0s)
+  alphas = jnp.zeros((batch, max_iters), dtype)
+  betas = jnp.zeros((batch, max_iters), dtype)
   sizes = _bucket_sizes(max_iters)
   # A check diagonalizes T_j padded to the next static size s >= j; checking
   # every s/16 steps wastes < 7% of the steps and keeps the eigh cost below
@@ -241,28 +261,32 @@ def _extreme_loop(operator, v0, tol, max_iters):
     bound = tol * jnp.maximum(jnp.abs(eigvals[0]), jnp.abs(eigvals[-1]))
     return (j >= 2) & (residual_min <= bound) & (residual_max <= bound)
 
-  checks = [functools.partial(converged_at, size) for size in sizes]
+  checks = [jax.vmap(functools.partial(converged_at, size))
+            for size in sizes]
+  update = jax.vmap(_lanczos_update, in_axes=(0, 0, 0, 0, None, 0, None))
 
   def cond(state):
-    _, _, _, _, j, done = state
-    return (j < max_iters) & ~done
+    *_, j, done = state
+    return (j < max_iters) & ~jnp.all(done)
 
   def body(state):
-    basis, alphas, betas, scale, j, _ = state
-    basis, alphas, betas, scale, alive = _lanczos_step(
-        operator, basis, alphas, betas, scale, j, threshold)
+    basis, alphas, betas, scale, steps, j, done = state
+    basis, alphas, betas, scale, alive = update(
+        basis, alphas, betas, scale, j, operator(basis[:, j]), threshold)
     j = j + 1
+    steps = jnp.where(done, steps, j)
     bucket = _bucket_index(sizes, j)
     check = (j % intervals[bucket] == 0) | (j == max_iters)
-    done = ~alive | lax.cond(
-        check, lambda: lax.switch(bucket, checks, alphas, betas, j),
-        lambda: jnp.array(False))
-    return basis, alphas, betas, scale, j, done
+    done = done | ~alive | lax.cond(
+        check, lambda: lax.switch(bucket, checks, alphas, betas, steps),
+        lambda: jnp.zeros((batch,), bool))
+    return basis, alphas, betas, scale, steps, j, done
 
-  state = (basis, alphas, betas, jnp.zeros((), dtype), jnp.array(0),
-           jnp.array(False))
-  basis, alphas, betas, _, num_steps, _ = lax.while_loop(cond, body, state)
-  return basis, alphas, betas, num_steps
+  state = (basis, alphas, betas, jnp.zeros((batch,), dtype),
+           jnp.zeros((batch,), jnp.int32), jnp.array(0),
+           jnp.zeros((batch,), bool))
+  basis, alphas, betas, _, steps, _, _ = lax.while_loop(cond, body, state)
+  return basis, alphas, betas, steps
 
 
 _extreme_loop_jit = jax.jit(_extreme_loop, static_argnames=("max_iters",))
@@ -272,14 +296,21 @@ _extreme_loop_jit = jax.jit(_extreme_loop, static_argnames=("max_iters",))
 def _ritz_pairs(operator, basis, coefficients, values):
   """Unit Ritz vectors ``coefficients @ basis`` and their true residuals.
 
-  ``coefficients`` is zero beyond the active steps, so the padded basis can
-  stay on the device at its static shape.
+  Batched as ``_extreme_loop``: ``basis`` (B, rows, dim), ``coefficients``
+  (B, 2, rows), ``values`` (B, 2). ``coefficients`` is zero beyond each
+  lane's active steps, so the padded basis can stay on the device at its
+  static shape.
   """
-  vectors = coefficients @ basis
-  vectors = vectors / jnp.linalg.norm(vectors, axis=1, keepdims=True)
-  products = jax.vmap(operator)(vectors).astype(vectors.dtype)
-  residuals = jnp.linalg.norm(products - values[:, None] * vectors, axis=1)
+  vectors = jnp.einsum("bcr,brn->bcn", coefficients, basis)
+  vectors = vectors / jnp.linalg.norm(vectors, axis=2, keepdims=True)
+  products = jnp.stack([operator(vectors[:, c]) for c in range(2)], axis=1)
+  residuals = jnp.linalg.norm(
+      products.astype(vectors.dtype) - values[..., None] * vectors, axis=2)
   return vectors, residuals
+
+
+def _one_member(operator, vectors):
+  return operator(vectors[0])[None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,29 +379,62 @@ def lanczos_extreme_eigs(matvec: Matvec, dim: int, *, key: jax.Array,
     raise ValueError(f"tol must be positive, got {tol}")
   dim = int(dim)
   check_operator(matvec, dim, dtype)
-  operator = as_operator(matvec)
+  operator = jax.tree_util.Partial(_one_member, as_operator(matvec))
+  v0 = jax.random.normal(key, (1, dim), dtype)
+  return extreme_eigs_of_population(operator, v0, max_iters=max_iters,
+                                    tol=tol)[0]
+
+
+def extreme_eigs_of_population(operator: jax.tree_util.Partial,
+                               v0s: jax.Array, *, max_iters: int = 300,
+                               tol: float = 1e-8) -> list[ExtremeEigs]:
+  """``lanczos_extreme_eigs`` of B operators at once, in one program.
+
+  The B Lanczos runs step together (one batched product per step, e.g. the
+  Hessian-vector products of B members vmapped) until each has met the
+  convergence test of ``lanczos_extreme_eigs`` or hit the cap; each result
+  is built from its own steps only, so it equals the single run's up to the
+  rounding of batched kernels.
+
+  Args:
+    operator: a ``jax.tree_util.Partial`` mapping ``(B, dim)`` to ``(B,
+      dim)``, row i by the i-th symmetric operator (checked by the caller).
+    v0s: start vectors, shape (B, dim); their dtype is the working dtype.
+    max_iters: step cap (also capped at dim).
+    tol: relative residual tolerance.
+
+  Returns:
+    One ``ExtremeEigs`` per row of ``v0s``.
+  """
+  batch, dim = v0s.shape
+  dtype = v0s.dtype
   num_iters = min(int(max_iters), dim)
-  v0 = jax.random.normal(key, (dim,), dtype)
-  basis, alphas, betas, num_steps = _extreme_loop_jit(
-      operator, v0, jnp.asarray(tol, dtype), max_iters=num_iters)
-  j = int(num_steps)
-  alphas = np.asarray(alphas, np.float64)[:j]
-  betas = np.asarray(betas, np.float64)[:j]
-  tridiagonal = (np.diag(alphas) + np.diag(betas[:-1], 1)
-                 + np.diag(betas[:-1], -1))
-  ritz_values, ritz_vectors = np.linalg.eigh(tridiagonal)
-  scale = max(abs(ritz_values[0]), abs(ritz_values[-1]))
-  estimates = betas[-1] * np.abs(ritz_vectors[-1, [0, -1]])
-  invariant = betas[-1] == 0.0
-  converged = bool(invariant or np.all(estimates <= tol * scale))
-  coefficients = np.zeros((2, basis.shape[0]))
-  coefficients[:, :j] = ritz_vectors[:, [0, -1]].T
-  vectors, residuals = _ritz_pairs(
-      operator, basis, jnp.asarray(coefficients, dtype),
-      jnp.asarray(ritz_values[[0, -1]], dtype))
+  basis, alphas, betas, steps = _extreme_loop_jit(
+      operator, v0s, jnp.asarray(tol, dtype), max_iters=num_iters)
+  alphas = np.asarray(alphas, np.float64)
+  betas = np.asarray(betas, np.float64)
+  steps = np.asarray(steps)
+  coefficients = np.zeros((batch, 2, basis.shape[1]))
+  ends = np.zeros((batch, 2))
+  lanes = []
+  for b in range(batch):
+    j = int(steps[b])
+    a, c = alphas[b, :j], betas[b, :j]
+    tridiagonal = np.diag(a) + np.diag(c[:-1], 1) + np.diag(c[:-1], -1)
+    ritz_values, ritz_vectors = np.linalg.eigh(tridiagonal)
+    scale = max(abs(ritz_values[0]), abs(ritz_values[-1]))
+    estimates = c[-1] * np.abs(ritz_vectors[-1, [0, -1]])
+    converged = bool(c[-1] == 0.0 or np.all(estimates <= tol * scale))
+    coefficients[b, :, :j] = ritz_vectors[:, [0, -1]].T
+    ends[b] = ritz_values[[0, -1]]
+    lanes.append((j, converged, ritz_values))
+  vectors, residuals = _ritz_pairs(operator, basis,
+                                   jnp.asarray(coefficients, dtype),
+                                   jnp.asarray(ends, dtype))
   vectors, residuals = np.asarray(vectors), np.asarray(residuals)
-  return ExtremeEigs(
-      lambda_min=float(ritz_values[0]), lambda_max=float(ritz_values[-1]),
-      v_min=vectors[0], v_max=vectors[1],
-      residual_min=float(residuals[0]), residual_max=float(residuals[1]),
+  return [ExtremeEigs(
+      lambda_min=float(ends[b, 0]), lambda_max=float(ends[b, 1]),
+      v_min=vectors[b, 0], v_max=vectors[b, 1],
+      residual_min=float(residuals[b, 0]), residual_max=float(residuals[b, 1]),
       num_matvecs=j + 2, converged=converged, ritz_values=ritz_values)
+          for b, (j, converged, ritz_values) in enumerate(lanes)]

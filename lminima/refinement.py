@@ -13,7 +13,8 @@ in float64 until ``||grad L|| <= grad_tol`` (docs/theory.md#refinement):
   Gauss-Newton: with a nonzero residual at the solution (local minima with
   L > 0, the case of interest) Gauss-Newton converges only linearly.
 * ``method="newton_mr"``: Newton-MR (Roosta et al. 2022), matrix free: MINRES
-  on ``H d = -g`` with Hessian-vector products and an Armijo backtracking line
+  (``lminima.minres``, compiled once per shape) on ``H d = -g`` with
+  Hessian-vector products and an Armijo backtracking line
   search on the merit ``||g||^2 / 2``, whose gradient is ``H g``. It converges
   to any nearby critical point, saddles included.
 
@@ -43,15 +44,19 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse.linalg
+from jax import lax
 from threadpoolctl import threadpool_limits
 
 from lminima import EXACT_DTYPE
+from lminima import minres as minres_lib
+from lminima import problem as problem_lib
 from lminima.problem import Problem
 
 METHODS = ("auto", "lm", "newton_mr")
@@ -170,32 +175,62 @@ def _lm_step(problem: Problem, flat: np.ndarray, loss: float,
   return None
 
 
+def newton_mr_direction(hvp, grad, *, minres_max_iters: int):
+  """The Newton-MR direction and the slope of the merit along it.
+
+  MINRES (``lminima.minres``) on ``H d = -g`` to the inexact-Newton forcing
+  tolerance ``min(1e-2, ||g||)`` (superlinear convergence), floored at
+  1e-14; if that ``d`` is no descent direction of the merit ``||g||^2 / 2``
+  (slope ``<H g, d> >= 0``), steepest descent of the merit, ``d = -H g``.
+  Traceable (``hvp``: ``v -> H v``), so the sequential step and the batched
+  one (``lminima.batch_newton_mr``) share it.
+
+  Returns:
+    ``(d, slope)``; ``slope >= 0`` means the merit is flat (``H g = 0``).
+  """
+  grad_norm = jnp.linalg.norm(grad)
+  solution = minres_lib.minres(
+      hvp, -grad, rtol=jnp.clip(grad_norm, 1e-14, 1e-2),
+      max_iters=minres_max_iters)
+  slope = jnp.vdot(grad, hvp(solution.x))
+
+  def steepest():
+    direction = -hvp(grad)
+    return direction, -jnp.vdot(direction, direction)
+
+  return lax.cond(slope < 0, lambda: (solution.x, slope), steepest)
+
+
+def mr_accept(new_loss, new_merit, merit, step, slope, xp=np,
+              armijo: float = 1e-4):
+  """Armijo's test on the merit ``||g||^2 / 2`` for a Newton-MR trial."""
+  return xp.isfinite(new_loss) & (new_merit <= merit + armijo * step * slope)
+
+
+@functools.partial(jax.jit, static_argnames=("objective", "minres_max_iters"))
+def _newton_mr_direction_at(objective, flat, like, x, y, grad, *,
+                            minres_max_iters):
+  hvp = functools.partial(problem_lib._flat_hvp(objective),  # pylint: disable=protected-access
+                          flat, like, x, y)
+  return newton_mr_direction(hvp, grad, minres_max_iters=minres_max_iters)
+
+
 def _newton_mr_step(problem: Problem, flat: np.ndarray, grad: np.ndarray,
-                    max_backtracks: int = 40, armijo: float = 1e-4):
+                    minres_max_iters: int, max_backtracks: int = 40):
   """One Newton-MR step with Armijo backtracking on ||g||^2 / 2, or None."""
-  operator = problem.hvp_operator_at(flat)
-  matvec = lambda v: np.asarray(operator(jnp.asarray(v, EXACT_DTYPE)))
-  linear_op = scipy.sparse.linalg.LinearOperator(
-      (problem.n_params, problem.n_params), matvec=matvec, dtype=np.float64)
-  grad_norm = float(np.linalg.norm(grad))
-  # Inexact Newton forcing term min(1e-2, ||g||): superlinear convergence.
-  direction, _ = scipy.sparse.linalg.minres(
-      linear_op, -grad, rtol=max(min(1e-2, grad_norm), 1e-14),
-      maxiter=10 * problem.n_params)
-  slope = float(grad @ matvec(direction))  # <H g, d>
+  direction, slope = (np.asarray(a) for a in _newton_mr_direction_at(
+      problem.objective, jnp.asarray(flat, EXACT_DTYPE), problem.params,
+      problem.x, problem.y, jnp.asarray(grad, EXACT_DTYPE),
+      minres_max_iters=minres_max_iters))
   if not slope < 0:
-    # MINRES failed to give a descent direction for ||g||^2: steepest descent.
-    direction = -matvec(grad)
-    slope = -float(direction @ direction)
-    if not slope < 0:
-      return None  # H g = 0: the merit ||g||^2 / 2 is flat, no step helps.
-  merit = 0.5 * grad_norm ** 2
+    return None  # H g = 0: the merit ||g||^2 / 2 is flat, no step helps.
+  merit = 0.5 * float(grad @ grad)
   step = 1.0
   for _ in range(max_backtracks):
     candidate = flat + step * direction
     new_loss, new_grad = problem.loss_and_grad_at(candidate)
-    new_merit = 0.5 * float(new_grad @ new_grad)
-    if math.isfinite(new_loss) and new_merit <= merit + armijo * step * slope:
+    if mr_accept(new_loss, 0.5 * float(new_grad @ new_grad), merit, step,
+                 float(slope)):
       return candidate, new_loss, new_grad
     step *= 0.5
   return None
@@ -203,7 +238,8 @@ def _newton_mr_step(problem: Problem, flat: np.ndarray, grad: np.ndarray,
 
 def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
            max_iters: int = 100, lm_max_params: int = 5000,
-           escape_ratio: float | None = 5.0) -> RefineResult:
+           escape_ratio: float | None = 5.0,
+           minres_max_iters: int = 1000) -> RefineResult:
   """Drives the problem's point to a critical point of its loss, in float64.
 
   See the module docstring for the two methods. Stops when ``||grad L||_2 <=
@@ -221,6 +257,8 @@ def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
     lm_max_params: largest n_params for ``"lm"`` (dense eigh per iteration).
     escape_ratio: parameter-norm growth (> 1) that counts as escaping; None
       never stops for it.
+    minres_max_iters: cap on MINRES steps (Hessian-vector products) per
+      Newton-MR iteration.
 
   Returns:
     A ``RefineResult``; ``problem.at(result.params)`` is the refined problem.
@@ -241,9 +279,11 @@ def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
   if method not in METHODS:
     raise ValueError(f"refine: unknown method {method!r}; choose one of "
                      f"{METHODS}")
-  if not grad_tol > 0 or max_iters < 0:
-    raise ValueError(f"refine: need grad_tol > 0 and max_iters >= 0, got "
-                     f"grad_tol={grad_tol}, max_iters={max_iters}")
+  if not grad_tol > 0 or max_iters < 0 or minres_max_iters < 1:
+    raise ValueError(f"refine: need grad_tol > 0, max_iters >= 0 and "
+                     f"minres_max_iters >= 1, got grad_tol={grad_tol}, "
+                     f"max_iters={max_iters}, minres_max_iters="
+                     f"{minres_max_iters}")
   if escape_ratio is not None and not escape_ratio > 1:
     raise ValueError(f"refine: need escape_ratio > 1 or None, got "
                      f"{escape_ratio}")
@@ -275,7 +315,7 @@ def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
         if outcome is not None:
           flat, loss, grad, nu = outcome
       else:
-        outcome = _newton_mr_step(problem, flat, grad)
+        outcome = _newton_mr_step(problem, flat, grad, minres_max_iters)
         if outcome is not None:
           flat, loss, grad = outcome
       if outcome is None:
