@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -61,6 +61,7 @@ from jax import lax
 
 from lminima import EXACT_DTYPE
 from lminima import certify
+from lminima import lanczos
 from lminima import problem as problem_lib
 from lminima import refinement
 from lminima.problem import Problem
@@ -73,6 +74,8 @@ _MATRICES_PER_MEMBER = 4
 # small members gain ~3x a pass from sharing the loop's per-op overhead, but
 # at P ~ 200 vmapped Hessians over lanes are slower than one lane.
 _DEFAULT_LANES, _VMAP_MAX_PARAMS = 8, 128
+# certify.certificate's Lanczos step cap (lanczos_extreme_eigs' default).
+_LANCZOS_MAX_ITERS = 300
 
 
 def shape_key(problem: Problem) -> tuple:
@@ -91,7 +94,7 @@ def group_by_shape(problems: Sequence[Problem]) -> list[list[int]]:
   return list(groups.values())
 
 
-def _check_population(problems: Sequence[Problem], caller: str) -> Problem:
+def check_population(problems: Sequence[Problem], caller: str) -> Problem:
   """The first problem, after checking that all share one program."""
   if not problems:
     raise ValueError(f"{caller}: no problems given")
@@ -110,7 +113,7 @@ def _check_population(problems: Sequence[Problem], caller: str) -> Problem:
   return first
 
 
-def _blocks(count: int, per_member_bytes: int, budget: int):
+def blocks(count: int, per_member_bytes: int, budget: int):
   """``[(start, real, rows)]``: program calls of as many members as the
   memory budget allows, the last padded with copies of the last member
   (dropped afterwards) so that every call has one size, one compilation."""
@@ -209,9 +212,24 @@ def _lm_population(objective, flats, escape_norms, like, x, y, grad_tol, *,
                 lam=jnp.full((dim,), nan), residuals=jnp.full((2,), nan),
                 gn_hist=blank, loss_hist=blank, norm_hist=blank)
 
+  return run_lanes(queued, lane_pass, count=count, lanes=lanes,
+                   outputs=_OUTPUTS)
+
+
+def run_lanes(queued, lane_pass, *, count: int, lanes: int,
+              outputs: Sequence[str]) -> dict:
+  """The queue of a population program (traced inside its ``jit``).
+
+  ``queued(member)`` is a lane's state for queue entry ``member`` (a dict
+  with at least ``member`` and ``stop``, 0 while running); ``lane_pass``
+  advances one lane (vmapped over ``lanes``). Each pass of one
+  ``lax.while_loop``, the lanes whose member stopped take the next queued
+  members, every lane advances, and each lane's ``outputs`` fields are written
+  to its member's row; the loop ends when the queue is empty and every lane
+  has stopped. Returns ``{name: (count, ...)}``.
+  """
   def body(carry):
     lane, queue, out = carry
-    # Refill: the lanes whose member stopped take the next queued members.
     done = lane["stop"] != 0
     wanted = queue + jnp.cumsum(done) - 1
     take = done & (wanted < count)
@@ -220,7 +238,7 @@ def _lm_population(objective, flats, escape_norms, like, x, y, grad_tol, *,
         lambda a, b: jnp.where(take.reshape((-1,) + (1,) * (a.ndim - 1)),
                                a, b), new, lane)
     lane = jax.vmap(lane_pass)(lane)
-    out = {k: out[k].at[lane["member"]].set(lane[k]) for k in _OUTPUTS}
+    out = {k: out[k].at[lane["member"]].set(lane[k]) for k in outputs}
     return lane, queue + jnp.sum(take), out
 
   def running(carry):
@@ -229,7 +247,7 @@ def _lm_population(objective, flats, escape_norms, like, x, y, grad_tol, *,
 
   lane = jax.vmap(queued)(jnp.arange(lanes))
   out = {k: jnp.zeros((count,) + v.shape[1:], v.dtype)
-         for k, v in lane.items() if k in _OUTPUTS}
+         for k, v in lane.items() if k in outputs}
   return lax.while_loop(running, body, (lane, lanes, out))[2]
 
 
@@ -238,7 +256,7 @@ def _run_population(problems: Sequence[Problem], *, grad_tol: float,
                     lm_max_params: int, max_trials: int, lanes: int | None
                     ) -> tuple[list[RefineResult], dict[str, np.ndarray]]:
   """The refinement program on a checked population; (results, outputs)."""
-  first = _check_population(problems, "refine_many")
+  first = check_population(problems, "refine_many")
   if not (grad_tol > 0 and max_iters >= 0 and max_trials >= 1
           and (lanes is None or lanes >= 1)
           and (escape_ratio is None or escape_ratio > 1)):
@@ -266,7 +284,7 @@ def _run_population(problems: Sequence[Problem], *, grad_tol: float,
         jnp.asarray(grad_tol, EXACT_DTYPE), max_iters=int(max_iters),
         max_trials=int(max_trials), lanes=int(lanes)))
   out = {k: np.asarray(v) for k, v in out.items()}
-  return [_refine_result(problem, out, i, norms_start[i])
+  return [refine_result(problem, out, i, norms_start[i])
           for i, problem in enumerate(problems)], out
 
 
@@ -339,8 +357,8 @@ def refine_and_certify_many(
   return results, certs
 
 
-def _refine_result(problem: Problem, out: dict[str, np.ndarray], i: int,
-                   norm_start: float) -> RefineResult:
+def refine_result(problem: Problem, out: dict[str, np.ndarray], i: int,
+                  norm_start: float, method: str = "lm") -> RefineResult:
   """Member i of the program's output as ``refine`` reports it."""
   iters = int(out["iters"][i])
   flat = out["flat"][i]
@@ -352,7 +370,7 @@ def _refine_result(problem: Problem, out: dict[str, np.ndarray], i: int,
       loss=float(out["loss"][i]), grad_norm=grad_norms[-1], iters=iters,
       converged=stop_reason == "grad_tol", stop_reason=stop_reason,
       grad_norm_history=grad_norms, loss_history=history("loss_hist"),
-      param_norm_history=history("norm_hist"), method="lm",
+      param_norm_history=history("norm_hist"), method=method,
       param_norm_start=float(norm_start),
       param_norm=float(np.linalg.norm(flat)))
 
@@ -382,7 +400,7 @@ def certify_many(problems: Sequence[Problem], *, dense_max_params: int = 3000,
                  grad_tol: float = 1e-8, eig_tol: float | None = None,
                  kink_tol: float = 1e-8, key: jax.Array | None = None
                  ) -> list[certify.Certificate]:
-  """``certify.certificate(p, ...)`` for every ``p``, dense spectra batched.
+  """``certify.certificate(p, ...)`` for every ``p``, spectra batched.
 
   Loss, gradient norm and kinks are each problem's own (cached) values, so
   those fields equal the sequential ones exactly; the spectra come from one
@@ -392,8 +410,10 @@ def certify_many(problems: Sequence[Problem], *, dense_max_params: int = 3000,
   Args:
     problems: members of one shape (``shape_key``), at their points.
     dense_max_params, grad_tol, eig_tol, kink_tol, key: as in
-      ``certificate``; above ``dense_max_params`` each member is certified by
-      ``certificate`` (Lanczos, one at a time).
+      ``certificate``; above ``dense_max_params`` the extreme eigenpairs come
+      from Lanczos runs of all members in one program
+      (``lanczos.extreme_eigs_of_population``, same start vector and
+      tolerance as ``certificate``).
 
   Returns:
     One ``certify.Certificate`` per problem, in order.
@@ -401,33 +421,62 @@ def certify_many(problems: Sequence[Problem], *, dense_max_params: int = 3000,
   Raises:
     ValueError: on mixed shapes or data, or bad tolerances.
   """
-  first = _check_population(problems, "certify_many")
+  first = check_population(problems, "certify_many")
   certify.check_tolerances(grad_tol, kink_tol, dense_max_params, eig_tol,
                            caller="certify_many")
-  if first.n_params > dense_max_params or (
-      8 * first.n_params ** 2 > first.memory_budget_bytes):
-    return [certify.certificate(p, dense_max_params=dense_max_params,
-                                grad_tol=grad_tol, eig_tol=eig_tol,
-                                kink_tol=kink_tol, key=key)
-            for p in problems]
+  dense = first.n_params <= dense_max_params and (
+      8 * first.n_params ** 2 <= first.memory_budget_bytes)
   rows = [i for i, p in enumerate(problems)
           if math.isfinite(p.loss) and math.isfinite(p.grad_norm)]
   spectra: dict[int, tuple] = {}
   flats = np.stack([np.asarray(problems[i].flat) for i in rows]) if rows \
       else np.zeros((0, first.n_params))
-  for start, real, block in _blocks(len(rows), 3 * 8 * first.n_params ** 2,
+  # Lanczos keeps a (max_iters + 1) x P basis a member.
+  per_member = (3 * first.n_params if dense else _LANCZOS_MAX_ITERS + 8) * (
+      8 * first.n_params)
+  for start, real, block in blocks(len(rows), per_member,
                                    first.memory_budget_bytes):
-    with refinement.serial_blas():
-      lams, residuals = (np.asarray(a) for a in _dense_spectra(
-          first.objective, jnp.asarray(flats[block], EXACT_DTYPE),
-          first.params, first.x, first.y))
+    if dense:
+      with refinement.serial_blas():
+        lams, residuals = (np.asarray(a) for a in _dense_spectra(
+            first.objective, jnp.asarray(flats[block], EXACT_DTYPE),
+            first.params, first.x, first.y))
+      found = [_spectrum(lams[j], residuals[j]) for j in range(real)]
+    else:
+      found = _lanczos_spectra(first, flats[block], key)[:real]
     for j in range(real):
-      spectra[rows[start + j]] = _spectrum(lams[j], residuals[j])
+      spectra[rows[start + j]] = found[j]
   return [certify.summarize(
       n_params=p.n_params, loss=p.loss, grad_norm=p.grad_norm,
       min_abs_kink=p.min_abs_kink_input(), spectrum=spectra.get(i),
-      method="dense", grad_tol=grad_tol, eig_tol=eig_tol, kink_tol=kink_tol)
+      method="dense" if dense else "lanczos", grad_tol=grad_tol,
+      eig_tol=eig_tol, kink_tol=kink_tol)
           for i, p in enumerate(problems)]
+
+
+@functools.lru_cache(maxsize=64)
+def _members_hvp(objective) -> Callable[..., jax.Array]:
+  """``(flats, like, x, y, vectors) ->`` row i of ``vectors`` times member
+  i's Hessian, one vmapped call; one function object per objective, so the
+  Lanczos program compiles once per shape."""
+  return jax.vmap(problem_lib._flat_hvp(objective),  # pylint: disable=protected-access
+                  in_axes=(0, None, None, None, 0))
+
+
+def _lanczos_spectra(first: Problem, flats: np.ndarray,
+                     key: jax.Array | None) -> list[tuple]:
+  """``certify.summarize``'s spectra of the members at ``flats`` from one
+  batched Lanczos program (``lanczos.extreme_eigs_of_population``), each
+  from the start vector ``certificate`` would draw with ``key``."""
+  operator = jax.tree_util.Partial(
+      _members_hvp(first.objective), jnp.asarray(flats, EXACT_DTYPE),
+      first.params, first.x, first.y)
+  v0 = jax.random.normal(jax.random.PRNGKey(0) if key is None else key,
+                         (first.n_params,), EXACT_DTYPE)
+  found = lanczos.extreme_eigs_of_population(
+      operator, jnp.tile(v0, (len(flats), 1)), max_iters=_LANCZOS_MAX_ITERS)
+  return [(np.asarray(e.ritz_values), e.lambda_min, e.lambda_max,
+           e.residual_min, e.residual_max) for e in found]
 
 
 def refine_and_certify_groups(
