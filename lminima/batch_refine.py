@@ -443,7 +443,9 @@ def certify_many(problems: Sequence[Problem], *, dense_max_params: int = 3000,
             first.params, first.x, first.y))
       found = [_spectrum(lams[j], residuals[j]) for j in range(real)]
     else:
-      found = _lanczos_spectra(first, flats[block], key)[:real]
+      found = [(np.asarray(e.ritz_values), e.lambda_min, e.lambda_max,
+                e.residual_min, e.residual_max) for e in extreme_eigs_many(
+                    [problems[rows[b]] for b in block], key=key)]
     for j in range(real):
       spectra[rows[start + j]] = found[j]
   return [certify.summarize(
@@ -463,20 +465,40 @@ def _members_hvp(objective) -> Callable[..., jax.Array]:
                   in_axes=(0, None, None, None, 0))
 
 
-def _lanczos_spectra(first: Problem, flats: np.ndarray,
-                     key: jax.Array | None) -> list[tuple]:
-  """``certify.summarize``'s spectra of the members at ``flats`` from one
-  batched Lanczos program (``lanczos.extreme_eigs_of_population``), each
-  from the start vector ``certificate`` would draw with ``key``."""
+def extreme_eigs_many(problems: Sequence[Problem], *, tol: float = 1e-8,
+                      max_iters: int = _LANCZOS_MAX_ITERS,
+                      key: jax.Array | None = None
+                      ) -> list[lanczos.ExtremeEigs]:
+  """``lanczos.lanczos_extreme_eigs`` of every member's Hessian, one program.
+
+  The members' Hessian-vector products are one vmapped call per Lanczos step
+  (``lanczos.extreme_eigs_of_population``); each run starts from the vector
+  ``certify.certificate`` draws with ``key`` (default ``PRNGKey(0)``) and
+  stops on its own residual test, ``tol`` relative to ``max |lambda|``.
+
+  Args:
+    problems: members of one shape (``shape_key``), at their points.
+    tol, max_iters, key: as in ``lanczos.lanczos_extreme_eigs``.
+
+  Returns:
+    One ``lanczos.ExtremeEigs`` per problem, in order.
+
+  Raises:
+    ValueError: on mixed shapes or data, or bad arguments.
+  """
+  first = check_population(problems, "extreme_eigs_many")
+  if not (tol > 0 and max_iters >= 1):
+    raise ValueError(f"extreme_eigs_many: need tol > 0 and max_iters >= 1, "
+                     f"got tol={tol}, max_iters={max_iters}")
   operator = jax.tree_util.Partial(
-      _members_hvp(first.objective), jnp.asarray(flats, EXACT_DTYPE),
-      first.params, first.x, first.y)
+      _members_hvp(first.objective),
+      jnp.asarray(np.stack([np.asarray(p.flat) for p in problems]),
+                  EXACT_DTYPE), first.params, first.x, first.y)
   v0 = jax.random.normal(jax.random.PRNGKey(0) if key is None else key,
                          (first.n_params,), EXACT_DTYPE)
-  found = lanczos.extreme_eigs_of_population(
-      operator, jnp.tile(v0, (len(flats), 1)), max_iters=_LANCZOS_MAX_ITERS)
-  return [(np.asarray(e.ritz_values), e.lambda_min, e.lambda_max,
-           e.residual_min, e.residual_max) for e in found]
+  return lanczos.extreme_eigs_of_population(
+      operator, jnp.tile(v0, (len(problems), 1)), max_iters=max_iters,
+      tol=tol)
 
 
 def refine_and_certify_groups(

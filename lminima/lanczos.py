@@ -62,11 +62,13 @@ def _breakdown_threshold(dim: int, dtype) -> float:
 
 
 def _bucket_sizes(num_rows: int) -> tuple[int, ...]:
-  """Static sizes 8, 16, 32, ... capped by ``num_rows`` (always included)."""
+  """Static sizes 8, 16, 24, 32, 48, 64, 96, ... (x1.5 or x4/3) capped by
+  ``num_rows`` (always included): a step never touches more than 1.5 times
+  the rows it needs."""
   sizes, size = [], 8
   while size < num_rows:
     sizes.append(size)
-    size *= 2
+    size = size * 3 // 2 if (size & (size - 1)) == 0 else size * 4 // 3
   return tuple(sizes) + (num_rows,)
 
 
@@ -78,21 +80,32 @@ def _bucket_index(sizes: tuple[int, ...], needed) -> jax.Array:
 def _reorthogonalize(basis: jax.Array, w: jax.Array, num_rows) -> jax.Array:
   """Removes from w its components along the first ``num_rows`` basis rows.
 
-  Classical Gram-Schmidt twice ("twice is enough") keeps the basis orthogonal
-  to working precision, which the Ritz values of clustered and indefinite
-  spectra need. Only a power-of-two leading block of the basis takes part,
-  chosen by ``lax.switch``, so step j costs O(j dim) rather than
+  ``basis`` (..., rows, dim) and ``w`` (..., dim) may carry leading batch
+  axes (``_extreme_loop``'s lanes). One classical Gram-Schmidt pass, and a
+  second only where the first removed more than ~30% of ``||w||`` (the
+  Daniel-Gragg-Kaufman-Stewart test: then cancellation may have left
+  components behind; "twice is enough"); the caller has already taken out
+  the three-term recurrence's large components, so the second pass is rare.
+  This keeps the basis orthogonal to working precision, which the Ritz values
+  of clustered and indefinite spectra need. Only a leading block of the basis
+  takes part, chosen by ``lax.switch``, so step j costs O(j dim) rather than
   O(max_iters dim); rows beyond ``num_rows`` are zero and project nothing.
+  At large dim the step is memory bound: each pass reads the block twice.
   """
-  sizes = _bucket_sizes(basis.shape[0])
+  sizes = _bucket_sizes(basis.shape[-2])
 
   def project_out(size, w):
-    block = basis[:size]
-    w = w - block.T @ (block @ w)
-    return w - block.T @ (block @ w)
+    block = basis[..., :size, :]
+    coefficients = jnp.einsum("...rn,...n->...r", block, w)
+    return w - jnp.einsum("...rn,...r->...n", block, coefficients)
 
   branches = [functools.partial(project_out, size) for size in sizes]
-  return lax.switch(_bucket_index(sizes, num_rows), branches, w)
+  bucket = _bucket_index(sizes, num_rows)
+  once = lax.switch(bucket, branches, w)
+  again = jnp.any(jnp.linalg.norm(once, axis=-1)
+                  < 0.7 * jnp.linalg.norm(w, axis=-1))
+  return lax.cond(again, lambda: lax.switch(bucket, branches, once),
+                  lambda: once)
 
 
 def _lanczos_step(operator, basis, alphas, betas, scale, j, threshold):
@@ -107,19 +120,64 @@ def _lanczos_step(operator, basis, alphas, betas, scale, j, threshold):
 
 def _lanczos_update(basis, alphas, betas, scale, j, w, threshold):
   """``_lanczos_step`` given ``w = H basis[j]`` (computed by the caller, so
-  that a population's products are one batched call)."""
-  v = basis[j]
+  that a population's products are one batched call); with leading batch
+  axes on every array argument but ``j`` and ``threshold``."""
+  alpha, previous, w = _three_term(basis, betas, j, w)
+  return _next_vector(basis, alphas, betas, scale, j, alpha, previous,
+                      _reorthogonalize(basis, w, j + 1), threshold)
+
+
+def _three_term(basis, betas, j, w):
+  """``alpha_j`` and ``w - alpha_j v_j - beta_{j-1} v_{j-1}``."""
+  v = basis[..., j, :]
   w = w.astype(basis.dtype)
-  alpha = jnp.vdot(v, w)
-  w = _reorthogonalize(basis, w, j + 1)
-  beta = jnp.linalg.norm(w)
-  scale = jnp.maximum(scale, jnp.abs(alpha) + beta + (
-      jnp.where(j > 0, betas[j - 1], 0.0)))
-  alive = (beta > threshold * scale) & jnp.any(v != 0)
+  alpha = jnp.sum(v * w, axis=-1)
+  previous = jnp.where(j > 0, betas[..., j - 1], 0.0)
+  return alpha, previous, (w - alpha[..., None] * v
+                           - previous[..., None] * basis[..., j - 1, :])
+
+
+def _next_vector(basis, alphas, betas, scale, j, alpha, previous, w,
+                 threshold):
+  """Stores ``alpha_j``, ``beta_j = ||w||`` and ``v_{j+1} = w / beta_j``
+  (zero after a breakdown)."""
+  v = basis[..., j, :]
+  beta = jnp.linalg.norm(w, axis=-1)
+  scale = jnp.maximum(scale, jnp.abs(alpha) + beta + previous)
+  alive = (beta > threshold * scale) & jnp.any(v != 0, axis=-1)
   beta = jnp.where(alive, beta, 0.0)
-  next_v = jnp.where(alive, w / jnp.where(alive, beta, 1.0), 0.0)
-  return (basis.at[j + 1].set(next_v), alphas.at[j].set(alpha),
-          betas.at[j].set(beta), scale, alive)
+  next_v = jnp.where(alive[..., None],
+                     w / jnp.where(alive, beta, 1.0)[..., None], 0.0)
+  return (basis.at[..., j + 1, :].set(next_v), alphas.at[..., j].set(alpha),
+          betas.at[..., j].set(beta), scale, alive)
+
+
+def _omega_step(omega, omega_prev, alphas, betas, j, alpha, previous, beta,
+                scale, dim):
+  """Simon's estimates ``omega_{j+1, k} ~ v_{j+1} . v_k`` (k <= j + 1).
+
+  From ``beta_j v_{j+1} = H v_j - alpha_j v_j - beta_{j-1} v_{j-1}`` and the
+  same relation for ``v_k``: ``beta_j w_{j+1,k} = beta_k w_{j,k+1} +
+  (alpha_k - alpha_j) w_{j,k} + beta_{k-1} w_{j,k-1} - beta_{j-1}
+  w_{j-1,k}``, plus a roundoff term of size ``eps ||H||`` with the sign
+  that makes it grow (Simon 1984). Batched over lanes; ``omega`` holds
+  ``w_{j,.}`` and ``omega_prev`` ``w_{j-1,.}``, zero beyond their diagonal.
+  """
+  eps = jnp.finfo(omega.dtype).eps
+  size = omega.shape[-1]
+  k = jnp.arange(size)
+  pad = lambda a: jnp.concatenate([a, jnp.zeros_like(a[..., :1])], axis=-1)
+  a_k, b_k = pad(alphas), pad(betas)
+  b_km1 = jnp.where(k > 0, jnp.roll(b_k, 1, axis=-1), 0.0)
+  up = jnp.where(k < size - 1, jnp.roll(omega, -1, axis=-1), 0.0)
+  down = jnp.where(k > 0, jnp.roll(omega, 1, axis=-1), 0.0)
+  numerator = (b_k * up + (a_k - alpha[..., None]) * omega + b_km1 * down
+               - previous[..., None] * omega_prev)
+  numerator = numerator + jnp.sign(numerator) * 2.0 * eps * scale[..., None]
+  safe = jnp.where(beta > 0, beta, 1.0)[..., None]
+  new = jnp.where(k < j, numerator / safe, 0.0)
+  new = jnp.where(k == j, eps * np.sqrt(dim), new)
+  return jnp.where(k == j + 1, 1.0, new)
 
 
 def _initial_basis(v0: jax.Array, num_rows: int, dtype) -> jax.Array:
@@ -251,6 +309,8 @@ def _extreme_loop(operator, v0s, tol, max_iters):
   # every s/16 steps wastes < 7% of the steps and keeps the eigh cost below
   # the matvecs'.
   intervals = jnp.asarray([max(1, size // 16) for size in sizes])
+  eps = jnp.finfo(dtype).eps
+  semi = float(np.sqrt(eps))
 
   def converged_at(size, alphas, betas, j):
     eigvals, eigvecs = jnp.linalg.eigh(
@@ -263,16 +323,30 @@ def _extreme_loop(operator, v0s, tol, max_iters):
 
   checks = [jax.vmap(functools.partial(converged_at, size))
             for size in sizes]
-  update = jax.vmap(_lanczos_update, in_axes=(0, 0, 0, 0, None, 0, None))
 
   def cond(state):
-    *_, j, done = state
+    j, done = state[5:7]
     return (j < max_iters) & ~jnp.all(done)
 
   def body(state):
-    basis, alphas, betas, scale, steps, j, done = state
-    basis, alphas, betas, scale, alive = update(
-        basis, alphas, betas, scale, j, operator(basis[:, j]), threshold)
+    (basis, alphas, betas, scale, steps, j, done, omega, omega_prev,
+     forced) = state
+    alpha, previous, w = _three_term(basis, betas, j, operator(basis[:, j]))
+    scale = jnp.maximum(scale, jnp.abs(alpha) + previous)
+    new_omega = _omega_step(omega, omega_prev, alphas, betas, j, alpha,
+                            previous, jnp.linalg.norm(w, axis=-1), scale, dim)
+    # Partial reorthogonalization: only when some estimate exceeds sqrt(eps)
+    # (semi-orthogonality keeps the Ritz values as accurate as full
+    # reorthogonalization does, without ghosts), and at the step after, as
+    # Simon prescribes; the estimates then restart at roundoff.
+    # One lane's need reorthogonalizes every lane (the batched pass costs the
+    # same), which keeps the lanes' reorthogonalizations in step.
+    behind = jnp.arange(omega.shape[-1]) <= j
+    need = forced | jnp.any(behind & (jnp.abs(new_omega) > semi))
+    w = lax.cond(need, lambda: _reorthogonalize(basis, w, j + 1), lambda: w)
+    new_omega = jnp.where(need & behind, eps, new_omega)
+    basis, alphas, betas, scale, alive = _next_vector(
+        basis, alphas, betas, scale, j, alpha, previous, w, threshold)
     j = j + 1
     steps = jnp.where(done, steps, j)
     bucket = _bucket_index(sizes, j)
@@ -280,12 +354,15 @@ def _extreme_loop(operator, v0s, tol, max_iters):
     done = done | ~alive | lax.cond(
         check, lambda: lax.switch(bucket, checks, alphas, betas, steps),
         lambda: jnp.zeros((batch,), bool))
-    return basis, alphas, betas, scale, steps, j, done
+    return (basis, alphas, betas, scale, steps, j, done, new_omega, omega,
+            need & ~forced)
 
+  omega = jnp.zeros((batch, max_iters + 1), dtype).at[:, 0].set(1.0)
   state = (basis, alphas, betas, jnp.zeros((batch,), dtype),
            jnp.zeros((batch,), jnp.int32), jnp.array(0),
-           jnp.zeros((batch,), bool))
-  basis, alphas, betas, _, steps, _, _ = lax.while_loop(cond, body, state)
+           jnp.zeros((batch,), bool), omega, jnp.zeros_like(omega),
+           jnp.array(False))
+  basis, alphas, betas, _, steps, *_ = lax.while_loop(cond, body, state)
   return basis, alphas, betas, steps
 
 
@@ -380,7 +457,7 @@ def lanczos_extreme_eigs(matvec: Matvec, dim: int, *, key: jax.Array,
   dim = int(dim)
   check_operator(matvec, dim, dtype)
   operator = jax.tree_util.Partial(_one_member, as_operator(matvec))
-  v0 = jax.random.normal(key, (1, dim), dtype)
+  v0 = jax.random.normal(key, (dim,), dtype)[None]
   return extreme_eigs_of_population(operator, v0, max_iters=max_iters,
                                     tol=tol)[0]
 
