@@ -26,7 +26,8 @@ from lminima.problem import Problem  # noqa: E402
 from lminima.refinement import RefineResult, refine  # noqa: E402
 from lminima.certify import Certificate, certificate  # noqa: E402
 from lminima.batch_refine import certify_many, refine_many  # noqa: E402
+from lminima.batch_newton_mr import refine_newton_mr_many  # noqa: E402
 
 __all__ = ["EXACT_DTYPE", "TRAIN_DTYPE", "Certificate", "Problem",
            "RefineResult", "certificate", "certify_many", "refine",
-           "refine_many"]
+           "refine_many", "refine_newton_mr_many"]

@@ -74,8 +74,10 @@ _MATRICES_PER_MEMBER = 4
 # small members gain ~3x a pass from sharing the loop's per-op overhead, but
 # at P ~ 200 vmapped Hessians over lanes are slower than one lane.
 _DEFAULT_LANES, _VMAP_MAX_PARAMS = 8, 128
-# certify.certificate's Lanczos step cap (lanczos_extreme_eigs' default).
-_LANCZOS_MAX_ITERS = 300
+# certify.certificate's Lanczos step cap (lanczos_extreme_eigs' default), and
+# members per Lanczos program call: at P ~ 5e4 on a 2-core CPU, 2-4 lanes
+# were 1.1x one member at a time, 16 lanes 0.8x (BUILD_NOTES.md).
+_LANCZOS_MAX_ITERS, _LANCZOS_LANES = 300, 4
 
 
 def shape_key(problem: Problem) -> tuple:
@@ -428,26 +430,23 @@ def certify_many(problems: Sequence[Problem], *, dense_max_params: int = 3000,
       8 * first.n_params ** 2 <= first.memory_budget_bytes)
   rows = [i for i, p in enumerate(problems)
           if math.isfinite(p.loss) and math.isfinite(p.grad_norm)]
-  spectra: dict[int, tuple] = {}
-  flats = np.stack([np.asarray(problems[i].flat) for i in rows]) if rows \
-      else np.zeros((0, first.n_params))
-  # Lanczos keeps a (max_iters + 1) x P basis a member.
-  per_member = (3 * first.n_params if dense else _LANCZOS_MAX_ITERS + 8) * (
-      8 * first.n_params)
-  for start, real, block in blocks(len(rows), per_member,
-                                   first.memory_budget_bytes):
-    if dense:
+  if not dense:
+    spectra = {i: (np.asarray(e.ritz_values), e.lambda_min, e.lambda_max,
+                   e.residual_min, e.residual_max)
+               for i, e in zip(rows, extreme_eigs_many(
+                   [problems[i] for i in rows], key=key) if rows else [])}
+  else:
+    spectra = {}
+    flats = np.stack([np.asarray(problems[i].flat) for i in rows]) if rows \
+        else np.zeros((0, first.n_params))
+    for start, real, block in blocks(len(rows), 3 * 8 * first.n_params ** 2,
+                                     first.memory_budget_bytes):
       with refinement.serial_blas():
         lams, residuals = (np.asarray(a) for a in _dense_spectra(
             first.objective, jnp.asarray(flats[block], EXACT_DTYPE),
             first.params, first.x, first.y))
-      found = [_spectrum(lams[j], residuals[j]) for j in range(real)]
-    else:
-      found = [(np.asarray(e.ritz_values), e.lambda_min, e.lambda_max,
-                e.residual_min, e.residual_max) for e in extreme_eigs_many(
-                    [problems[rows[b]] for b in block], key=key)]
-    for j in range(real):
-      spectra[rows[start + j]] = found[j]
+      for j in range(real):
+        spectra[rows[start + j]] = _spectrum(lams[j], residuals[j])
   return [certify.summarize(
       n_params=p.n_params, loss=p.loss, grad_norm=p.grad_norm,
       min_abs_kink=p.min_abs_kink_input(), spectrum=spectra.get(i),
@@ -467,18 +466,25 @@ def _members_hvp(objective) -> Callable[..., jax.Array]:
 
 def extreme_eigs_many(problems: Sequence[Problem], *, tol: float = 1e-8,
                       max_iters: int = _LANCZOS_MAX_ITERS,
-                      key: jax.Array | None = None
+                      key: jax.Array | None = None,
+                      lanes: int = _LANCZOS_LANES
                       ) -> list[lanczos.ExtremeEigs]:
-  """``lanczos.lanczos_extreme_eigs`` of every member's Hessian, one program.
+  """``lanczos.lanczos_extreme_eigs`` of every member's Hessian, batched.
 
-  The members' Hessian-vector products are one vmapped call per Lanczos step
-  (``lanczos.extreme_eigs_of_population``); each run starts from the vector
-  ``certify.certificate`` draws with ``key`` (default ``PRNGKey(0)``) and
-  stops on its own residual test, ``tol`` relative to ``max |lambda|``.
+  ``lanes`` members at a time step together in one compiled program
+  (``lanczos.extreme_eigs_of_population``; their Hessian-vector products are
+  one vmapped call), the last block padded so that every call compiles once.
+  Each run starts from the vector ``certify.certificate`` draws with ``key``
+  (default ``PRNGKey(0)``) and stops on its own residual test, ``tol``
+  relative to ``max |lambda|``. A block runs until its slowest member
+  converges and reorthogonalizes when any member needs it, so more lanes
+  are not faster on a CPU (BUILD_NOTES.md); fewer if the problems'
+  ``memory_budget_bytes`` cannot hold their Lanczos bases.
 
   Args:
     problems: members of one shape (``shape_key``), at their points.
     tol, max_iters, key: as in ``lanczos.lanczos_extreme_eigs``.
+    lanes: members per program call.
 
   Returns:
     One ``lanczos.ExtremeEigs`` per problem, in order.
@@ -487,18 +493,25 @@ def extreme_eigs_many(problems: Sequence[Problem], *, tol: float = 1e-8,
     ValueError: on mixed shapes or data, or bad arguments.
   """
   first = check_population(problems, "extreme_eigs_many")
-  if not (tol > 0 and max_iters >= 1):
-    raise ValueError(f"extreme_eigs_many: need tol > 0 and max_iters >= 1, "
-                     f"got tol={tol}, max_iters={max_iters}")
-  operator = jax.tree_util.Partial(
-      _members_hvp(first.objective),
-      jnp.asarray(np.stack([np.asarray(p.flat) for p in problems]),
-                  EXACT_DTYPE), first.params, first.x, first.y)
+  if not (tol > 0 and max_iters >= 1 and lanes >= 1):
+    raise ValueError(f"extreme_eigs_many: need tol > 0, max_iters >= 1 and "
+                     f"lanes >= 1, got tol={tol}, max_iters={max_iters}, "
+                     f"lanes={lanes}")
+  flats = jnp.asarray(np.stack([np.asarray(p.flat) for p in problems]),
+                      EXACT_DTYPE)
   v0 = jax.random.normal(jax.random.PRNGKey(0) if key is None else key,
                          (first.n_params,), EXACT_DTYPE)
-  return lanczos.extreme_eigs_of_population(
-      operator, jnp.tile(v0, (len(problems), 1)), max_iters=max_iters,
-      tol=tol)
+  per_member = (max_iters + 8) * 8 * first.n_params  # basis and vectors
+  found = []
+  for _, real, block in blocks(len(problems), per_member, min(
+      first.memory_budget_bytes, lanes * per_member)):
+    operator = jax.tree_util.Partial(_members_hvp(first.objective),
+                                     flats[block], first.params, first.x,
+                                     first.y)
+    found += lanczos.extreme_eigs_of_population(
+        operator, jnp.tile(v0, (len(block), 1)), max_iters=max_iters,
+        tol=tol)[:real]
+  return found
 
 
 def refine_and_certify_groups(

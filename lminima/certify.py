@@ -18,7 +18,7 @@ this order:
 Eigenvalues carry the loss's units, so the default ``eig_tol`` is relative:
 ``1e-6 * max(|lambda_min|, |lambda_max|)``, which is 0 when H = 0 exactly
 (then every eigenvalue is flat and none is negative). Dense ``eigh`` is used
-for ``n_params <= dense_max_params``; above it Lanczos with full
+for ``n_params <= dense_max_params``; above it Lanczos with (partial)
 reorthogonalization (``lminima.lanczos.lanczos_extreme_eigs``), and ``index``
 and ``n_flat`` are counted from the Ritz values: by Cauchy interlacing the
 j-th smallest Ritz value is >= the j-th smallest eigenvalue, so ``index`` is a

@@ -25,11 +25,22 @@ In floating point the three-term recurrence loses orthogonality exactly as
 Ritz values converge (Paige): the basis regains components along converged
 Ritz vectors, and spurious "ghost" copies of already-found eigenvalues
 appear among the Ritz values. Counting Ritz values, e.g. the negative ones as
-a certificate's index does (``docs/theory.md``), then overcounts. Every step
-here therefore reorthogonalizes fully against all previous basis vectors
-(classical Gram-Schmidt, twice), which keeps ``V_k V_k^T = I`` to working
-precision. If ``beta_j`` falls to roundoff the Krylov space is invariant and
-its Ritz values are exact eigenvalues; the run stops there.
+a certificate's index does (``docs/theory.md``), then overcounts.
+``lanczos_tridiagonal`` (fixed step counts, for quadrature) therefore
+reorthogonalizes every step against all previous basis vectors (classical
+Gram-Schmidt, a second pass where the first cancelled), which keeps ``V_k
+V_k^T = I`` to working precision. ``lanczos_extreme_eigs`` and
+``extreme_eigs_of_population`` reorthogonalize partially (Simon 1984): a
+recurrence estimates every ``|v_{j+1} . v_k|`` for free, and the full pass runs
+only when an estimate exceeds ``sqrt(eps)`` (and at the step after).
+Semi-orthogonality is enough: T_k is then the projection of H onto the
+Krylov space to working precision, so the Ritz values are as accurate and
+ghost-free as with full reorthogonalization, while at large dim, where a full
+pass over the basis costs more than the Hessian-vector product (it is memory
+bound), most steps skip it. The Ritz vectors' true residuals, recomputed at
+the end, then carry errors up to ~sqrt(eps) ||H||. If ``beta_j`` falls to
+roundoff the Krylov space is invariant and its Ritz values are exact
+eigenvalues; the run stops there.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -424,8 +435,8 @@ def lanczos_extreme_eigs(matvec: Matvec, dim: int, *, key: jax.Array,
                          dtype=jnp.float64) -> ExtremeEigs:
   """Smallest and largest eigenpairs of a symmetric operator by Lanczos.
 
-  Lanczos with full reorthogonalization from a Gaussian start vector, in one
-  jitted ``lax.while_loop``. Every few steps the tridiagonal T_j is
+  Lanczos with partial reorthogonalization (module docstring) from a
+  Gaussian start vector, in one jitted ``lax.while_loop``. Every few steps the tridiagonal T_j is
   diagonalized and the run stops once the Ritz residual estimates
   ``beta_j |s_j[-1]|`` of both extreme Ritz pairs are ``<= tol *
   max(|lambda_min|, |lambda_max|)``, after ``min(max_iters, dim)`` steps, or

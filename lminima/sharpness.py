@@ -328,7 +328,7 @@ def hessian_measures(problem: Problem, *, key: jax.Array,
 
   Up to ``dense_max_params`` parameters both are exact from the dense
   Hessian (``numpy.linalg.eigvalsh`` and its diagonal). Above, lambda_max is
-  the largest Ritz value of Lanczos (full reorthogonalization, at most
+  the largest Ritz value of Lanczos (partial reorthogonalization, at most
   ``lanczos_iters`` steps, relative tolerance ``lanczos_tol``; its true
   residual is reported) and the trace a Hutch++ estimate with
   ``trace_matvecs`` Hessian-vector products.

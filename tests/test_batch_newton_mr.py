@@ -121,6 +121,19 @@ class LanczosCertificatesTest(absltest.TestCase):
                              delta=1e-12 * scale)
       self.assertLessEqual(cert.residual_min, 1e-6 * scale)
 
+  def test_lanes_split_the_population_without_changing_results(self):
+    problems = _population(2, range(3))
+    split = batch_refine.extreme_eigs_many(problems, lanes=2)
+    whole = batch_refine.extreme_eigs_many(problems, lanes=3)
+    self.assertLen(split, 3)
+    for a, b, problem in zip(split, whole, problems):
+      truth = np.linalg.eigvalsh(problem.dense_hessian())
+      self.assertAlmostEqual(a.lambda_min, b.lambda_min, delta=1e-12)
+      self.assertAlmostEqual(a.lambda_min, truth[0],
+                             delta=1e-8 * np.abs(truth).max())
+    with self.assertRaisesRegex(ValueError, "lanes >= 1"):
+      batch_refine.extreme_eigs_many(problems, lanes=0)
+
   def test_population_lanczos_equals_single_runs(self):
     rng = np.random.default_rng(0)
     spectra = [np.linspace(-2.0, 5.0, 30), np.linspace(0.5, 1.0, 30),
