@@ -24,16 +24,16 @@ Certificates of the end points: ``batch_refine.certify_many`` (batched
 Lanczos above ``dense_max_params``); ``refine_and_certify_newton_mr_many``
 does both.
 
-Example:
+Example (least squares: one Newton step from any start):
   >>> import jax, numpy as np
   >>> from lminima.models import MLP
-  >>> model = MLP(d_in=2, widths=(3,), d_out=1, activation="tanh")
-  >>> x = np.random.default_rng(0).standard_normal((8, 2))
-  >>> problems = [Problem.for_module(model, model.init_params(
-  ...     jax.random.PRNGKey(s)), x, np.sin(x[:, :1])) for s in range(3)]
-  >>> results = refine_newton_mr_many(problems, max_iters=30)
-  >>> [r.method for r in results]
-  ['newton_mr', 'newton_mr', 'newton_mr']
+  >>> linear = MLP(d_in=3, widths=(), d_out=2, activation="identity")
+  >>> data = np.random.default_rng(1).standard_normal((10, 5))
+  >>> starts = [linear.init_params(jax.random.PRNGKey(s)) for s in (0, 1)]
+  >>> problems = [Problem.for_module(linear, start, data[:, :3], data[:, 3:])
+  ...             for start in starts]
+  >>> [(r.stop_reason, r.iters) for r in refine_newton_mr_many(problems)]
+  [('grad_tol', 1), ('grad_tol', 1)]
 """
 
 from __future__ import annotations
@@ -68,12 +68,10 @@ def _newton_mr_population(objective, flats, escape_norms, like, x, y,
                           grad_tol, *, max_iters: int, minres_max_iters: int,
                           max_backtracks: int, lanes: int):
   """Newton-MR refinement of every row of ``flats`` on ``lanes`` lanes."""
-  count, dim = flats.shape
+  count = flats.shape[0]
   loss_and_grad = lambda f: problem_lib._loss_and_flat_grad(  # pylint: disable=protected-access
       objective, f, like, x, y)
   flat_hvp = problem_lib._flat_hvp(objective)  # pylint: disable=protected-access
-  stalled = 1 + refinement.STOP_REASONS.index("stalled")
-  nan = jnp.asarray(jnp.nan, EXACT_DTYPE)
 
   def lane_pass(lane):
     flat, iters, loss, grad, fresh = (
@@ -104,32 +102,16 @@ def _newton_mr_population(objective, flats, escape_norms, like, x, y,
     _, _, accepted, candidate, new_loss, new_grad = lax.while_loop(
         lambda c: (descent | fresh) & (c[0] < max_backtracks) & ~c[2], trial,
         (0, jnp.asarray(1.0, EXACT_DTYPE), False, flat, loss, grad))
-    record = lambda name, value: lane[name].at[iters].set(
-        jnp.where(checking, value, lane[name][iters]))
     step = descent & accepted
-    moved = step | fresh
-    stop = jnp.where(code != 0, code,
-                     jnp.where(running & ~step, stalled, lane["stop"]))
-    return dict(
-        lane, flat=jnp.where(step, candidate, flat),
-        loss=jnp.where(moved, new_loss, loss),
-        grad=jnp.where(moved, new_grad, grad), fresh=jnp.zeros_like(fresh),
-        iters=iters + step.astype(jnp.int32), stop=stop.astype(jnp.int32),
-        gn_hist=record("gn_hist", grad_norm),
-        loss_hist=record("loss_hist", loss),
-        norm_hist=record("norm_hist", jnp.linalg.norm(flat)))
+    return batch_refine.advance_lane(
+        lane, checking=checking, code=code, step=step,
+        refused=running & ~step, candidate=candidate, new_loss=new_loss,
+        new_grad=new_grad, grad_norm=grad_norm)
 
-  def queued(member):
-    blank = jnp.full((max_iters + 1,), nan)
-    return dict(member=member, flat=flats[member], fresh=jnp.asarray(True),
-                escape_norm=escape_norms[member],
-                iters=jnp.asarray(0, jnp.int32),
-                stop=jnp.asarray(0, jnp.int32), loss=nan,
-                grad=jnp.zeros((dim,), EXACT_DTYPE), gn_hist=blank,
-                loss_hist=blank, norm_hist=blank)
-
-  return batch_refine.run_lanes(queued, lane_pass, count=count, lanes=lanes,
-                                outputs=_OUTPUTS)
+  return batch_refine.run_lanes(
+      lambda member: batch_refine.queued_lane(member, flats, escape_norms,
+                                              max_iters),
+      lane_pass, count=count, lanes=lanes, outputs=_OUTPUTS)
 
 
 def refine_newton_mr_many(problems: Sequence[Problem], *,

@@ -147,7 +147,6 @@ def _lm_population(objective, flats, escape_norms, like, x, y, grad_tol, *,
       objective, f, like, x, y)
   hessian_at = lambda f: problem_lib._dense_hessian(  # pylint: disable=protected-access
       objective, f, like, x, y)
-  stalled = 1 + refinement.STOP_REASONS.index("stalled")
   nan = jnp.asarray(jnp.nan, EXACT_DTYPE)
 
   def lane_pass(lane):
@@ -185,37 +184,58 @@ def _lm_population(objective, flats, escape_norms, like, x, y, grad_tol, *,
     _, nu, accepted, candidate, new_loss, new_grad = lax.while_loop(
         lambda c: (running | fresh) & (c[0] < max_trials) & ~c[2], trial,
         (0, lane["nu"], False, flat, loss, grad))
-    # Histories at this pass's point (index iters), the step's effect next.
-    record = lambda name, value: lane[name].at[iters].set(
-        jnp.where(checking, value, lane[name][iters]))
-    step = running & accepted
-    moved = step | fresh
-    stop = jnp.where(code != 0, code,
-                     jnp.where(running & ~accepted, stalled, lane["stop"]))
     return dict(
-        lane, flat=jnp.where(step, candidate, flat), nu=nu,
-        loss=jnp.where(moved, new_loss, loss),
-        grad=jnp.where(moved, new_grad, grad), fresh=jnp.zeros_like(fresh),
-        iters=iters + step.astype(jnp.int32), stop=stop.astype(jnp.int32),
-        lam=lam, residuals=certify.end_residuals(matrix, lam, vecs, xp=jnp),
-        gn_hist=record("gn_hist", grad_norm),
-        loss_hist=record("loss_hist", loss),
-        norm_hist=record("norm_hist", jnp.linalg.norm(flat)))
+        advance_lane(lane, checking=checking, code=code,
+                     step=running & accepted, refused=running & ~accepted,
+                     candidate=candidate, new_loss=new_loss,
+                     new_grad=new_grad, grad_norm=grad_norm),
+        nu=nu, lam=lam,
+        residuals=certify.end_residuals(matrix, lam, vecs, xp=jnp))
 
   def queued(member):
-    """A lane's state for queue entry ``member`` (its history blank)."""
-    blank = jnp.full((max_iters + 1,), nan)
-    return dict(member=member, flat=flats[member], fresh=jnp.asarray(True),
-                escape_norm=escape_norms[member],
-                nu=jnp.asarray(1.0, EXACT_DTYPE),
-                iters=jnp.asarray(0, jnp.int32),
-                stop=jnp.asarray(0, jnp.int32), loss=nan,
-                grad=jnp.zeros((dim,), EXACT_DTYPE),
-                lam=jnp.full((dim,), nan), residuals=jnp.full((2,), nan),
-                gn_hist=blank, loss_hist=blank, norm_hist=blank)
+    return dict(queued_lane(member, flats, escape_norms, max_iters),
+                nu=jnp.asarray(1.0, EXACT_DTYPE), lam=jnp.full((dim,), nan),
+                residuals=jnp.full((2,), nan))
 
   return run_lanes(queued, lane_pass, count=count, lanes=lanes,
                    outputs=_OUTPUTS)
+
+
+def queued_lane(member, flats, escape_norms, max_iters: int) -> dict:
+  """The state every refinement lane starts from for queue entry
+  ``member``: its point, unchecked (``fresh``: its first pass only evaluates
+  L and g), histories blank."""
+  nan = jnp.asarray(jnp.nan, EXACT_DTYPE)
+  blank = jnp.full((max_iters + 1,), nan)
+  return dict(member=member, flat=flats[member], fresh=jnp.asarray(True),
+              escape_norm=escape_norms[member],
+              iters=jnp.asarray(0, jnp.int32),
+              stop=jnp.asarray(0, jnp.int32), loss=nan,
+              grad=jnp.zeros_like(flats[member]), gn_hist=blank,
+              loss_hist=blank, norm_hist=blank)
+
+
+def advance_lane(lane: dict, *, checking, code, step, refused, candidate,
+                 new_loss, new_grad, grad_norm) -> dict:
+  """A refinement lane after one pass: ``step`` moves it to ``candidate``
+  (a fresh lane takes its own L and g), ``code`` stops it, a ``refused``
+  step stops it as stalled; the histories get this pass's point (index
+  ``iters``), the step's effect shows next pass."""
+  flat, iters, fresh = lane["flat"], lane["iters"], lane["fresh"]
+  record = lambda name, value: lane[name].at[iters].set(
+      jnp.where(checking, value, lane[name][iters]))
+  moved = step | fresh
+  stalled = 1 + refinement.STOP_REASONS.index("stalled")
+  stop = jnp.where(code != 0, code,
+                   jnp.where(refused, stalled, lane["stop"]))
+  return dict(
+      lane, flat=jnp.where(step, candidate, flat),
+      loss=jnp.where(moved, new_loss, lane["loss"]),
+      grad=jnp.where(moved, new_grad, lane["grad"]),
+      fresh=jnp.zeros_like(fresh), iters=iters + step.astype(jnp.int32),
+      stop=stop.astype(jnp.int32), gn_hist=record("gn_hist", grad_norm),
+      loss_hist=record("loss_hist", lane["loss"]),
+      norm_hist=record("norm_hist", jnp.linalg.norm(flat)))
 
 
 def run_lanes(queued, lane_pass, *, count: int, lanes: int,
