@@ -73,13 +73,11 @@ def _breakdown_threshold(dim: int, dtype) -> float:
 
 
 def _bucket_sizes(num_rows: int) -> tuple[int, ...]:
-  """Static sizes 8, 16, 24, 32, 48, 64, 96, ... (x1.5 or x4/3) capped by
-  ``num_rows`` (always included): a step never touches more than 1.5 times
-  the rows it needs."""
+  """Static sizes 8, 16, 32, ... capped by ``num_rows`` (always included)."""
   sizes, size = [], 8
   while size < num_rows:
     sizes.append(size)
-    size = size * 3 // 2 if (size & (size - 1)) == 0 else size * 4 // 3
+    size *= 2
   return tuple(sizes) + (num_rows,)
 
 
