@@ -8,6 +8,9 @@ d_y=2, tanh, depths 1-3, widths 2-16, refine_max_iters=200):
 * (b) 256 members of the same grid (seeds 0-21, the first 256 in seed-major
   order, so every cell has 21 or 22 seeds).
 
+Case (c), MNIST-input members certified matrix free against a
+hessian-eigenthings loop, is ``benchmarks/bench_certify_mnist.py``.
+
 The members are trained once (``train.train_population`` per depth, as the
 sweep does). Only refinement + certification are timed, end to end: each
 path runs in a FRESH process (its own compilations included, no persistent

@@ -25,7 +25,10 @@ Stopping (``MinresResult.stop``; the tests of SciPy's ``minres``, with
 Starting from ``x_0 = 0``, for a consistent singular system the iterates stay
 in the range of ``A``, so MINRES converges to the minimum-norm solution
 (Choi, Paige & Saunders 2011), which is what Newton-MR needs at degenerate
-points (``lminima.refinement``).
+points (``lminima.refinement``). For an incompatible system, test 2 stops
+at a least-squares solution at moderate ``rtol``; asked for ``rtol`` below
+~1e-8 the iterates can grow along the null space before it triggers (the
+case MINRES-QLP was designed for), which Newton-MR's line search absorbs.
 
 Everything is ``jax.numpy`` inside one ``lax.while_loop``, so the solver runs
 under ``jit`` and ``vmap``: vmapped over members, each lane stops on its own
