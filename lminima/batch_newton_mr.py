@@ -148,10 +148,8 @@ def refine_newton_mr_many(problems: Sequence[Problem], *,
         f"escape_ratio > 1 or None, got grad_tol={grad_tol}, max_iters="
         f"{max_iters}, minres_max_iters={minres_max_iters}, max_backtracks="
         f"{max_backtracks}, lanes={lanes}, escape_ratio={escape_ratio}")
-  flats = np.stack([np.asarray(p.flat) for p in problems])
-  norms_start = np.linalg.norm(flats, axis=1)
-  escape = (np.full(len(problems), np.inf) if escape_ratio is None
-            else escape_ratio * np.maximum(1.0, norms_start))
+  flats, norms_start, escape = batch_refine.starting_points(problems,
+                                                           escape_ratio)
   fit = first.memory_budget_bytes // (
       _VECTORS_PER_LANE * 8 * first.n_params
       + 8 * int(np.prod(first.x.shape)))

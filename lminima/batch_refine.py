@@ -201,6 +201,17 @@ def _lm_population(objective, flats, escape_norms, like, x, y, grad_tol, *,
                    outputs=_OUTPUTS)
 
 
+def starting_points(problems: Sequence[Problem], escape_ratio: float | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(flats, their norms, escape norms)`` of a population's starting points,
+  the escape norm as in ``refinement.refine``."""
+  flats = np.stack([np.asarray(p.flat) for p in problems])
+  norms = np.linalg.norm(flats, axis=1)
+  escape = (np.full(len(problems), np.inf) if escape_ratio is None
+            else escape_ratio * np.maximum(1.0, norms))
+  return flats, norms, escape
+
+
 def queued_lane(member, flats, escape_norms, max_iters: int) -> dict:
   """The state every refinement lane starts from for queue entry
   ``member``: its point, unchecked (``fresh``: its first pass only evaluates
@@ -290,10 +301,7 @@ def _run_population(problems: Sequence[Problem], *, grad_tol: float,
   if first.n_params > lm_max_params:
     raise ValueError(f"refine_many: n_params={first.n_params} > lm_max_params"
                      f"={lm_max_params}; the dense LM path does not apply")
-  flats = np.stack([np.asarray(p.flat) for p in problems])
-  norms_start = np.linalg.norm(flats, axis=1)
-  escape = (np.full(len(problems), np.inf) if escape_ratio is None
-            else escape_ratio * np.maximum(1.0, norms_start))
+  flats, norms_start, escape = starting_points(problems, escape_ratio)
   fit = first.memory_budget_bytes // (
       _MATRICES_PER_MEMBER * 8 * first.n_params ** 2)
   if lanes is None:
