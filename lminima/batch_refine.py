@@ -20,8 +20,12 @@ go through ONE jitted float64 program per call:
   is empty except the idle lanes of the tail (masked work).
 * ``certify_many(problems, ...) -> list[Certificate]``: ``certificate`` for
   every point, the dense Hessians and ``eigh`` vmapped in one program, the
-  verdicts by the same code (``certify.summarize``); Lanczos members above
-  ``dense_max_params`` go through ``certificate``.
+  verdicts by the same code (``certify.summarize``); above
+  ``dense_max_params``, ``extreme_eigs_many``: Lanczos runs of blocks of
+  members stepped together, their Hessian-vector products one vmapped call.
+* ``run_lanes``, ``queued_lane``, ``advance_lane``, ``starting_points``: the
+  lane queue and lane state shared with the matrix-free Newton-MR program
+  (``lminima.batch_newton_mr``).
 * ``refine_and_certify_many``: both, the certificate's spectrum taken from
   the ``eigh`` the refinement does at its end point (no second program);
   ``refine_and_certify_groups``: the same over mixed shapes, one program per
