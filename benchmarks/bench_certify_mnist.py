@@ -60,6 +60,8 @@ from lminima import refinement
 from lminima import train
 from lminima.problem import Problem
 
+from bench_train import matmul_peak_gflops
+
 TARGET = 1e-6
 WIDTHS = (32, 64)
 EIGENTHINGS_STEPS = (40, 60, 80, 100, 130, 160, 200, 260, 330, 420)
@@ -117,15 +119,6 @@ def errors(got, truth) -> float:
   return max(abs(got[0] - truth[0]), abs(got[1] - truth[1])) / scale
 
 
-def matmul_peak() -> float:
-  a = np.random.default_rng(0).standard_normal((2000, 2000))
-  a @ a
-  start = time.perf_counter()
-  for _ in range(5):
-    a @ a
-  return 5 * 2 * 2000 ** 3 / (time.perf_counter() - start)
-
-
 def hvp_flops(problem: Problem) -> float:
   operator = problem.hvp_operator()
   compiled = jax.jit(lambda v: operator(v)).lower(
@@ -134,15 +127,6 @@ def hvp_flops(problem: Problem) -> float:
   if isinstance(analysis, list):
     analysis = analysis[0]
   return float(analysis["flops"])
-
-
-def _per_group(problems, groups, fn):
-  """``fn(members of one shape) -> list``, reassembled in member order."""
-  out = [None] * len(problems)
-  for group in groups:
-    for i, value in zip(group, fn([problems[i] for i in group])):
-      out[i] = value
-  return out
 
 
 def timed(fn):
@@ -185,20 +169,19 @@ def main() -> None:
         f"{max(t[2] / max(abs(t[0]), abs(t[1])) for t in truth):.1e} "
         "relative", flush=True)
   groups = batch_refine.group_by_shape(problems)
+  ends = lambda found: [(e.lambda_min, e.lambda_max) for e in found]
   runs = {
       "lminima certify_many (batched Lanczos, tol 1e-8)": timed(
-          lambda: [(c.lambda_min, c.lambda_max) for c in _per_group(
-              problems, groups, batch_refine.certify_many)]),
+          lambda: ends(batch_refine.per_shape_group(
+              batch_refine.certify_many, problems))),
       "lminima certificate, one at a time (tol 1e-8)": timed(
-          lambda: [(c.lambda_min, c.lambda_max)
-                   for c in map(certify.certificate, problems)]),
+          lambda: ends(map(certify.certificate, problems))),
   }
-  equal = _per_group(problems, groups, functools.partial(
-      batch_refine.extreme_eigs_many, tol=TARGET))
-  runs["lminima extreme_eigs_many (batched, tol 1e-6)"] = timed(
-      lambda: [(e.lambda_min, e.lambda_max) for e in _per_group(
-          problems, groups, functools.partial(batch_refine.extreme_eigs_many,
-                                              tol=TARGET))])
+  cold, warm, equal = timed(lambda: batch_refine.per_shape_group(
+      functools.partial(batch_refine.extreme_eigs_many, tol=TARGET),
+      problems))
+  runs["lminima extreme_eigs_many (batched, tol 1e-6)"] = (cold, warm,
+                                                          ends(equal))
   print("lminima timed", flush=True)
   steps = {}
   for group in groups:
@@ -219,7 +202,7 @@ def main() -> None:
   matvecs = [e.num_matvecs for e in equal]
   flops = {problems[g[0]].n_params: hvp_flops(problems[g[0]])
            for g in groups}
-  peak = matmul_peak()
+  peak = 1e9 * matmul_peak_gflops(dtype=jnp.float64)
   limit_s = sum(flops[p.n_params] * m for p, m in zip(problems, matvecs)
                 ) / peak
   peer_limit_s = sum(flops[p.n_params] * steps[p.n_params]
@@ -228,10 +211,9 @@ def main() -> None:
   refine = functools.partial(refinement.refine, method="newton_mr",
                              max_iters=args.refine_iters)
   refined_seq = timed(lambda: list(map(refine, problems)))
-  refined_bat = timed(lambda: _per_group(
-      problems, groups, functools.partial(
-          batch_newton_mr.refine_newton_mr_many,
-          max_iters=args.refine_iters)))
+  refined_bat = timed(lambda: batch_refine.per_shape_group(
+      functools.partial(batch_newton_mr.refine_newton_mr_many,
+                        max_iters=args.refine_iters), problems))
   same_stop = sum(a.stop_reason == b.stop_reason
                   for a, b in zip(refined_seq[2], refined_bat[2]))
 

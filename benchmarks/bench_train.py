@@ -191,15 +191,16 @@ def run_torch(ds, members, config, inits):
   return np.array(final)
 
 
-def matmul_peak_gflops(reps: int = 5) -> float:
-  """Best dense float32 n x n matmul GFLOP/s of JAX and torch (if any)."""
+def matmul_peak_gflops(reps: int = 5, dtype=jnp.float32) -> float:
+  """Best dense n x n matmul GFLOP/s in ``dtype`` of JAX and torch (if
+  any)."""
   best = 0.0
   for n in (512, 1024, 2048):
-    a = jnp.ones((n, n), jnp.float32)
+    a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda a: a @ a)
     f(a).block_until_ready()
     if torch is not None:
-      ta = torch.ones((n, n))
+      ta = torch.from_numpy(np.ones((n, n), np.dtype(dtype)))
       torch.mm(ta, ta)
     for _ in range(reps):
       start = time.perf_counter()

@@ -463,8 +463,7 @@ def certify_many(problems: Sequence[Problem], *, dense_max_params: int = 3000,
   rows = [i for i, p in enumerate(problems)
           if math.isfinite(p.loss) and math.isfinite(p.grad_norm)]
   if not dense:
-    spectra = {i: (np.asarray(e.ritz_values), e.lambda_min, e.lambda_max,
-                   e.residual_min, e.residual_max)
+    spectra = {i: certify.lanczos_spectrum(e)
                for i, e in zip(rows, extreme_eigs_many(
                    [problems[i] for i in rows], key=key) if rows else [])}
   else:
@@ -555,10 +554,19 @@ def refine_and_certify_groups(
   Returns:
     ``(results, certificates)`` in the order of ``problems``.
   """
-  results: list = [None] * len(problems)
-  certs: list = [None] * len(problems)
-  for group in group_by_shape(problems):  # one program per group
-    for i, result, cert in zip(group, *refine_and_certify_many(
-        [problems[i] for i in group], **kwargs)):
-      results[i], certs[i] = result, cert
-  return results, certs
+  pairs = per_shape_group(
+      lambda group: list(zip(*refine_and_certify_many(group, **kwargs))),
+      problems)
+  return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def per_shape_group(fn: Callable[[list[Problem]], list],
+                    problems: Sequence[Problem]) -> list:
+  """``fn`` on every ``group_by_shape`` group of ``problems`` (one program
+  per group), its per-member outputs put back in the order of ``problems``.
+  """
+  out: list = [None] * len(problems)
+  for group in group_by_shape(problems):
+    for i, value in zip(group, fn([problems[i] for i in group])):
+      out[i] = value
+  return out

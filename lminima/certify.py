@@ -126,8 +126,13 @@ def _spectrum_summary(problem: Problem, dense_max_params: int,
     residuals = end_residuals(matrix, lam, vecs)
     return (lam, float(lam[0]), float(lam[-1]), float(residuals[0]),
             float(residuals[1]))
-  eigs = lanczos.lanczos_extreme_eigs(problem.hvp_operator(),
-                                      problem.n_params, key=key)
+  return lanczos_spectrum(lanczos.lanczos_extreme_eigs(
+      problem.hvp_operator(), problem.n_params, key=key))
+
+
+def lanczos_spectrum(eigs: lanczos.ExtremeEigs) -> tuple:
+  """``summarize``'s spectrum from a Lanczos run (Ritz values, ends, true
+  residuals); shared with the batched ``batch_refine.certify_many``."""
   return (np.asarray(eigs.ritz_values), eigs.lambda_min, eigs.lambda_max,
           eigs.residual_min, eigs.residual_max)
 

@@ -434,8 +434,9 @@ def lanczos_extreme_eigs(matvec: Matvec, dim: int, *, key: jax.Array,
   """Smallest and largest eigenpairs of a symmetric operator by Lanczos.
 
   Lanczos with partial reorthogonalization (module docstring) from a
-  Gaussian start vector, in one jitted ``lax.while_loop``. Every few steps the tridiagonal T_j is
-  diagonalized and the run stops once the Ritz residual estimates
+  Gaussian start vector, in one jitted ``lax.while_loop``. Every few steps
+  the tridiagonal T_j is diagonalized and the run stops once the Ritz
+  residual estimates
   ``beta_j |s_j[-1]|`` of both extreme Ritz pairs are ``<= tol *
   max(|lambda_min|, |lambda_max|)``, after ``min(max_iters, dim)`` steps, or
   when the Krylov space becomes invariant. The residual estimate bounds the
