@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -59,12 +60,19 @@ def read_json(name: str) -> dict[str, Any]:
 
 
 def write_json(name: str, value: dict[str, Any]) -> None:
-  """Writes ``value`` as ``name`` atomically (a rename); best effort."""
+  """Writes ``value`` as ``name`` atomically (a rename); best effort.
+
+  Each writer renames its own temporary file, so processes sharing the cache
+  (shards of one grid, test workers) never publish each other's half-written
+  files.
+  """
   try:
     os.makedirs(cache_dir(), exist_ok=True)
     path = os.path.join(cache_dir(), name)
-    with open(path + ".tmp", "w") as f:
+    handle, temporary = tempfile.mkstemp(dir=cache_dir(), prefix=name,
+                                         suffix=".tmp")
+    with os.fdopen(handle, "w") as f:
       json.dump(value, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    os.replace(temporary, path)
   except OSError:
     pass  # a read-only home only costs a recalibration next time

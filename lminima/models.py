@@ -234,15 +234,45 @@ class MLP(nn.Module):
     return jnp.concatenate([z.reshape(-1) for z in pre])
 
   @nn.nowrap
-  def init_params(self, key: jax.Array, dtype=TRAIN_DTYPE) -> Params:
-    """Seeded fan-in Gaussian weights, zero biases (module docstring)."""
+  def init_params(self, key: jax.Array, dtype=TRAIN_DTYPE,
+                  true_widths: Sequence[int] | jax.Array | None = None
+                  ) -> Params:
+    """Seeded fan-in Gaussian weights, zero biases (module docstring).
+
+    With ``true_widths`` (at most ``widths``, possibly traced), the initial
+    parameters of the network of those hidden widths, embedded in this one:
+    ``pad_params(widen(self, true_widths).init_params(key, dtype), self)``.
+    JAX's threefry draws element i of a flat draw from (key, i) alone, so the
+    (f, g) kernel ``normal(k, (f, g))`` is the first f g entries of the flat
+    draw at this model's (F, G), read row-major in rows of g. One compiled
+    program thus initializes members of every width.
+
+    Example:
+      >>> wide = MLP(d_in=2, widths=(5,), d_out=1)
+      >>> narrow = wide.init_params(jax.random.PRNGKey(0),
+      ...                           true_widths=jnp.array([3]))
+      >>> same = pad_params(widen(wide, (3,)).init_params(
+      ...     jax.random.PRNGKey(0)), wide)
+      >>> all(bool(jnp.all(a == b)) for a, b in zip(
+      ...     jax.tree_util.tree_leaves(narrow), jax.tree_util.tree_leaves(same)))
+      True
+    """
     sizes = self.layer_sizes
+    true_sizes = (sizes if true_widths is None else
+                  (self.d_in, *(true_widths[l] for l in range(self.depth)),
+                   self.d_out))
     keys = jax.random.split(key, len(sizes) - 1)
     gain = init_gain(self.activation)
     params = {}
     for l, (k, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
-      scale = float((gain if l < self.depth else 1.0) / np.sqrt(fan_in))
-      layer = {"kernel": scale * jax.random.normal(k, (fan_in, fan_out), dtype)}
+      layer_gain = gain if l < self.depth else 1.0
+      if true_widths is None:
+        scale = float(layer_gain / np.sqrt(fan_in))
+        kernel = scale * jax.random.normal(k, (fan_in, fan_out), dtype)
+      else:
+        kernel = _embedded_kernel(k, (fan_in, fan_out), true_sizes[l],
+                                  true_sizes[l + 1], layer_gain, dtype)
+      layer = {"kernel": kernel}
       if self.bias:
         layer["bias"] = jnp.zeros((fan_out,), dtype)
       params[layer_name(l + 1)] = layer
@@ -288,6 +318,25 @@ class MLP(nn.Module):
         raise ValueError(f"{name}: expected shapes {want}, got {got}")
 
 
+def _embedded_kernel(key: jax.Array, shape: tuple[int, int], fan_in, fan_out,
+                     gain: float, dtype) -> jax.Array:
+  """``gain / sqrt(fan_in) * normal(key, (fan_in, fan_out))`` in the top-left
+  of a zero ``shape`` kernel, for traced ``fan_in`` and ``fan_out``.
+
+  The scale is looked up in a table of every possible fan-in, computed in
+  float64 and rounded to ``dtype`` as the static path rounds it.
+  """
+  rows = jnp.arange(shape[0])[:, None]
+  cols = jnp.arange(shape[1])[None, :]
+  flat = jax.random.normal(key, (shape[0] * shape[1],), dtype)
+  inside = (rows < fan_in) & (cols < fan_out)
+  drawn = flat[jnp.where(inside, rows * fan_out + cols, 0)]
+  scales = (gain / np.sqrt(np.maximum(np.arange(shape[0] + 1), 1))).astype(
+      np.dtype(dtype))
+  return jnp.where(inside, jnp.asarray(scales)[fan_in] * drawn,
+                   jnp.zeros((), dtype))
+
+
 def _fan_in_normal(gain: float):
   return nn.initializers.variance_scaling(gain ** 2, "fan_in", "normal")
 
@@ -321,10 +370,14 @@ def pad_params(variables: Params, padded: MLP) -> Params:
   return jax.tree_util.tree_map(pad, variables, _shapes(padded))
 
 
-def unpad_params(variables: Params, model: MLP) -> Params:
-  """Inverse of ``pad_params``: the active block of each layer for ``model``."""
+def unpad_params(variables: Params, model: MLP, leading: int = 0) -> Params:
+  """Inverse of ``pad_params``: the active block of each layer for ``model``.
+
+  ``leading`` axes (members of a population) are kept whole.
+  """
   return jax.tree_util.tree_map(
-      lambda leaf, target: leaf[tuple(slice(0, n) for n in target.shape)],
+      lambda leaf, target: leaf[(slice(None),) * leading +
+                                tuple(slice(0, n) for n in target.shape)],
       variables, _shapes(model))
 
 

@@ -73,16 +73,23 @@ class CostModel:
   flops_per_s: float
 
   def predict(self, n_members: int, flops_per_member_step: float,
-              steps: int) -> float:
-    """Predicted seconds for one program (module docstring).
+              steps: int, workers: int = 1) -> float:
+    """Predicted seconds for one group (module docstring).
+
+    With ``workers``, the group runs as ``b = min(workers, n)`` blocks side
+    by side (``member_blocks``), each of ``ceil(n / b)`` members, after one
+    compile.
 
     Example:
-      >>> CostModel(compile_s=1.0, step_s=0.0, flops_per_s=1e9).predict(
-      ...     n_members=2, flops_per_member_step=1e6, steps=1000)
+      >>> model = CostModel(compile_s=1.0, step_s=0.0, flops_per_s=1e9)
+      >>> model.predict(n_members=2, flops_per_member_step=1e6, steps=1000)
       3.0
+      >>> model.predict(2, 1e6, 1000, workers=2)
+      2.0
     """
+    per_block = -(-n_members // max(1, min(workers, n_members)))
     return self.compile_s + steps * (
-        self.step_s + n_members * flops_per_member_step / self.flops_per_s)
+        self.step_s + per_block * flops_per_member_step / self.flops_per_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +108,8 @@ class ProgramGroup:
 
 def plan_groups(members: Sequence[Member], d_x: int, d_y: int,
                 config: TrainConfig, *, width_strategy: str = "auto",
-                batch: int, cost_model: CostModel | None = None
-                ) -> list[ProgramGroup]:
+                batch: int, cost_model: CostModel | None = None,
+                workers: int = 1) -> list[ProgramGroup]:
   """Splits a population into programs (module docstring).
 
   For each depth, the distinct widths are split into contiguous buckets; a
@@ -118,6 +125,7 @@ def plan_groups(members: Sequence[Member], d_x: int, d_y: int,
     width_strategy: ``"auto"``, ``"per_width"`` or ``"masked"``.
     batch: samples per step (m for full batch), for the FLOP counts.
     cost_model: required for ``"auto"``; used for ``predicted_s`` otherwise.
+    workers: programs run side by side (``member_blocks``).
 
   Returns:
     Groups ordered by depth, then width.
@@ -149,7 +157,7 @@ def plan_groups(members: Sequence[Member], d_x: int, d_y: int,
     padded = member_model(d_x, d_y, Member(depth, max(max(widths), 1), 0),
                           config)
     predicted = None if cost_model is None else cost_model.predict(
-        len(indices), training_flops(padded, batch), config.steps)
+        len(indices), training_flops(padded, batch), config.steps, workers)
     return ProgramGroup(padded, indices, predicted)
 
   groups = []
@@ -167,6 +175,55 @@ def plan_groups(members: Sequence[Member], d_x: int, d_y: int,
     groups += [bucket_group(depth, widths[a:b], indices_by_width)
                for a, b in zip(cuts[:-1], cuts[1:])]
   return groups
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberBlock:
+  """The members of one group that one program trains.
+
+  Attributes:
+    padded_model: the group's padded network.
+    member_indices: positions in the population, the first ``n_members``
+      distinct, then copies of the last one so that every block of a group
+      has the same size (and so shares its compiled program).
+    n_members: how many of ``member_indices`` are the block's own.
+  """
+  padded_model: models.MLP
+  member_indices: tuple[int, ...]
+  n_members: int
+
+
+def member_blocks(groups: Sequence[ProgramGroup], members: Sequence[Member],
+                  workers: int) -> list[MemberBlock]:
+  """Splits every group into ``min(workers, n)`` blocks, largest work first.
+
+  Block j of a group of n members takes every b-th member from the j-th
+  (b blocks), ordered by width, so the blocks of a grid group carry the same
+  widths and share one compiled program; the shorter blocks are topped up
+  with copies of their last member. Blocks are ordered by decreasing work
+  (members times parameters of the padded network), so that workers taking
+  them in order finish together.
+
+  Example:
+    >>> from lminima.population import TrainConfig
+    >>> ms = [Member(1, w, s) for w, s in ((4, 0), (4, 1), (8, 0), (8, 1),
+    ...                                    (8, 2))]
+    >>> groups = plan_groups(ms, 2, 1, TrainConfig(), width_strategy="masked",
+    ...                      batch=10)
+    >>> [(b.member_indices, b.n_members) for b in member_blocks(groups, ms, 2)]
+    [((0, 2, 4), 3), ((1, 3, 3), 2)]
+  """
+  ranked = []
+  for group in groups:
+    n_blocks = min(workers, len(group.member_indices))
+    size = -(-len(group.member_indices) // n_blocks)
+    for j in range(n_blocks):
+      own = sorted(group.member_indices[j::n_blocks],
+                   key=lambda i: (members[i].true_width, i))
+      ranked.append((-size * group.padded_model.n_params, MemberBlock(
+          group.padded_model,
+          tuple(own) + (own[-1],) * (size - len(own)), len(own))))
+  return [block for _, block in sorted(ranked, key=lambda pair: pair[0])]
 
 
 def cheapest_cuts(costs: Sequence[float], k: int) -> list[int]:

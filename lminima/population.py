@@ -165,7 +165,8 @@ class MemberResult:
       diverged).
     loss_history: full-batch loss after each chunk.
     wall_s: the member's equal share of its program's wall time (compile
-      included).
+      included), scaled so that the shares of a population add up to the
+      wall time of its training call (programs may run side by side).
   """
   member: Member
   model: models.MLP

@@ -4,9 +4,10 @@ A program trains n members of one depth, embedded in one padded network
 ``spec.model`` (``lminima.planner`` decides who shares a program). It is two
 jit-compiled functions:
 
-* ``init_state``: draws every member's parameters from its seed, writes its
-  learning rate into its optimizer state and evaluates the loss and gradient
-  of its first update;
+* ``draw_params`` draws every member's parameters from its seed (one call for
+  all members of a depth, whatever their widths), and ``start_state`` writes
+  each member's learning rate into its optimizer state and evaluates the loss
+  and gradient of its first update;
 * ``run_chunk``: ``vmap`` of one training step over the members, ``lax.scan``
   over ``spec.chunk_len`` steps. The state is donated, so a chunk updates it
   in place.
@@ -120,7 +121,7 @@ class ProgramSpec:
 def make_optimizer(name: str) -> optax.GradientTransformation:
   """The optimizer ``name`` with its hyperparameters injected into its state.
 
-  The values given here are placeholders: ``init_state`` writes each member's
+  The values given here are placeholders: ``start_state`` writes each member's
   learning rate (and the momentum) into the state, and ``update`` reads them
   from there, so per-member rates are vmapped state. optax casts the
   hyperparameters to the parameters' dtype (float32).
@@ -179,44 +180,49 @@ def full_value_and_grad(spec: ProgramSpec, params: models.Params,
   return jax.value_and_grad(functools.partial(_loss, spec))(params, width, x, y)
 
 
-# The init program runs once per program, but its random sampling is slow to
-# compile on CPU at the default LLVM optimization level, so it is compiled for
-# compile time, not run time.
-@functools.partial(
-    jax.jit, static_argnames=("spec", "member_widths"),
-    compiler_options={"xla_backend_optimization_level": 0})
-def init_state(seeds: jax.Array, learning_rates: jax.Array,
-               momentum: jax.Array, x: jax.Array, y: jax.Array, *,
-               spec: ProgramSpec, member_widths: tuple[int, ...]) -> State:
-  """Initial state of a program's members, in one compiled call.
+# The start programs run once, but random sampling is slow to compile on CPU
+# at the default LLVM optimization level, so they are compiled for compile
+# time, not run time.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
-  Member k is ``model.init_params(PRNGKey(seeds[k]), float32)`` for the model
-  of true width ``member_widths[k]``, embedded in ``spec.model`` by
-  ``models.pad_params``; its loss and gradient are evaluated for the first
-  update. Compiled, XLA may fold the init scale into the sampler, so a weight
-  can differ from the eager ``init_params`` by 1 ulp (an eager op-by-op init
-  would compile every op of every width separately, which is why it is done
-  here).
+
+@functools.partial(jax.jit, static_argnames="model",
+                   compiler_options=_FAST_COMPILE)
+def draw_params(seeds: jax.Array, widths: jax.Array, *,
+                model: models.MLP) -> models.Params:
+  """Initial parameters of members of true ``widths``, embedded in ``model``.
+
+  Member k is ``model.init_params(PRNGKey(seeds[k]), float32,
+  true_widths=(widths[k],) * depth)``: the draws of its own network, padded
+  with zeros. The widths are traced, so one compiled call initializes every
+  member of one depth, whatever the programs it is then split into.
+  Compiled, XLA may fold the init scale into the sampler, so a weight can
+  differ from the eager ``init_params`` by 1 ulp.
   """
-  keys = jax.vmap(jax.random.PRNGKey)(seeds)
-  parts, order = [], []
-  for width in sorted(set(member_widths)):
-    rows = [k for k, w in enumerate(member_widths) if w == width]
-    true_model = models.widen(spec.model, (width,) * spec.model.depth)
-    parts.append(jax.vmap(lambda key, true_model=true_model: models.pad_params(
-        true_model.init_params(key, TRAIN_DTYPE), spec.model))(
-            keys[np.array(rows)]))
-    order += rows
-  back = np.argsort(order)
-  params = jax.tree_util.tree_map(
-      lambda *leaves: jnp.concatenate(leaves)[back], *parts)
+  depth = model.depth
+  return jax.vmap(lambda seed, width: model.init_params(
+      jax.random.PRNGKey(seed), TRAIN_DTYPE,
+      true_widths=jnp.full((depth,), width)))(seeds, widths)
+
+
+@functools.partial(jax.jit, static_argnames="spec",
+                   compiler_options=_FAST_COMPILE)
+def start_state(params: models.Params, seeds: jax.Array, widths: jax.Array,
+                learning_rates: jax.Array, momentum: jax.Array, x: jax.Array,
+                y: jax.Array, *, spec: ProgramSpec) -> State:
+  """A program's initial state from its members' initial (padded) ``params``.
+
+  Writes each member's learning rate (and the momentum) into its optimizer
+  state, derives its minibatch-order key from its seed and evaluates the loss
+  and gradient of its first update.
+  """
   optimizer = make_optimizer(spec.optimizer)
   opt_state = jax.vmap(optimizer.init)(params)
   opt_state.hyperparams["learning_rate"] = learning_rates
   if "momentum" in opt_state.hyperparams:
     opt_state.hyperparams["momentum"] = jnp.broadcast_to(
         momentum, learning_rates.shape)
-  widths = jnp.asarray(member_widths, jnp.int32)
+  keys = jax.vmap(jax.random.PRNGKey)(seeds)
   data_key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(
       keys, DATA_ORDER_STREAM)
   loss, grads = jax.vmap(
@@ -227,7 +233,7 @@ def init_state(seeds: jax.Array, learning_rates: jax.Array,
   else:
     loss0 = jax.vmap(functools.partial(full_value_and_grad, spec),
                      in_axes=(0, 0, None, None))(params, widths, x, y)[0]
-  n = len(member_widths)
+  n = widths.shape[0]
   return State(params=params, opt_state=opt_state, grads=grads, loss=loss,
                loss0=loss0, diverged=jnp.zeros((n,), bool),
                applied=jnp.zeros((n,), jnp.int32), width=widths,
@@ -236,21 +242,32 @@ def init_state(seeds: jax.Array, learning_rates: jax.Array,
 
 def start_program(members: Sequence[Member], padded: models.MLP,
                   config: TrainConfig, x: jax.Array, y: jax.Array,
-                  batch: int, chunk_len: int) -> tuple[ProgramSpec, State]:
+                  batch: int, chunk_len: int,
+                  params: models.Params | None = None
+                  ) -> tuple[ProgramSpec, State]:
   """The program spec and initial state of ``members`` padded to ``padded``.
 
-  Dispatches ``init_state`` (asynchronously, like any jitted call).
+  ``params`` are the members' initial parameters with a leading member axis,
+  embedded in ``padded`` or in a wider network of the same depth (the top-left
+  blocks are taken), as ``draw_params`` returns them; by default they are
+  drawn here. Dispatches the start programs (asynchronously, like any jitted
+  call).
   """
-  widths = tuple(member.true_width for member in members)
+  widths = np.array([member.true_width for member in members], np.int32)
+  seeds = np.array([member.seed for member in members])
   spec = ProgramSpec(model=padded, optimizer=config.optimizer,
                      normalization=config.normalization, m=x.shape[0],
                      batch=batch, chunk_len=chunk_len,
-                     masked=len(set(widths)) > 1)
-  state = init_state(
-      np.array([member.seed for member in members]),
+                     masked=len(set(widths.tolist())) > 1)
+  if params is None:
+    params = draw_params(seeds, widths, model=padded)
+  else:
+    params = models.unpad_params(params, padded, leading=1)
+  state = start_state(
+      params, seeds, widths,
       np.array([config.learning_rate if member.learning_rate is None
                 else member.learning_rate for member in members], np.float32),
-      np.float32(config.momentum), x, y, spec=spec, member_widths=widths)
+      np.float32(config.momentum), x, y, spec=spec)
   return spec, state
 
 

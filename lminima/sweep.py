@@ -349,7 +349,8 @@ def _run_locked(config: ml_collections.ConfigDict,
                      f"train depth {depth}")
       trained = train.train_population(
           data, members, tconfig, width_strategy=config.width_strategy,
-          progress=on_train, cost_model=cost_model)
+          progress=on_train, cost_model=cost_model,
+          workers=config.train_workers or None)
       progress.base += len(missing)
       train_s = time.perf_counter() - start
       wanted = {(m.depth, m.width, m.seed) for m in missing}

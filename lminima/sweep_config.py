@@ -77,6 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
     config[name] = getattr(defaults, name)
   config.batch_size = 0  # 0: full batch.
   config.width_strategy = "auto"
+  # Training programs run side by side; 0: lminima.train.default_workers
+  # (the usable cores on a CPU, 1 on an accelerator).
+  config.train_workers = 0
   config.certify = True
   config.refine_method = "auto"  # lm (dense) up to 5000 params, else newton_mr
   config.refine_grad_tol = 1e-10
@@ -173,6 +176,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _int_tuple(config, "widths", 1)
   for name, minimum in (("num_seeds", 1), ("steps", 1), ("batch_size", 0),
                         ("refine_max_iters", 0), ("fate_iters", 0),
+                        ("train_workers", 0),
                         ("dense_max_params", 1),
                         ("memory_budget_bytes", 1),
                         ("memory_limit_bytes", 0)):
@@ -242,10 +246,11 @@ def config_fingerprint(config: ml_collections.ConfigDict,
   """
   fields = {k: v for k, v in config.to_dict().items()
             if k not in _NOT_IN_FINGERPRINT}
-  if not fields.get("skip"):
-    # Absent before the skip existed: a plain sweep keeps its fingerprint, so
-    # its existing workdirs stay resumable.
-    fields.pop("skip", None)
+  for name in ("skip", "train_workers"):
+    if not fields.get(name):
+      # Absent before the field existed: a sweep at its default keeps its
+      # fingerprint, so its existing workdirs stay resumable.
+      fields.pop(name, None)
   if data is not None:
     for name in DATA_FIELDS:
       fields.pop(name)

@@ -5,21 +5,32 @@ population (``lminima.population``: the networks, the loss, the optimizers,
 minibatches and divergence) and returns one ``MemberResult`` per member:
 
 1. ``lminima.planner`` splits the population into program groups (one depth
-   and one padded width each), choosing the split with a ``CostModel``;
-2. each group is one compiled program (``lminima.program``): an init call and
+   and one padded width each), choosing the split with a ``CostModel``, and
+   each group into ``min(workers, n)`` member blocks of equal size;
+2. one compiled call draws the initial parameters of every member of a depth
+   (``program.draw_params``, widths traced), whatever its group;
+3. each block is one compiled program (``lminima.program``): a start call and
    ``ceil(steps / chunk_steps)`` calls of one compiled chunk of equal length
    ``ceil(steps / n_chunks)``, whose at most ``n_chunks - 1`` surplus update
-   slots are no-ops;
-3. the host dispatches every chunk of every program before reading any
-   result. Execution is asynchronous, so compiling program k + 1 overlaps
-   running program k; results are then read in order, one chunk's losses at
-   a time (for ``progress``), and unpadded.
+   slots are no-ops. The blocks of a group share their compiled programs;
+4. ``workers`` host threads run the blocks, largest first, each from its
+   start to its last chunk's losses, which are reported (``progress``) in the
+   calling thread as they arrive.
+
+Why threads: XLA:CPU runs the small matmuls of one training step on about
+one core, and calls made from different host threads run side by side, while
+calls dispatched from one thread run one after the other (measured in
+BUILD_NOTES.md, "Fifth session"). So on a CPU the default is one worker per
+usable core; on an accelerator one program fills the device and the default
+is 1. The blocks' sizes, hence the rounding of their batched
+kernels, depend on ``workers``: results on one machine are reproducible, and
+equal across worker counts to float32 rounding.
 
 Cost models. ``backend_cost_model`` measures this machine once, with
 ``calibrate_cost_model`` (cached per machine in ``lminima.cache``), which
 times a few tiny programs:
 
-    compile_s   = compile time of a small program (init and chunk),
+    compile_s   = compile time of a small program (start and chunk),
     step_s      = t_tiny / T          (1 member of width 4: fixed cost),
     flops_per_s = FLOPs_heavy / (t_heavy - t_tiny)
                                       (8 members of depth 2 and width 128).
@@ -39,8 +50,11 @@ Example:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
+import os
+import queue
 import time
 from typing import Callable, Sequence
 
@@ -65,8 +79,8 @@ def train_population(data: Dataset, members: Sequence[Member],
                      config: TrainConfig, *, width_strategy: str = "auto",
                      progress: Callable[[int, int], None] | None = None,
                      cost_model: CostModel | None = None,
-                     devices: Sequence[jax.Device] | None = None
-                     ) -> list[MemberResult]:
+                     devices: Sequence[jax.Device] | None = None,
+                     workers: int | None = None) -> list[MemberResult]:
   """Trains every member and returns their results in the order of ``members``.
 
   Args:
@@ -75,15 +89,18 @@ def train_population(data: Dataset, members: Sequence[Member],
     config: shared settings.
     width_strategy: ``"auto"``, ``"per_width"`` or ``"masked"``
       (``lminima.planner``).
-    progress: called as each chunk's result arrives with ``(done, total)``
-      counted in member-steps (one member advanced by one step). Results are
-      read after every program has been dispatched (and so compiled).
+    progress: called (in the calling thread) as each chunk's result arrives,
+      with ``(done, total)`` counted in member-steps (one member advanced by
+      one step).
     cost_model: overrides the backend's cost model for ``"auto"``.
     devices: the devices a program's members are sharded over (a mesh axis
       ``"members"``); default every local device of the default backend.
       Members never interact, so the split changes no number; a group is
       padded with copies of its last member to a multiple of the device
       count, and the copies are dropped.
+    workers: programs run at once, each from its own host thread (module
+      docstring); default ``default_workers(devices)``: the usable cores on a
+      single CPU device, else 1.
 
   Returns:
     One ``MemberResult`` per member.
@@ -99,12 +116,16 @@ def train_population(data: Dataset, members: Sequence[Member],
   if width_strategy not in planner.WIDTH_STRATEGIES:
     raise ValueError(f"unknown width_strategy {width_strategy!r}; choose one "
                      f"of {planner.WIDTH_STRATEGIES}")
+  if workers is None:
+    workers = default_workers(devices)
+  if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+    raise ValueError(f"workers must be a positive integer, got {workers!r}")
   batch = _batch_size(data, config)
   if cost_model is None and width_strategy == "auto":
     cost_model = backend_cost_model()
   groups = planner.plan_groups(members, data.d_x, data.d_y, config,
                                width_strategy=width_strategy, batch=batch,
-                               cost_model=cost_model)
+                               cost_model=cost_model, workers=workers)
   x = jnp.asarray(data.x, TRAIN_DTYPE)
   y = jnp.asarray(data.y, TRAIN_DTYPE)
   n_chunks = -(-config.steps // config.chunk_steps)
@@ -112,59 +133,113 @@ def train_population(data: Dataset, members: Sequence[Member],
   # the at most n_chunks - 1 surplus slots of the last chunk are no-ops.
   chunk_len = -(-config.steps // n_chunks)
   hyper = (np.int32(config.steps), np.float32(config.divergence_factor))
-  # Dispatch every program first: execution is asynchronous, so compiling
-  # program k + 1 overlaps running program k. Then collect in order.
-  dispatched = []
-  call_start = time.perf_counter()
   mesh = _member_mesh(devices)
   if mesh is not None:
     x, y = (jax.device_put(a, NamedSharding(mesh, PartitionSpec()))
             for a in (x, y))
-  for group in groups:
-    dispatch_start = time.perf_counter()
-    group_members = [members[i] for i in group.member_indices]
-    padded_members = _pad_to_devices(group_members, mesh)
-    spec, state = program.start_program(padded_members, group.padded_model,
-                                        config, x, y, batch, chunk_len)
+  call_start = time.perf_counter()
+  blocks = planner.member_blocks(groups, members, workers)
+  drawn, row_of = _initial_params(members, groups)
+  arrived: queue.Queue = queue.Queue()
+
+  def run_block(block: planner.MemberBlock):
+    """One program, start to end, in a worker thread."""
+    start = time.perf_counter()
+    indices = _pad_to_devices(list(block.member_indices), mesh)
+    spec, state = program.start_program(
+        [members[i] for i in indices], block.padded_model, config, x, y,
+        batch, chunk_len, params=jax.tree_util.tree_map(
+            lambda leaf: leaf[row_of[indices]],
+            drawn[block.padded_model.depth]))
     if mesh is not None:
-      state = _shard_members(state, mesh, len(padded_members))
-    outputs = []
-    for _ in range(n_chunks):
-      state, end_loss, end_grad_norm = program.run_chunk(state, x, y, *hyper,
-                                                         spec=spec)
-      outputs.append((end_loss, end_grad_norm))
-    dispatched.append((group, group_members, state, outputs, dispatch_start))
-  total = config.steps * len(members)
-  done = 0
-  previous_finished = call_start
-  results: list[MemberResult | None] = [None] * len(members)
-  for group, group_members, state, outputs, dispatch_start in dispatched:
+      state = _shard_members(state, mesh, len(indices))
+    outputs = [None] * n_chunks
+    for index in range(n_chunks):
+      state, *outputs[index] = program.run_chunk(state, x, y, *hyper,
+                                                 spec=spec)
     history = []
     for index, (end_loss, _) in enumerate(outputs):
       history.append(np.asarray(end_loss))  # waits for this chunk only
-      if progress is not None:
-        progress(done + min((index + 1) * chunk_len, config.steps) *
-                 len(group_members), total)
-    done += config.steps * len(group_members)
-    params, diverged, applied, grad_norm = jax.device_get(
+      arrived.put((min(chunk_len, config.steps - index * chunk_len) *
+                   block.n_members))
+    fetched = jax.device_get(
         (state.params, state.diverged, state.applied, outputs[-1][1]))
-    # A program's wall time runs from the end of the previous one (or its own
-    # dispatch, if later) to its end, so the shares add up to the call's.
-    finished = time.perf_counter()
-    wall_share = (finished - max(previous_finished, dispatch_start)) / len(
-        group_members)
-    previous_finished = finished
-    history = np.stack(history, axis=1)
-    for k, (i, member) in enumerate(zip(group.member_indices, group_members)):
-      model = member_model(data.d_x, data.d_y, member, config)
+    return np.stack(history, axis=1), fetched, time.perf_counter() - start
+
+  total = config.steps * len(members)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    futures = [pool.submit(run_block, block) for block in blocks]
+    done = 0
+    while not all(f.done() for f in futures) or not arrived.empty():
+      try:
+        done += arrived.get(timeout=0.05)
+      except queue.Empty:
+        continue
+      if progress is not None:
+        progress(done, total)
+    outcomes = [future.result() for future in futures]  # re-raises errors
+  # Programs overlap in time, so each one's wall time is scaled to make the
+  # members' shares add up to the call's wall time (the draw included).
+  wall = time.perf_counter() - call_start
+  busy = sum(elapsed for _, _, elapsed in outcomes)
+  results: list[MemberResult | None] = [None] * len(members)
+  for block, (history, fetched, elapsed) in zip(blocks, outcomes):
+    params, diverged, applied, grad_norm = fetched
+    wall_share = wall * elapsed / busy / block.n_members
+    for k, i in enumerate(block.member_indices[:block.n_members]):
+      model = member_model(data.d_x, data.d_y, members[i], config)
       member_params = models.unpad_params(
-          jax.tree_util.tree_map(lambda leaf: leaf[k], params), model)
+          jax.tree_util.tree_map(lambda leaf, k=k: leaf[k], params), model)
       results[i] = MemberResult(
-          member=member, model=model, params=member_params,
+          member=members[i], model=model, params=member_params,
           loss=float(history[k, -1]), grad_norm=float(grad_norm[k]),
           diverged=bool(diverged[k]), steps=int(applied[k]),
           loss_history=history[k], wall_s=wall_share)
   return results  # type: ignore[return-value]
+
+
+def default_workers(devices: Sequence[jax.Device] | None = None) -> int:
+  """How many programs ``train_population`` runs at once by default.
+
+  On one CPU device, the usable cores: XLA:CPU runs the small matmuls of a
+  training step on one core, so programs run side by side from host threads
+  use the others. Elsewhere (an accelerator, or members sharded over several
+  devices) one program at a time already fills the devices.
+  """
+  devices = list(jax.local_devices() if devices is None else devices)
+  if len(devices) != 1 or devices[0].platform != "cpu":
+    return 1
+  try:
+    return max(1, len(os.sched_getaffinity(0)))
+  except AttributeError:  # not on Linux
+    return max(1, os.cpu_count() or 1)
+
+
+def _initial_params(members: Sequence[Member],
+                    groups: Sequence[planner.ProgramGroup]
+                    ) -> tuple[dict[int, models.Params], np.ndarray]:
+  """Every member's initial parameters, one compiled draw per depth.
+
+  Returns the draws by depth, embedded in the depth's widest padded network,
+  and the row of each member (by position in ``members``) in its depth's draw.
+  """
+  widest: dict[int, models.MLP] = {}
+  for group in groups:
+    model = group.padded_model
+    if model.depth not in widest or (
+        model.n_params > widest[model.depth].n_params):
+      widest[model.depth] = model
+  seeds = np.array([member.seed for member in members])
+  row_of = np.zeros(len(members), np.int64)
+  drawn = {}
+  for depth, model in widest.items():
+    indices = np.array([i for i, member in enumerate(members)
+                        if member.depth == depth])
+    row_of[indices] = np.arange(len(indices))
+    drawn[depth] = jax.device_get(program.draw_params(
+        seeds[indices], np.array([members[i].true_width for i in indices],
+                                 np.int32), model=model))
+  return drawn, row_of
 
 
 def _member_mesh(devices: Sequence[jax.Device] | None) -> Mesh | None:
@@ -177,7 +252,7 @@ def _member_mesh(devices: Sequence[jax.Device] | None) -> Mesh | None:
   return Mesh(np.array(devices), ("members",))
 
 
-def _pad_to_devices(members: list[Member], mesh: Mesh | None) -> list[Member]:
+def _pad_to_devices(members: list, mesh: Mesh | None) -> list:
   if mesh is None:
     return members
   extra = -len(members) % mesh.size
@@ -203,7 +278,8 @@ def backend_cost_model() -> CostModel:
   """
   machine = provenance.machine_info()
   key = " | ".join((jax.default_backend(), machine["devices"], machine["cpu"],
-                    machine["cores"], f"jax {jax.__version__}"))
+                    machine["cores"], f"jax {jax.__version__}",
+                    _COST_MODEL_VERSION))
   return _machine_cost_model(key)
 
 
@@ -223,6 +299,9 @@ def _machine_cost_model(key: str) -> CostModel:
 
 
 _COST_MODEL_FILE = "cost_models.json"
+# Bumped when what calibrate_cost_model times changes, so that models measured
+# by an older lminima are measured again.
+_COST_MODEL_VERSION = "programs v2"
 
 
 def calibrate_cost_model(steps: int = 200) -> CostModel:
@@ -252,9 +331,9 @@ def calibrate_cost_model(steps: int = 200) -> CostModel:
                                         steps)
     start = time.perf_counter()
     # Ahead-of-time compiles are never cached: both programs are compiled anew.
-    program.init_state.lower(
-        np.arange(n), np.ones(n, np.float32), np.float32(0), x, y, spec=spec,
-        member_widths=(width,) * n).compile()
+    program.start_state.lower(
+        state.params, np.arange(n), np.full(n, width, np.int32),
+        np.ones(n, np.float32), np.float32(0), x, y, spec=spec).compile()
     compiled = program.run_chunk.lower(state, *args, spec=spec).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(state, *args))  # warm-up

@@ -71,6 +71,9 @@ flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size,
                      "Minibatch size; 0 for full batch.")
 flags.DEFINE_string("width_strategy", _DEFAULTS.width_strategy,
                     "auto, per_width or masked.")
+flags.DEFINE_integer("train_workers", _DEFAULTS.train_workers,
+                     "Training programs run side by side from host threads; "
+                     "0: one per usable core on a CPU, 1 on an accelerator.")
 flags.DEFINE_bool("certify", _DEFAULTS.certify,
                   "Refine and certify every member.")
 flags.DEFINE_integer("refine_max_iters", _DEFAULTS.refine_max_iters,
@@ -98,7 +101,7 @@ _COMPILATION_CACHE = flags.DEFINE_bool(
 # Short flags copied to the config field of the same name when given.
 _PLAIN_FIELDS = ("num_seeds", "activation", "bias", "skip", "normalization",
                  "optimizer", "learning_rate", "steps", "batch_size",
-                 "width_strategy", "certify", "refine_max_iters", "theory",
+                 "width_strategy", "train_workers", "certify", "refine_max_iters", "theory",
                  "workdir", "data_dir", "shard", "progress")
 
 

@@ -82,6 +82,32 @@ class MLPTest(parameterized.TestCase):
                                rtol=1e-6)
     np.testing.assert_array_equal(first["layer_1"]["bias"], np.zeros(4))
 
+  @parameterized.parameters(("tanh", False), ("relu", True))
+  def test_embedded_init_is_the_narrow_init_padded(self, activation, skip):
+    """Traced true widths give each member its own draws, padded: within
+    1 ulp of its eager init (compiled rounding), and bitwise the same in any
+    wider network (a member's start does not depend on its company)."""
+    wide, wider = (models.MLP(4, (w, w), 2, activation, skip=skip)
+                   for w in (9, 40))
+    draw = jax.jit(jax.vmap(lambda seed, width, model: model.init_params(
+        jax.random.PRNGKey(seed), jnp.float32, jnp.full((2,), width)),
+                            in_axes=(0, 0, None)), static_argnums=2)
+    got = draw(np.array([5, 7]), np.array([3, 9]), wide)
+    again = models.unpad_params(
+        draw(np.array([7, 1, 5]), np.array([9, 40, 3]), wider), wide,
+        leading=1)
+    for k, (seed, width) in enumerate(((5, 3), (7, 9))):
+      alone = models.pad_params(models.widen(wide, (width, width)).init_params(
+          jax.random.PRNGKey(seed)), wide)
+      for leaf, ref in zip(jax.tree_util.tree_leaves(got),
+                           jax.tree_util.tree_leaves(alone)):
+        np.testing.assert_allclose(leaf[k], ref, rtol=2.4e-7, atol=1e-30)
+        np.testing.assert_array_equal(leaf[k] == 0, np.asarray(ref) == 0)
+    for k, j in ((0, 2), (1, 0)):
+      for leaf, other in zip(jax.tree_util.tree_leaves(got),
+                             jax.tree_util.tree_leaves(again)):
+        np.testing.assert_array_equal(leaf[k], other[j])
+
   def test_init_fan_in_scaling(self):
     model = models.MLP(400, (300,), 1, "relu")
     w = np.asarray(model.init_params(jax.random.PRNGKey(0))["params"][

@@ -79,6 +79,40 @@ class PlanGroupsTest(parameterized.TestCase):
                        + [k]])
       self.assertEqual(planner.cheapest_cuts(list(costs), k), best[1])
 
+  def test_member_blocks(self):
+    members = [Member(d, w, s) for d in (1, 2) for w in (2, 4, 8)
+               for s in range(5)] + [Member(3, 2, 0)]
+    groups = planner.plan_groups(members, 3, 1, TrainConfig(),
+                                 width_strategy="masked", batch=10)
+    for workers in (1, 2, 3, 20):
+      blocks = planner.member_blocks(groups, members, workers)
+      own = [i for b in blocks for i in b.member_indices[:b.n_members]]
+      self.assertCountEqual(own, range(len(members)))  # each member once
+      for group in groups:
+        mine = [b for b in blocks if b.member_indices[0] in
+                group.member_indices]
+        self.assertLen(mine, min(workers, len(group.member_indices)))
+        self.assertLen({len(b.member_indices) for b in mine}, 1)  # one shape
+        for b in mine:
+          self.assertEqual(b.padded_model, group.padded_model)
+          self.assertTrue(set(b.member_indices) <= set(group.member_indices))
+      work = [len(b.member_indices) * b.padded_model.n_params for b in blocks]
+      self.assertEqual(work, sorted(work, reverse=True))
+    # A grid group splits into blocks of the same widths: one compile.
+    blocks = planner.member_blocks(groups[:1], members, 5)
+    self.assertLen({tuple(members[i].width for i in b.member_indices)
+                    for b in blocks}, 1)
+
+  def test_prediction_with_workers(self):
+    model = planner.CostModel(compile_s=1.0, step_s=1e-3, flops_per_s=1e9)
+    one = model.predict(7, 1e6, 100)
+    self.assertAlmostEqual(one, 1.0 + 100 * (1e-3 + 7e-3))
+    # Blocks of ceil(7 / 3) = 3 members run side by side.
+    self.assertAlmostEqual(model.predict(7, 1e6, 100, workers=3),
+                           1.0 + 100 * (1e-3 + 3e-3))
+    self.assertAlmostEqual(model.predict(7, 1e6, 100, workers=50),
+                           1.0 + 100 * (1e-3 + 1e-3))
+
   def test_planner_does_not_import_the_program(self):
     """The planner predicts from a CostModel; it never runs programs."""
     code = ("import sys, lminima.planner; "

@@ -247,13 +247,18 @@ class ProblemTest(parameterized.TestCase):
 
 
 class RegressionTest(absltest.TestCase):
-  """The redesign did not move a number: a pinned sweep against the rows the
-  pre-Problem code (commit 3554b8e) recorded, in
-  tests/data/pinned_sweep_before_redesign.json."""
+  """No unintended number moves: a pinned sweep against the rows recorded in
+  tests/data/pinned_sweep.json.
+
+  The Problem redesign reproduced the rows of the code before it (commit
+  3554b8e) to these tolerances; they were recorded again when training began
+  to draw a depth's initial weights in one program, whose compiled rounding
+  moved some initial weights by 1 ulp (BUILD_NOTES.md, "Fifth session").
+  """
 
   def test_pinned_sweep_gives_the_recorded_numbers(self):
     path = os.path.join(os.path.dirname(__file__), "data",
-                        "pinned_sweep_before_redesign.json")
+                        "pinned_sweep.json")
     with open(path) as f:
       before = json.load(f)
     config = sweep.get_config()
@@ -262,6 +267,7 @@ class RegressionTest(absltest.TestCase):
     # The plan the pre-redesign cost constants chose (one program per depth);
     # pinned, since "auto" now follows this machine's measured cost model.
     config.width_strategy = "masked"
+    config.train_workers = 1  # one program per depth, as then
     config.fate_iters = 0  # the pre-redesign rows had no continuation
     config.data_options.m = 40
     config.workdir = tempfile.mkdtemp()

@@ -100,10 +100,12 @@ class ProgramTest(parameterized.TestCase):
                                         batch=10, chunk_len=4)
     chunk = jax.make_jaxpr(functools.partial(program.chunk, spec=spec))(
         state, X, Y, np.int32(4), np.float32(1e4))
-    init = program.init_state.trace(
-        np.array([0, 1]), np.ones(2, np.float32), np.float32(0.9), X, Y,
-        spec=spec, member_widths=(2, 4)).jaxpr
-    for jaxpr in (str(chunk), str(init)):
+    draw = program.draw_params.trace(
+        np.array([0, 1]), np.array([2, 4], np.int32), model=padded).jaxpr
+    start = program.start_state.trace(
+        state.params, np.array([0, 1]), np.array([2, 4], np.int32),
+        np.ones(2, np.float32), np.float32(0.9), X, Y, spec=spec).jaxpr
+    for jaxpr in (str(chunk), str(draw), str(start)):
       self.assertIn("f32", jaxpr)
       self.assertNotIn("f64", jaxpr)
 

@@ -302,10 +302,12 @@ class SkipSweepTest(parameterized.TestCase):
       sweep.validate_config(config)
 
   def test_fingerprint_of_a_plain_sweep_has_no_skip(self):
-    """Workdirs written before the skip existed stay resumable."""
+    """Workdirs written before the skip (or train_workers) existed stay
+    resumable."""
     config = sweep.get_config()
     fields = {k: v for k, v in config.to_dict().items()
-              if k not in sweep_config._NOT_IN_FINGERPRINT and k != "skip"}
+              if k not in sweep_config._NOT_IN_FINGERPRINT and
+              k not in ("skip", "train_workers")}
     text = json.dumps(fields, sort_keys=True, default=str)
     self.assertEqual(sweep.config_fingerprint(config),
                      hashlib.sha256(text.encode()).hexdigest()[:16])

@@ -270,17 +270,45 @@ class TrainPopulationTest(parameterized.TestCase):
       self.assertEqual(result.loss_history.dtype, np.float32)
 
   def test_one_trace_per_program_and_progress(self):
-    chex.clear_trace_counter()
-    counted = jax.jit(chex.assert_max_traces(program.chunk, n=1),
-                      static_argnames="spec", donate_argnames="state")
-    calls = []
     config = TrainConfig(steps=10, chunk_steps=3)
     members = [Member(1, 3, 0), Member(1, 3, 1)]
-    with mock.patch.object(program, "run_chunk", counted):
-      train.train_population(DS, members, config,
-                             progress=lambda *a: calls.append(a))
+    calls = {1: [], 2: []}
+    for workers in (1, 2):  # two blocks of one member share the program
+      chex.clear_trace_counter()
+      counted = jax.jit(chex.assert_max_traces(program.chunk, n=1),
+                        static_argnames="spec", donate_argnames="state")
+      with mock.patch.object(program, "run_chunk", counted):
+        train.train_population(DS, members, config, workers=workers,
+                               progress=lambda *a, w=workers: calls[w].append(a))
     # 10 steps in chunks of at most 3: four chunks of 3 (2 no-op slots).
-    self.assertEqual(calls, [(6, 20), (12, 20), (18, 20), (20, 20)])
+    self.assertEqual(calls[1], [(6, 20), (12, 20), (18, 20), (20, 20)])
+    # Two blocks report their chunks as they arrive, in the calling thread.
+    done = [d for d, _ in calls[2]]
+    self.assertLen(done, 8)
+    self.assertEqual(done, sorted(done))
+    self.assertEqual(calls[2][-1], (20, 20))
+
+  def test_workers_change_rounding_only(self):
+    config = TrainConfig(optimizer="adam", steps=60, chunk_steps=25)
+    members = [Member(d, w, s) for d in (1, 2) for w in (2, 5)
+               for s in range(3)]
+    one, three = (train.train_population(DS, members, config, workers=k,
+                                         width_strategy="masked")
+                  for k in (1, 3))
+    for a, b in zip(one, three):
+      self.assertEqual((a.member, a.steps, a.diverged),
+                       (b.member, b.steps, b.diverged))
+      np.testing.assert_allclose(b.loss_history, a.loss_history, rtol=1e-5)
+      for x, y in zip(jax.tree_util.tree_leaves(a.params),
+                      jax.tree_util.tree_leaves(b.params)):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+  def test_default_workers_and_bad_workers(self):
+    self.assertEqual(train.default_workers(), len(os.sched_getaffinity(0)))
+    for bad in (0, -1, 1.5, True):
+      with self.assertRaisesRegex(ValueError, "workers must be"):
+        train.train_population(DS, [Member(1, 2, 0)], TrainConfig(steps=2),
+                               workers=bad)
 
 
 if __name__ == "__main__":
