@@ -22,6 +22,10 @@ forward + backward = 3x forward) and is set against the best dense float32
 matmul (JAX and torch, n x n for n in 512..2048) measured in the same run. Final
 losses are compared with lminima's (accuracy first).
 
+With ``--fresh``, lminima auto and the scan loop are also timed end to end
+in fresh processes: first with an empty persistent compilation cache, then
+with the cache that run wrote (``lminima.cache``).
+
 Usage:
   python benchmarks/bench_train.py            # full grid, 5 repetitions
   python benchmarks/bench_train.py --quick    # smoke test
@@ -32,9 +36,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -47,7 +54,8 @@ except ImportError:  # the PyTorch peer (and its matmul) are then skipped
   torch = None
 
 import lminima
-from lminima import data, losses, models, planner, population, provenance
+from lminima import cache, data, losses, models, planner, population
+from lminima import provenance
 from lminima import train
 from lminima.population import Member, TrainConfig, member_model
 
@@ -69,6 +77,13 @@ def parse_args() -> argparse.Namespace:
   parser.add_argument("--methods", type=str, default=",".join(METHODS),
                       help="comma-separated subset of " + ",".join(METHODS)
                       + " (auto is always run: it is the reference)")
+  parser.add_argument("--fresh", action="store_true",
+                      help="also time auto and the scan loop in fresh "
+                      "processes: first with an empty persistent compilation "
+                      "cache, then with the cache that run wrote")
+  parser.add_argument("--child", type=str, default="", help=argparse.SUPPRESS)
+  parser.add_argument("--cache_dir", type=str, default="",
+                      help=argparse.SUPPRESS)
   parser.add_argument("--out", type=str, default=os.path.join(
       os.path.dirname(os.path.abspath(__file__)), "results", "train.md"))
   args = parser.parse_args()
@@ -238,8 +253,34 @@ def median_range(values) -> str:
           f"{np.max(values):.2f}]")
 
 
+def fresh_process_seconds(method: str, cache_dir: str) -> float:
+  """Seconds of one training call of ``method`` in a new Python process
+  whose persistent compilation cache is ``cache_dir`` (imports and data
+  excluded, compilation included)."""
+  argv = [a for a in sys.argv[1:] if a != "--fresh"]
+  out = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), *argv, "--child", method,
+       "--cache_dir", cache_dir], check=True, capture_output=True,
+      text=True).stdout
+  return float(json.loads(out.strip().splitlines()[-1])["seconds"])
+
+
 def main():
   args = parse_args()
+  if args.child:  # one timed call in this fresh process (--fresh)
+    cache.enable_compilation_cache(args.cache_dir)
+    config = TrainConfig(activation="tanh", optimizer="sgd",
+                         learning_rate=LEARNING_RATE, steps=args.steps,
+                         chunk_steps=250)
+    ds = data.synthetic(m=args.m, d_x=D_X, d_y=D_Y, seed=0)
+    members = make_population(args, config)
+    run = {"auto": lambda: run_lminima(ds, members, config, "auto"),
+           "scan": lambda: run_scan_jax(ds, members, config)}[args.child]
+    if args.child == "auto":
+      train.backend_cost_model()  # measured once per machine, not per run
+    seconds, _ = timed(run)
+    print(json.dumps({"seconds": seconds}))
+    return
   if torch is None and "torch" in args.methods:
     print("torch is not installed: skipping the PyTorch loop", flush=True)
     args.methods.remove("torch")
@@ -329,6 +370,28 @@ def main():
         f"| {name} | {median_range(cold[name])} | {median_range(warm[name])} "
         f"| {gflops:.1f} | {100 * gflops / peak:.1f} | {e2e_ratio:.2f}x | "
         f"{warm_ratio:.2f}x | {rel:.1e} |")
+  if args.fresh:
+    fresh = {name: ([], []) for name in ("auto", "scan")}
+    for _ in range(args.reps):
+      for name, (cold_s, warm_s) in fresh.items():
+        with tempfile.TemporaryDirectory() as directory:
+          cold_s.append(fresh_process_seconds(name, directory))
+          warm_s.append(fresh_process_seconds(name, directory))
+    label = {"auto": ours, "scan": "jit(lax.scan) per configuration"}
+    lines += [
+        "", "Fresh processes, one training call each (imports and data "
+        "excluded; the planner's cost model was measured before, once per "
+        "machine): cold = empty persistent compilation cache, warm cache = "
+        "a new process reading the cache the cold one wrote. Median [min-max] "
+        f"of {args.reps}; speedup = scan loop time / auto time, median of the "
+        "per-repetition ratios.", "",
+        "| method | cold s | warm cache s | speedup of auto, cold | speedup "
+        "of auto, warm cache |", "| --- | --- | --- | --- | --- |"]
+    for name, (cold_s, warm_s) in fresh.items():
+      lines.append(
+          f"| {label[name]} | {median_range(cold_s)} | {median_range(warm_s)}"
+          f" | {np.median(np.array(cold_s) / fresh['auto'][0]):.2f}x | "
+          f"{np.median(np.array(warm_s) / fresh['auto'][1]):.2f}x |")
   lines += ["", "Machine and software:", ""]
   lines += [f"- {key}: {value}" for key, value in info.items()]
   table = "\n".join(lines) + "\n"

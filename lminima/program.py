@@ -4,10 +4,10 @@ A program trains n members of one depth, embedded in one padded network
 ``spec.model`` (``lminima.planner`` decides who shares a program). It is two
 jit-compiled functions:
 
-* ``draw_params`` draws every member's parameters from its seed (one call for
-  all members of a depth, whatever their widths), and ``start_state`` writes
-  each member's learning rate into its optimizer state and evaluates the loss
-  and gradient of its first update;
+* ``start_population``: draws every member's parameters from its seed, writes
+  its learning rate into its optimizer state and evaluates the loss and
+  gradient of its first update, for all members of a depth at once (their
+  widths are traced); ``crop_state`` cuts a program's members out of it;
 * ``run_chunk``: ``vmap`` of one training step over the members, ``lax.scan``
   over ``spec.chunk_len`` steps. The state is donated, so a chunk updates it
   in place.
@@ -116,12 +116,13 @@ class ProgramSpec:
   batch: int
   chunk_len: int
   masked: bool
+  member_loop: bool = False
 
 
 def make_optimizer(name: str) -> optax.GradientTransformation:
   """The optimizer ``name`` with its hyperparameters injected into its state.
 
-  The values given here are placeholders: ``start_state`` writes each member's
+  The values given here are placeholders: ``start_population`` writes each member's
   learning rate (and the momentum) into the state, and ``update`` reads them
   from there, so per-member rates are vmapped state. optax casts the
   hyperparameters to the parameters' dtype (float32).
@@ -180,42 +181,34 @@ def full_value_and_grad(spec: ProgramSpec, params: models.Params,
   return jax.value_and_grad(functools.partial(_loss, spec))(params, width, x, y)
 
 
-# The start programs run once, but random sampling is slow to compile on CPU
-# at the default LLVM optimization level, so they are compiled for compile
-# time, not run time.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+# The start program runs once per depth, but random sampling is slow to
+# compile on CPU at the default LLVM optimization level, so it is compiled for
+# compile time, not run time.
+@functools.partial(
+    jax.jit, static_argnames="spec",
+    compiler_options={"xla_backend_optimization_level": 0})
+def start_population(seeds: jax.Array, widths: jax.Array,
+                     learning_rates: jax.Array, momentum: jax.Array,
+                     x: jax.Array, y: jax.Array, *, spec: ProgramSpec) -> State:
+  """The initial state of members of true ``widths``, embedded in
+  ``spec.model`` (``spec.masked`` must be True), in one compiled call.
 
-
-@functools.partial(jax.jit, static_argnames="model",
-                   compiler_options=_FAST_COMPILE)
-def draw_params(seeds: jax.Array, widths: jax.Array, *,
-                model: models.MLP) -> models.Params:
-  """Initial parameters of members of true ``widths``, embedded in ``model``.
-
-  Member k is ``model.init_params(PRNGKey(seeds[k]), float32,
-  true_widths=(widths[k],) * depth)``: the draws of its own network, padded
-  with zeros. The widths are traced, so one compiled call initializes every
-  member of one depth, whatever the programs it is then split into.
-  Compiled, XLA may fold the init scale into the sampler, so a weight can
-  differ from the eager ``init_params`` by 1 ulp.
+  Member k starts at ``spec.model.init_params(PRNGKey(seeds[k]), float32,
+  true_widths=(widths[k],) * depth)``, the draws of its own network padded
+  with zeros (compiled, XLA may fold the init scale into the sampler, so a
+  weight can differ from the eager ``init_params`` by 1 ulp). Its learning
+  rate (and the momentum) is written into its optimizer state, its
+  minibatch-order key derived from its seed, and the loss and gradient of its
+  first update evaluated with its width mask. The widths are traced, so one
+  call starts every member of one depth, whatever the programs it is then
+  split into (``crop_state``).
   """
-  depth = model.depth
-  return jax.vmap(lambda seed, width: model.init_params(
+  if not spec.masked:
+    raise ValueError("start_population needs a masked spec")
+  depth = spec.model.depth
+  params = jax.vmap(lambda seed, width: spec.model.init_params(
       jax.random.PRNGKey(seed), TRAIN_DTYPE,
       true_widths=jnp.full((depth,), width)))(seeds, widths)
-
-
-@functools.partial(jax.jit, static_argnames="spec",
-                   compiler_options=_FAST_COMPILE)
-def start_state(params: models.Params, seeds: jax.Array, widths: jax.Array,
-                learning_rates: jax.Array, momentum: jax.Array, x: jax.Array,
-                y: jax.Array, *, spec: ProgramSpec) -> State:
-  """A program's initial state from its members' initial (padded) ``params``.
-
-  Writes each member's learning rate (and the momentum) into its optimizer
-  state, derives its minibatch-order key from its seed and evaluates the loss
-  and gradient of its first update.
-  """
   optimizer = make_optimizer(spec.optimizer)
   opt_state = jax.vmap(optimizer.init)(params)
   opt_state.hyperparams["learning_rate"] = learning_rates
@@ -240,35 +233,62 @@ def start_state(params: models.Params, seeds: jax.Array, widths: jax.Array,
                data_key=data_key, step=jnp.zeros((), jnp.int32))
 
 
+def crop_state(population: State, rows: np.ndarray,
+               spec: ProgramSpec) -> State:
+  """The state of the members at ``rows`` of a population's initial state
+  (host arrays), each leaf cut to its top-left block in ``spec.model``.
+
+  Padded weights, their gradients and optimizer moments are exactly zero, so
+  cutting them off leaves each member's state as it is.
+  """
+  params = jax.eval_shape(spec.model.init_params, jax.random.PRNGKey(0))
+  opt_state = jax.eval_shape(make_optimizer(spec.optimizer).init, params)
+  cut = lambda tree, shapes: jax.tree_util.tree_map(
+      lambda leaf, shape: leaf[rows][(slice(None),) + tuple(
+          slice(0, k) for k in shape.shape)], tree, shapes)
+  return population._replace(
+      params=cut(population.params, params),
+      opt_state=cut(population.opt_state, opt_state),
+      grads=cut(population.grads, params),
+      **{name: getattr(population, name)[rows] for name in (
+          "loss", "loss0", "diverged", "applied", "width", "data_key")})
+
+
 def start_program(members: Sequence[Member], padded: models.MLP,
                   config: TrainConfig, x: jax.Array, y: jax.Array,
-                  batch: int, chunk_len: int,
-                  params: models.Params | None = None
-                  ) -> tuple[ProgramSpec, State]:
+                  batch: int, chunk_len: int) -> tuple[ProgramSpec, State]:
   """The program spec and initial state of ``members`` padded to ``padded``.
 
-  ``params`` are the members' initial parameters with a leading member axis,
-  embedded in ``padded`` or in a wider network of the same depth (the top-left
-  blocks are taken), as ``draw_params`` returns them; by default they are
-  drawn here. Dispatches the start programs (asynchronously, like any jitted
-  call).
+  ``lminima.train`` starts a whole depth at once (``start_population``) and
+  crops each program's members from it; this starts just ``members``.
   """
-  widths = np.array([member.true_width for member in members], np.int32)
-  seeds = np.array([member.seed for member in members])
-  spec = ProgramSpec(model=padded, optimizer=config.optimizer,
-                     normalization=config.normalization, m=x.shape[0],
-                     batch=batch, chunk_len=chunk_len,
-                     masked=len(set(widths.tolist())) > 1)
-  if params is None:
-    params = draw_params(seeds, widths, model=padded)
-  else:
-    params = models.unpad_params(params, padded, leading=1)
-  state = start_state(
-      params, seeds, widths,
-      np.array([config.learning_rate if member.learning_rate is None
-                else member.learning_rate for member in members], np.float32),
-      np.float32(config.momentum), x, y, spec=spec)
+  spec = program_spec(members, padded, config, x.shape[0], batch, chunk_len)
+  state = start_population(
+      *member_arrays(members, config), x, y,
+      spec=dataclasses.replace(spec, masked=True))
   return spec, state
+
+
+def program_spec(members: Sequence[Member], padded: models.MLP,
+                 config: TrainConfig, m: int, batch: int,
+                 chunk_len: int) -> ProgramSpec:
+  """The spec of the program that trains ``members`` padded to ``padded``."""
+  return ProgramSpec(model=padded, optimizer=config.optimizer,
+                     normalization=config.normalization, m=m, batch=batch,
+                     chunk_len=chunk_len,
+                     masked=len({member.true_width for member in members}) > 1)
+
+
+def member_arrays(members: Sequence[Member], config: TrainConfig
+                  ) -> tuple[np.ndarray, ...]:
+  """``(seeds, widths, learning_rates, momentum)``, ``start_population``'s
+  leading arguments."""
+  return (np.array([member.seed for member in members]),
+          np.array([member.true_width for member in members], np.int32),
+          np.array([config.learning_rate if member.learning_rate is None
+                    else member.learning_rate for member in members],
+                   np.float32),
+          np.float32(config.momentum))
 
 
 def chunk(state: State, x: jax.Array, y: jax.Array,
@@ -299,18 +319,25 @@ def chunk(state: State, x: jax.Array, y: jax.Array,
     return params, opt_state, grads, loss, diverged | (active & ~healthy), \
         applied
 
-  batched_slot = jax.vmap(member_slot, in_axes=(0,) * 9 + (None,))
+  def member_chunk(params, opt_state, grads, loss, loss0, diverged, applied,
+                   width, data_key):
+    def body(carry, step):
+      return member_slot(*carry[:4], loss0, *carry[4:], width, data_key,
+                         step), None
+    carry, _ = jax.lax.scan(
+        body, (params, opt_state, grads, loss, diverged, applied),
+        state.step + jnp.arange(spec.chunk_len, dtype=jnp.int32))
+    return carry
 
-  def scan_body(carry, _):
-    params, opt_state, grads, loss, diverged, applied, step = carry
-    carry = batched_slot(params, opt_state, grads, loss, state.loss0,
-                         diverged, applied, state.width, state.data_key, step)
-    return (*carry, step + 1), None
-
-  (params, opt_state, grads, loss, diverged, applied, step), _ = jax.lax.scan(
-      scan_body, (state.params, state.opt_state, state.grads, state.loss,
-                  state.diverged, state.applied, state.step), None,
-      length=spec.chunk_len)
+  members = (state.params, state.opt_state, state.grads, state.loss,
+             state.loss0, state.diverged, state.applied, state.width,
+             state.data_key)
+  if spec.member_loop:
+    carry = jax.lax.map(lambda args: member_chunk(*args), members)
+  else:
+    carry = jax.vmap(member_chunk)(*members)
+  params, opt_state, grads, loss, diverged, applied = carry
+  step = state.step + spec.chunk_len
   if spec.batch == spec.m:
     end_loss, end_grads = loss, grads
   else:

@@ -7,9 +7,10 @@ minibatches and divergence) and returns one ``MemberResult`` per member:
 1. ``lminima.planner`` splits the population into program groups (one depth
    and one padded width each), choosing the split with a ``CostModel``, and
    each group into ``min(workers, n)`` member blocks of equal size;
-2. one compiled call draws the initial parameters of every member of a depth
-   (``program.draw_params``, widths traced), whatever its group;
-3. each block is one compiled program (``lminima.program``): a start call and
+2. one compiled call starts every member of a depth (its initial weights,
+   optimizer state and first gradient: ``program.start_population``, widths
+   traced), whatever its group, and each block's state is cut from it;
+3. each block is one compiled program (``lminima.program``):
    ``ceil(steps / chunk_steps)`` calls of one compiled chunk of equal length
    ``ceil(steps / n_chunks)``, whose at most ``n_chunks - 1`` surplus update
    slots are no-ops. The blocks of a group share their compiled programs;
@@ -30,7 +31,7 @@ Cost models. ``backend_cost_model`` measures this machine once, with
 ``calibrate_cost_model`` (cached per machine in ``lminima.cache``), which
 times a few tiny programs:
 
-    compile_s   = compile time of a small program (start and chunk),
+    compile_s   = compile time of a small program's chunk,
     step_s      = t_tiny / T          (1 member of width 4: fixed cost),
     flops_per_s = FLOPs_heavy / (t_heavy - t_tiny)
                                       (8 members of depth 2 and width 128).
@@ -139,20 +140,21 @@ def train_population(data: Dataset, members: Sequence[Member],
             for a in (x, y))
   call_start = time.perf_counter()
   blocks = planner.member_blocks(groups, members, workers)
-  drawn, row_of = _initial_params(members, groups)
+  started, row_of = _start_depths(members, groups, config, x, y, batch,
+                                  chunk_len)
   arrived: queue.Queue = queue.Queue()
 
   def run_block(block: planner.MemberBlock):
     """One program, start to end, in a worker thread."""
     start = time.perf_counter()
     indices = _pad_to_devices(list(block.member_indices), mesh)
-    spec, state = program.start_program(
-        [members[i] for i in indices], block.padded_model, config, x, y,
-        batch, chunk_len, params=jax.tree_util.tree_map(
-            lambda leaf: leaf[row_of[indices]],
-            drawn[block.padded_model.depth]))
-    if mesh is not None:
-      state = _shard_members(state, mesh, len(indices))
+    spec = program.program_spec([members[i] for i in indices],
+                                block.padded_model, config, data.m, batch,
+                                chunk_len)
+    state = program.crop_state(started[block.padded_model.depth],
+                               row_of[indices], spec)
+    state = (jax.device_put(state) if mesh is None else
+             _shard_members(state, mesh, len(indices)))
     outputs = [None] * n_chunks
     for index in range(n_chunks):
       state, *outputs[index] = program.run_chunk(state, x, y, *hyper,
@@ -215,13 +217,15 @@ def default_workers(devices: Sequence[jax.Device] | None = None) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _initial_params(members: Sequence[Member],
-                    groups: Sequence[planner.ProgramGroup]
-                    ) -> tuple[dict[int, models.Params], np.ndarray]:
-  """Every member's initial parameters, one compiled draw per depth.
+def _start_depths(members: Sequence[Member],
+                  groups: Sequence[planner.ProgramGroup], config: TrainConfig,
+                  x: jax.Array, y: jax.Array, batch: int, chunk_len: int
+                  ) -> tuple[dict[int, program.State], np.ndarray]:
+  """Every member's initial state, one compiled call per depth.
 
-  Returns the draws by depth, embedded in the depth's widest padded network,
-  and the row of each member (by position in ``members``) in its depth's draw.
+  Returns the host states by depth, embedded in the depth's widest padded
+  network, and the row of each member (by position in ``members``) in its
+  depth's state.
   """
   widest: dict[int, models.MLP] = {}
   for group in groups:
@@ -229,17 +233,20 @@ def _initial_params(members: Sequence[Member],
     if model.depth not in widest or (
         model.n_params > widest[model.depth].n_params):
       widest[model.depth] = model
-  seeds = np.array([member.seed for member in members])
   row_of = np.zeros(len(members), np.int64)
-  drawn = {}
+  started = {}
   for depth, model in widest.items():
     indices = np.array([i for i, member in enumerate(members)
                         if member.depth == depth])
     row_of[indices] = np.arange(len(indices))
-    drawn[depth] = jax.device_get(program.draw_params(
-        seeds[indices], np.array([members[i].true_width for i in indices],
-                                 np.int32), model=model))
-  return drawn, row_of
+    depth_members = [members[i] for i in indices]
+    spec = program.ProgramSpec(
+        model=model, optimizer=config.optimizer,
+        normalization=config.normalization, m=x.shape[0], batch=batch,
+        chunk_len=chunk_len, masked=True)
+    started[depth] = jax.device_get(program.start_population(
+        *program.member_arrays(depth_members, config), x, y, spec=spec))
+  return started, row_of
 
 
 def _member_mesh(devices: Sequence[jax.Device] | None) -> Mesh | None:
@@ -330,10 +337,7 @@ def calibrate_cost_model(steps: int = 200) -> CostModel:
     spec, state = program.start_program(members, model, config, x, y, m,
                                         steps)
     start = time.perf_counter()
-    # Ahead-of-time compiles are never cached: both programs are compiled anew.
-    program.start_state.lower(
-        state.params, np.arange(n), np.full(n, width, np.int32),
-        np.ones(n, np.float32), np.float32(0), x, y, spec=spec).compile()
+    # Ahead-of-time compiles are never cached: the program is compiled anew.
     compiled = program.run_chunk.lower(state, *args, spec=spec).compile()
     compile_s = time.perf_counter() - start
     jax.block_until_ready(compiled(state, *args))  # warm-up

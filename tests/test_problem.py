@@ -252,8 +252,9 @@ class RegressionTest(absltest.TestCase):
 
   The Problem redesign reproduced the rows of the code before it (commit
   3554b8e) to these tolerances; they were recorded again when training began
-  to draw a depth's initial weights in one program, whose compiled rounding
-  moved some initial weights by 1 ulp (BUILD_NOTES.md, "Fifth session").
+  to start a whole depth in one program, whose compiled rounding moved some
+  initial weights by 1 ulp and evaluates the first gradient in the depth's
+  widest network (BUILD_NOTES.md, "Fifth session").
   """
 
   def test_pinned_sweep_gives_the_recorded_numbers(self):

@@ -65,6 +65,33 @@ class ProgramTest(parameterized.TestCase):
                                  jnp.float32),
           rtol=2.5e-7, atol=0)
 
+  @parameterized.parameters("sgd", "adam")
+  def test_a_cropped_population_start_is_the_programs_own(self, optimizer):
+    """A program's members cut from a whole depth's start equal their own
+    start: same draws, optimizer state and keys; loss and gradient to the
+    rounding of the wider kernels."""
+    config = TrainConfig(optimizer=optimizer, learning_rate=0.03)
+    depth = [Member(2, w, s, learning_rate=0.01 * (s + 1))
+             for w in (2, 3, 7) for s in range(2)]
+    widest = member_model(DS.d_x, DS.d_y, depth[-1], config)
+    whole = jax.device_get(program.start_population(
+        *program.member_arrays(depth, config), X, Y,
+        spec=program.program_spec(depth, widest, config, DS.m, DS.m, 5)))
+    rows = np.array([3, 0, 2])  # widths 3, 2, 3
+    block = [depth[i] for i in rows]
+    padded = member_model(DS.d_x, DS.d_y, Member(2, 3, 0), config)
+    spec, own = program.start_program(block, padded, config, X, Y, DS.m, 5)
+    cropped = program.crop_state(whole, rows, spec)
+    chex.assert_trees_all_equal_shapes(cropped, own)
+    for name in ("params", "opt_state", "data_key", "width", "diverged",
+                 "applied", "step"):
+      chex.assert_trees_all_equal(getattr(cropped, name),
+                                  jax.device_get(getattr(own, name)))
+    for name in ("grads", "loss", "loss0"):
+      chex.assert_trees_all_close(getattr(cropped, name),
+                                  jax.device_get(getattr(own, name)),
+                                  rtol=1e-5, atol=1e-7)
+
   @parameterized.parameters(None, 8)
   def test_initial_loss_is_the_squared_loss(self, batch):
     """State.loss0 is losses.squared_loss of the true (unpadded) network."""
@@ -100,12 +127,9 @@ class ProgramTest(parameterized.TestCase):
                                         batch=10, chunk_len=4)
     chunk = jax.make_jaxpr(functools.partial(program.chunk, spec=spec))(
         state, X, Y, np.int32(4), np.float32(1e4))
-    draw = program.draw_params.trace(
-        np.array([0, 1]), np.array([2, 4], np.int32), model=padded).jaxpr
-    start = program.start_state.trace(
-        state.params, np.array([0, 1]), np.array([2, 4], np.int32),
-        np.ones(2, np.float32), np.float32(0.9), X, Y, spec=spec).jaxpr
-    for jaxpr in (str(chunk), str(draw), str(start)):
+    start = program.start_population.trace(
+        *program.member_arrays(members, config), X, Y, spec=spec).jaxpr
+    for jaxpr in (str(chunk), str(start)):
       self.assertIn("f32", jaxpr)
       self.assertNotIn("f64", jaxpr)
 
