@@ -241,8 +241,7 @@ def crop_state(population: State, rows: np.ndarray,
   Padded weights, their gradients and optimizer moments are exactly zero, so
   cutting them off leaves each member's state as it is.
   """
-  params = jax.eval_shape(spec.model.init_params, jax.random.PRNGKey(0))
-  opt_state = jax.eval_shape(make_optimizer(spec.optimizer).init, params)
+  params, opt_state = _state_shapes(spec.model, spec.optimizer)
   cut = lambda tree, shapes: jax.tree_util.tree_map(
       lambda leaf, shape: leaf[rows][(slice(None),) + tuple(
           slice(0, k) for k in shape.shape)], tree, shapes)
@@ -252,6 +251,13 @@ def crop_state(population: State, rows: np.ndarray,
       grads=cut(population.grads, params),
       **{name: getattr(population, name)[rows] for name in (
           "loss", "loss0", "diverged", "applied", "width", "data_key")})
+
+
+@functools.lru_cache(maxsize=256)
+def _state_shapes(model: models.MLP, optimizer: str):
+  """Shapes of one member's parameters and optimizer state (traced once)."""
+  params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
+  return params, jax.eval_shape(make_optimizer(optimizer).init, params)
 
 
 def start_program(members: Sequence[Member], padded: models.MLP,

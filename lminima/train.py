@@ -145,7 +145,13 @@ def train_population(data: Dataset, members: Sequence[Member],
   arrived: queue.Queue = queue.Queue()
 
   def run_block(block: planner.MemberBlock):
-    """One program, start to end, in a worker thread."""
+    """One program, start to end, in a worker thread; puts None when done."""
+    try:
+      return run_program(block)
+    finally:
+      arrived.put(None)
+
+  def run_program(block: planner.MemberBlock):
     start = time.perf_counter()
     indices = _pad_to_devices(list(block.member_indices), mesh)
     spec = program.program_spec([members[i] for i in indices],
@@ -171,12 +177,13 @@ def train_population(data: Dataset, members: Sequence[Member],
   total = config.steps * len(members)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     futures = [pool.submit(run_block, block) for block in blocks]
-    done = 0
-    while not all(f.done() for f in futures) or not arrived.empty():
-      try:
-        done += arrived.get(timeout=0.05)
-      except queue.Empty:
+    done, running = 0, len(blocks)
+    while running:
+      steps = arrived.get()
+      if steps is None:
+        running -= 1
         continue
+      done += steps
       if progress is not None:
         progress(done, total)
     outcomes = [future.result() for future in futures]  # re-raises errors
