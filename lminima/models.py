@@ -370,14 +370,10 @@ def pad_params(variables: Params, padded: MLP) -> Params:
   return jax.tree_util.tree_map(pad, variables, _shapes(padded))
 
 
-def unpad_params(variables: Params, model: MLP, leading: int = 0) -> Params:
-  """Inverse of ``pad_params``: the active block of each layer for ``model``.
-
-  ``leading`` axes (members of a population) are kept whole.
-  """
+def unpad_params(variables: Params, model: MLP) -> Params:
+  """Inverse of ``pad_params``: the active block of each layer for ``model``."""
   return jax.tree_util.tree_map(
-      lambda leaf, target: leaf[(slice(None),) * leading +
-                                tuple(slice(0, n) for n in target.shape)],
+      lambda leaf, target: leaf[tuple(slice(0, n) for n in target.shape)],
       variables, _shapes(model))
 
 

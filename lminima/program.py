@@ -1,16 +1,17 @@
 """The compiled program that trains one group of a population.
 
 A program trains n members of one depth, embedded in one padded network
-``spec.model`` (``lminima.planner`` decides who shares a program). It is two
-jit-compiled functions:
+``spec.model`` (``lminima.planner`` decides who shares a program). Two
+jit-compiled functions do the work:
 
-* ``start_population``: draws every member's parameters from its seed, writes
-  its learning rate into its optimizer state and evaluates the loss and
-  gradient of its first update, for all members of a depth at once (their
-  widths are traced); ``crop_state`` cuts a program's members out of it;
-* ``run_chunk``: ``vmap`` of one training step over the members, ``lax.scan``
-  over ``spec.chunk_len`` steps. The state is donated, so a chunk updates it
-  in place.
+* ``start_population`` (once per depth): draws every member's parameters from
+  its seed, writes its learning rate into its optimizer state and evaluates
+  the loss and gradient of its first update, for all members of a depth at
+  once (their widths are traced); ``crop_state`` cuts a program's members out
+  of it;
+* ``run_chunk`` (the program): ``vmap`` over the members of a ``lax.scan`` of
+  ``spec.chunk_len`` training steps. The state is donated, so a chunk updates
+  it in place.
 
 Rotated loop. A step is "update, then evaluate the loss and gradient at the
 new parameters" (``State.loss``/``State.grads`` belong to the next update), so
@@ -116,15 +117,14 @@ class ProgramSpec:
   batch: int
   chunk_len: int
   masked: bool
-  member_loop: bool = False
 
 
 def make_optimizer(name: str) -> optax.GradientTransformation:
   """The optimizer ``name`` with its hyperparameters injected into its state.
 
-  The values given here are placeholders: ``start_population`` writes each member's
-  learning rate (and the momentum) into the state, and ``update`` reads them
-  from there, so per-member rates are vmapped state. optax casts the
+  The values given here are placeholders: ``start_population`` writes each
+  member's learning rate (and the momentum) into the state, and ``update``
+  reads them from there, so per-member rates are vmapped state. optax casts the
   hyperparameters to the parameters' dtype (float32).
   """
   if name == "sgd":
@@ -335,14 +335,10 @@ def chunk(state: State, x: jax.Array, y: jax.Array,
         state.step + jnp.arange(spec.chunk_len, dtype=jnp.int32))
     return carry
 
-  members = (state.params, state.opt_state, state.grads, state.loss,
-             state.loss0, state.diverged, state.applied, state.width,
-             state.data_key)
-  if spec.member_loop:
-    carry = jax.lax.map(lambda args: member_chunk(*args), members)
-  else:
-    carry = jax.vmap(member_chunk)(*members)
-  params, opt_state, grads, loss, diverged, applied = carry
+  # JAX batches this into a scan of the vmapped step.
+  params, opt_state, grads, loss, diverged, applied = jax.vmap(member_chunk)(
+      state.params, state.opt_state, state.grads, state.loss, state.loss0,
+      state.diverged, state.applied, state.width, state.data_key)
   step = state.step + spec.chunk_len
   if spec.batch == spec.m:
     end_loss, end_grads = loss, grads

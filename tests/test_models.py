@@ -93,9 +93,8 @@ class MLPTest(parameterized.TestCase):
         jax.random.PRNGKey(seed), jnp.float32, jnp.full((2,), width)),
                             in_axes=(0, 0, None)), static_argnums=2)
     got = draw(np.array([5, 7]), np.array([3, 9]), wide)
-    again = models.unpad_params(
-        draw(np.array([7, 1, 5]), np.array([9, 40, 3]), wider), wide,
-        leading=1)
+    again = jax.vmap(models.unpad_params, in_axes=(0, None))(
+        draw(np.array([7, 1, 5]), np.array([9, 40, 3]), wider), wide)
     for k, (seed, width) in enumerate(((5, 3), (7, 9))):
       alone = models.pad_params(models.widen(wide, (width, width)).init_params(
           jax.random.PRNGKey(seed)), wide)
