@@ -303,6 +303,21 @@ class TrainPopulationTest(parameterized.TestCase):
                       jax.tree_util.tree_leaves(b.params)):
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
 
+  def test_a_failing_program_raises_instead_of_hanging(self):
+    calls, run_chunk = [], program.run_chunk
+
+    def failing(state, *args, spec, **kwargs):
+      calls.append(spec)
+      if len(calls) == 2:
+        raise RuntimeError("chunk failed")
+      return run_chunk(state, *args, spec=spec, **kwargs)
+
+    members = [Member(1, w, s) for w in (2, 3) for s in range(2)]
+    with mock.patch.object(program, "run_chunk", side_effect=failing):
+      with self.assertRaisesRegex(RuntimeError, "chunk failed"):
+        train.train_population(DS, members, TrainConfig(steps=4),
+                               workers=2, width_strategy="per_width")
+
   def test_default_workers_and_bad_workers(self):
     self.assertEqual(train.default_workers(), len(os.sched_getaffinity(0)))
     for bad in (0, -1, 1.5, True):
