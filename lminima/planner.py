@@ -226,6 +226,50 @@ def member_blocks(groups: Sequence[ProgramGroup], members: Sequence[Member],
   return [block for _, block in sorted(ranked, key=lambda pair: pair[0])]
 
 
+START_TOGETHER_BYTES = 256 * 2 ** 20
+"""Host bytes up to which the groups of a depth start in one program."""
+
+START_BYTES_PER_PARAM = 4 * 4
+"""Bytes per parameter of a member's initial state: float32 parameters,
+gradient and two optimizer moments."""
+
+
+def start_groups(groups: Sequence[ProgramGroup]
+                 ) -> list[tuple[models.MLP, list[ProgramGroup]]]:
+  """Which groups share one start program, and the network it starts them in.
+
+  The groups of one depth start together in the widest of their networks
+  (one compile for the depth) while that state, every member of the depth at
+  the widest width, takes at most ``START_TOGETHER_BYTES``; beyond that (wide
+  networks, whose compile is small next to their training) each group starts
+  in its own network, so that narrow members do not hold wide state.
+
+  Example:
+    >>> from lminima.population import TrainConfig
+    >>> ms = [Member(2, w, 0) for w in (4, 8, 4096)]
+    >>> groups = plan_groups(ms, 3, 1, TrainConfig(),
+    ...                      width_strategy="per_width", batch=10)
+    >>> [(m.widths, len(g)) for m, g in start_groups(groups[:2])]
+    [((8, 8), 2)]
+    >>> [m.widths for m, _ in start_groups(groups)]
+    [(4, 4), (8, 8), (4096, 4096)]
+  """
+  by_depth: dict[int, list[ProgramGroup]] = {}
+  for group in groups:
+    by_depth.setdefault(group.padded_model.depth, []).append(group)
+  starts = []
+  for depth_groups in by_depth.values():
+    widest = max((group.padded_model for group in depth_groups),
+                 key=lambda model: model.n_params)
+    members = sum(len(group.member_indices) for group in depth_groups)
+    if members * widest.n_params * START_BYTES_PER_PARAM <= (
+        START_TOGETHER_BYTES):
+      starts.append((widest, list(depth_groups)))
+    else:
+      starts += [(group.padded_model, [group]) for group in depth_groups]
+  return starts
+
+
 def cheapest_cuts(costs: Sequence[float], k: int) -> list[int]:
   """Cut points 0 = c_0 < ... < c_r = k minimizing sum cost(c_{s-1}, c_s).
 

@@ -294,11 +294,13 @@ def memory_estimate(config: ml_collections.ConfigDict, data: data_lib.Dataset
                     ) -> list[dict[str, Any]]:
   """Estimated peak bytes per depth: training its population, analysing one.
 
-  Training (float32): every program of a depth is dispatched before any
-  result is read, so the whole population's state is alive at once; per
-  member ``_TRAIN_BYTES_PER_PARAM`` bytes per parameter (at the widest width
-  for ``width_strategy="masked"``) plus ``_TRAIN_BYTES_PER_UNIT`` bytes per
-  sample and hidden unit of a batch. Analysis (float64, one member at a
+  Training (float32): the whole population's state counts as alive at once
+  (a bound: only ``train_workers`` programs run at a time); per member
+  ``_TRAIN_BYTES_PER_PARAM`` bytes per parameter (at the widest width for
+  ``width_strategy="masked"``) plus ``_TRAIN_BYTES_PER_UNIT`` bytes per
+  sample and hidden unit of a batch, plus the host copy of a depth's initial
+  state when its members start together (``planner.start_groups``; at most
+  ``planner.START_TOGETHER_BYTES``). Analysis (float64, one member at a
   time): ``_ANALYSIS_VECTORS`` parameter vectors plus the dense objects
   (Hessian, D(theta)), each capped by ``memory_budget_bytes``.
 
@@ -317,6 +319,10 @@ def memory_estimate(config: ml_collections.ConfigDict, data: data_lib.Dataset
                     + batch * shaped * depth * _TRAIN_BYTES_PER_UNIT)
       train_bytes += per_member * config.num_seeds
     n_params = _n_params(data.d_x, data.d_y, depth, widest, config.skip)
+    shared_start = (len(config.widths) * config.num_seeds * n_params *
+                    planner.START_BYTES_PER_PARAM)
+    if shared_start <= planner.START_TOGETHER_BYTES:
+      train_bytes += shared_start
     dense = min(config.memory_budget_bytes,
                 8 * n_params * max(n_params, data.m * data.d_y))
     analysis_bytes = (8 * n_params * _ANALYSIS_VECTORS

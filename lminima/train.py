@@ -9,7 +9,8 @@ minibatches and divergence) and returns one ``MemberResult`` per member:
    each group into ``min(workers, n)`` member blocks of equal size;
 2. one compiled call starts every member of a depth (its initial weights,
    optimizer state and first gradient: ``program.start_population``, widths
-   traced), whatever its group, and each block's state is cut from it;
+   traced), whatever its group, unless that state would be too large
+   (``planner.start_groups``); each block's state is cut from it;
 3. each block is one compiled program (``lminima.program``):
    ``ceil(steps / chunk_steps)`` calls of one compiled chunk of equal length
    ``ceil(steps / n_chunks)``, whose at most ``n_chunks - 1`` surplus update
@@ -140,8 +141,7 @@ def train_population(data: Dataset, members: Sequence[Member],
             for a in (x, y))
   call_start = time.perf_counter()
   blocks = planner.member_blocks(groups, members, workers)
-  started, row_of = _start_depths(members, groups, config, x, y, batch,
-                                  chunk_len)
+  starts = _start_states(members, groups, config, x, y, batch, chunk_len)
   arrived: queue.Queue = queue.Queue()
 
   def run_block(block: planner.MemberBlock):
@@ -157,8 +157,9 @@ def train_population(data: Dataset, members: Sequence[Member],
     spec = program.program_spec([members[i] for i in indices],
                                 block.padded_model, config, data.m, batch,
                                 chunk_len)
-    state = program.crop_state(started[block.padded_model.depth],
-                               row_of[indices], spec)
+    started, rows = starts[block.padded_model]
+    state = program.crop_state(started, np.array([rows[i] for i in indices]),
+                               spec)
     state = (jax.device_put(state) if mesh is None else
              _shard_members(state, mesh, len(indices)))
     outputs = [None] * n_chunks
@@ -224,36 +225,32 @@ def default_workers(devices: Sequence[jax.Device] | None = None) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _start_depths(members: Sequence[Member],
+def _start_states(members: Sequence[Member],
                   groups: Sequence[planner.ProgramGroup], config: TrainConfig,
                   x: jax.Array, y: jax.Array, batch: int, chunk_len: int
-                  ) -> tuple[dict[int, program.State], np.ndarray]:
-  """Every member's initial state, one compiled call per depth.
+                  ) -> dict[models.MLP, tuple[program.State, dict[int, int]]]:
+  """Every member's initial state, one compiled start per
+  ``planner.start_groups`` entry (one per depth unless that is too large).
 
-  Returns the host states by depth, embedded in the depth's widest padded
-  network, and the row of each member (by position in ``members``) in its
-  depth's state.
+  Returns, for each group's padded network, the host state its blocks are
+  cropped from and the row in it of each member (by position in
+  ``members``).
   """
-  widest: dict[int, models.MLP] = {}
-  for group in groups:
-    model = group.padded_model
-    if model.depth not in widest or (
-        model.n_params > widest[model.depth].n_params):
-      widest[model.depth] = model
-  row_of = np.zeros(len(members), np.int64)
-  started = {}
-  for depth, model in widest.items():
-    indices = np.array([i for i, member in enumerate(members)
-                        if member.depth == depth])
-    row_of[indices] = np.arange(len(indices))
-    depth_members = [members[i] for i in indices]
+  starts = {}
+  for model, start_groups in planner.start_groups(groups):
+    indices = sorted(i for group in start_groups
+                     for i in group.member_indices)
     spec = program.ProgramSpec(
         model=model, optimizer=config.optimizer,
         normalization=config.normalization, m=x.shape[0], batch=batch,
         chunk_len=chunk_len, masked=True)
-    started[depth] = jax.device_get(program.start_population(
-        *program.member_arrays(depth_members, config), x, y, spec=spec))
-  return started, row_of
+    state = jax.device_get(program.start_population(
+        *program.member_arrays([members[i] for i in indices], config), x, y,
+        spec=spec))
+    rows = {i: row for row, i in enumerate(indices)}
+    for group in start_groups:
+      starts[group.padded_model] = (state, rows)
+  return starts
 
 
 def _member_mesh(devices: Sequence[jax.Device] | None) -> Mesh | None:

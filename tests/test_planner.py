@@ -3,6 +3,7 @@
 import itertools
 import subprocess
 import sys
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -102,6 +103,23 @@ class PlanGroupsTest(parameterized.TestCase):
     blocks = planner.member_blocks(groups[:1], members, 5)
     self.assertLen({tuple(members[i].width for i in b.member_indices)
                     for b in blocks}, 1)
+
+  def test_start_groups(self):
+    members = [Member(d, w, s) for d in (1, 3) for w in (2, 8, 32)
+               for s in range(2)]
+    groups = planner.plan_groups(members, 3, 1, TrainConfig(),
+                                 width_strategy="per_width", batch=10)
+    for bound, starts_per_depth in ((planner.START_TOGETHER_BYTES, 1), (0, 3)):
+      with mock.patch.object(planner, "START_TOGETHER_BYTES", bound):
+        starts = planner.start_groups(groups)
+      self.assertLen(starts, 2 * starts_per_depth)
+      started = [g for _, part in starts for g in part]
+      self.assertCountEqual([g.member_indices for g in started],
+                            [g.member_indices for g in groups])
+      for model, part in starts:
+        self.assertEqual(model, max((g.padded_model for g in part),
+                                    key=lambda m: m.n_params))
+        self.assertLen({g.padded_model.depth for g in part}, 1)
 
   def test_prediction_with_workers(self):
     model = planner.CostModel(compile_s=1.0, step_s=1e-3, flops_per_s=1e9)

@@ -18,6 +18,7 @@ from lminima import cache
 from lminima import data
 from lminima import losses
 from lminima import models
+from lminima import planner
 from lminima import population
 from lminima import program
 from lminima import train
@@ -302,6 +303,19 @@ class TrainPopulationTest(parameterized.TestCase):
       for x, y in zip(jax.tree_util.tree_leaves(a.params),
                       jax.tree_util.tree_leaves(b.params)):
         np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+  def test_groups_started_apart_equal_groups_started_together(self):
+    config = TrainConfig(optimizer="adam", steps=30, chunk_steps=15)
+    members = [Member(d, w, s) for d in (1, 2) for w in (2, 5)
+               for s in range(2)]
+    together = train.train_population(DS, members, config, workers=1,
+                                      width_strategy="per_width")
+    with mock.patch.object(planner, "START_TOGETHER_BYTES", 0):
+      apart = train.train_population(DS, members, config, workers=1,
+                                     width_strategy="per_width")
+    for a, b in zip(together, apart):
+      self.assertEqual((a.member, a.steps), (b.member, b.steps))
+      np.testing.assert_allclose(b.loss_history, a.loss_history, rtol=1e-5)
 
   def test_a_failing_program_raises_instead_of_hanging(self):
     calls, run_chunk = [], program.run_chunk
