@@ -267,13 +267,13 @@ def fresh_process_seconds(method: str, cache_dir: str) -> float:
 
 def main():
   args = parse_args()
+  config = TrainConfig(activation="tanh", optimizer="sgd",
+                       learning_rate=LEARNING_RATE, steps=args.steps,
+                       chunk_steps=250)
+  ds = data.synthetic(m=args.m, d_x=D_X, d_y=D_Y, seed=0)
+  members = make_population(args, config)
   if args.child:  # one timed call in this fresh process (--fresh)
     cache.enable_compilation_cache(args.cache_dir)
-    config = TrainConfig(activation="tanh", optimizer="sgd",
-                         learning_rate=LEARNING_RATE, steps=args.steps,
-                         chunk_steps=250)
-    ds = data.synthetic(m=args.m, d_x=D_X, d_y=D_Y, seed=0)
-    members = make_population(args, config)
     run = {"auto": lambda: run_lminima(ds, members, config, "auto"),
            "scan": lambda: run_scan_jax(ds, members, config)}[args.child]
     if args.child == "auto":
@@ -286,11 +286,6 @@ def main():
     args.methods.remove("torch")
   if torch is not None:
     torch.set_num_threads(os.cpu_count())
-  config = TrainConfig(activation="tanh", optimizer="sgd",
-                       learning_rate=LEARNING_RATE, steps=args.steps,
-                       chunk_steps=250)
-  ds = data.synthetic(m=args.m, d_x=D_X, d_y=D_Y, seed=0)
-  members = make_population(args, config)
   inits = initial_params(members, config)
   useful_gflop = sum(population.training_flops(
       member_model(D_X, D_Y, m, config), args.m, args.steps)

@@ -234,6 +234,14 @@ START_BYTES_PER_PARAM = 4 * 4
 gradient and two optimizer moments."""
 
 
+def shared_start_bytes(n_members: int, widest_n_params: int) -> int:
+  """Host bytes of a depth's shared initial state (``start_groups``): its
+  members at the widest width; 0 when it exceeds ``START_TOGETHER_BYTES``
+  and the groups start apart."""
+  size = n_members * widest_n_params * START_BYTES_PER_PARAM
+  return size if size <= START_TOGETHER_BYTES else 0
+
+
 def start_groups(groups: Sequence[ProgramGroup]
                  ) -> list[tuple[models.MLP, list[ProgramGroup]]]:
   """Which groups share one start program, and the network it starts them in.
@@ -262,8 +270,7 @@ def start_groups(groups: Sequence[ProgramGroup]
     widest = max((group.padded_model for group in depth_groups),
                  key=lambda model: model.n_params)
     members = sum(len(group.member_indices) for group in depth_groups)
-    if members * widest.n_params * START_BYTES_PER_PARAM <= (
-        START_TOGETHER_BYTES):
+    if shared_start_bytes(members, widest.n_params):
       starts.append((widest, list(depth_groups)))
     else:
       starts += [(group.padded_model, [group]) for group in depth_groups]

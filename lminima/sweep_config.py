@@ -319,10 +319,8 @@ def memory_estimate(config: ml_collections.ConfigDict, data: data_lib.Dataset
                     + batch * shaped * depth * _TRAIN_BYTES_PER_UNIT)
       train_bytes += per_member * config.num_seeds
     n_params = _n_params(data.d_x, data.d_y, depth, widest, config.skip)
-    shared_start = (len(config.widths) * config.num_seeds * n_params *
-                    planner.START_BYTES_PER_PARAM)
-    if shared_start <= planner.START_TOGETHER_BYTES:
-      train_bytes += shared_start
+    train_bytes += planner.shared_start_bytes(
+        len(config.widths) * config.num_seeds, n_params)
     dense = min(config.memory_budget_bytes,
                 8 * n_params * max(n_params, data.m * data.d_y))
     analysis_bytes = (8 * n_params * _ANALYSIS_VECTORS

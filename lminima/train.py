@@ -240,13 +240,12 @@ def _start_states(members: Sequence[Member],
   for model, start_groups in planner.start_groups(groups):
     indices = sorted(i for group in start_groups
                      for i in group.member_indices)
-    spec = program.ProgramSpec(
-        model=model, optimizer=config.optimizer,
-        normalization=config.normalization, m=x.shape[0], batch=batch,
-        chunk_len=chunk_len, masked=True)
+    started = [members[i] for i in indices]
+    spec = program.program_spec(started, model, config, x.shape[0], batch,
+                                chunk_len)
     state = jax.device_get(program.start_population(
-        *program.member_arrays([members[i] for i in indices], config), x, y,
-        spec=spec))
+        *program.member_arrays(started, config), x, y,
+        spec=dataclasses.replace(spec, masked=True)))
     rows = {i: row for row, i in enumerate(indices)}
     for group in start_groups:
       starts[group.padded_model] = (state, rows)

@@ -92,6 +92,27 @@ class ProgramTest(parameterized.TestCase):
                                   jax.device_get(getattr(own, name)),
                                   rtol=1e-5, atol=1e-7)
 
+  def test_first_gradient_is_the_true_networks(self):
+    """State.grads, evaluated masked in the widest network, is jax.grad of
+    losses.squared_loss of each member's own (unpadded) network; exactly 0 on
+    padded weights."""
+    config = TrainConfig(activation="tanh", normalization="mean")
+    members = [Member(2, 2, 0), Member(2, 5, 1)]
+    padded = member_model(DS.d_x, DS.d_y, members[1], config)
+    _, state = program.start_program(members, padded, config, X, Y,
+                                     batch=DS.m, chunk_len=1)
+    for k, member in enumerate(members):
+      model = member_model(DS.d_x, DS.d_y, member, config)
+      params = model.init_params(jax.random.PRNGKey(member.seed))
+      want = jax.grad(lambda p, model=model: losses.squared_loss(
+          model.apply(p, X), Y, "mean"))(params)
+      got = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf[k]),
+                                   state.grads)
+      chex.assert_trees_all_close(models.unpad_params(got, model), want,
+                                  rtol=1e-5, atol=1e-7)
+      chex.assert_trees_all_equal(
+          got, models.pad_params(models.unpad_params(got, model), padded))
+
   @parameterized.parameters(None, 8)
   def test_initial_loss_is_the_squared_loss(self, batch):
     """State.loss0 is losses.squared_loss of the true (unpadded) network."""
