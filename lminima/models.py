@@ -253,8 +253,9 @@ class MLP(nn.Module):
       ...                           true_widths=jnp.array([3]))
       >>> same = pad_params(widen(wide, (3,)).init_params(
       ...     jax.random.PRNGKey(0)), wide)
-      >>> all(bool(jnp.all(a == b)) for a, b in zip(
-      ...     jax.tree_util.tree_leaves(narrow), jax.tree_util.tree_leaves(same)))
+      >>> leaves = jax.tree_util.tree_leaves
+      >>> all(bool(jnp.all(a == b)) for a, b in zip(leaves(narrow),
+      ...                                           leaves(same)))
       True
     """
     sizes = self.layer_sizes

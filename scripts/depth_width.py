@@ -101,8 +101,9 @@ _COMPILATION_CACHE = flags.DEFINE_bool(
 # Short flags copied to the config field of the same name when given.
 _PLAIN_FIELDS = ("num_seeds", "activation", "bias", "skip", "normalization",
                  "optimizer", "learning_rate", "steps", "batch_size",
-                 "width_strategy", "train_workers", "certify", "refine_max_iters", "theory",
-                 "workdir", "data_dir", "shard", "progress")
+                 "width_strategy", "train_workers", "certify",
+                 "refine_max_iters", "theory", "workdir", "data_dir", "shard",
+                 "progress")
 
 
 def _int_list(name: str, values: list[str]) -> tuple[int, ...]:

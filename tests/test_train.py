@@ -279,8 +279,9 @@ class TrainPopulationTest(parameterized.TestCase):
       counted = jax.jit(chex.assert_max_traces(program.chunk, n=1),
                         static_argnames="spec", donate_argnames="state")
       with mock.patch.object(program, "run_chunk", counted):
-        train.train_population(DS, members, config, workers=workers,
-                               progress=lambda *a, w=workers: calls[w].append(a))
+        train.train_population(
+            DS, members, config, workers=workers,
+            progress=lambda *a, w=workers: calls[w].append(a))
     # 10 steps in chunks of at most 3: four chunks of 3 (2 no-op slots).
     self.assertEqual(calls[1], [(6, 20), (12, 20), (18, 20), (20, 20)])
     # Two blocks report their chunks as they arrive, in the calling thread.
