@@ -15,12 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Iterator
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 
 def cache_dir() -> str:
@@ -47,6 +49,22 @@ def enable_compilation_cache(directory: str | None = None) -> str:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   return directory
+
+
+@contextlib.contextmanager
+def persistent_cache_off() -> Iterator[None]:
+  """Within it, programs compile without the persistent cache (to time a
+  compilation even where an earlier process cached the program)."""
+  enabled = jax.config.jax_enable_compilation_cache
+  # JAX decides once per process whether the cache is used; a reset makes it
+  # decide again, with the flag as it is then.
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
+  try:
+    yield
+  finally:
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    compilation_cache.reset_cache()
 
 
 def read_json(name: str) -> dict[str, Any]:

@@ -12,19 +12,22 @@ distinct widths w_1 < ... < w_k of one depth are split into contiguous
   ``masked`` are its two extreme splits.
 
 Cost model (``CostModel``). A program of ``n`` members padded to width ``w``
-and trained for ``T`` steps is predicted to take
+and trained for ``T`` steps on batches of ``B`` samples is predicted to take
 
-    t = compile_s + T * (step_s + n * F(w) / flops_per_s),
+    t = compile_s + T * (step_s + n * (F(w) / flops_per_s + B U(w) unit_s)),
 
-where ``F(w)`` is ``population.training_flops`` of one member for one step.
+where ``F(w)`` is ``population.training_flops`` of one member for one step and
+``U(w)`` its hidden units (``population.hidden_unit_samples`` is ``B U(w)``).
 ``compile_s`` is the per-program compile and dispatch overhead, ``step_s`` the
 fixed cost of one scan step (loop and kernel launches: large on accelerators,
-tiny on CPU) and ``flops_per_s`` the throughput of the batched training step.
-Padding a bucket to its widest member multiplies the FLOPs of the narrow ones,
-while every extra bucket pays ``compile_s`` once: where compiles are expensive
-relative to the work, "auto" merges narrow widths and keeps wide ones apart;
-where a step costs about the same whatever the width (accelerators), it merges
-everything of one depth.
+tiny on CPU), ``flops_per_s`` the throughput of the batched matmuls and
+``unit_s`` the cost of the elementwise work per sample and hidden unit
+(activations, their derivatives, bias gradients), which dominates narrow
+networks on a CPU. Padding a bucket to its widest member multiplies the work
+of the narrow ones, while every extra bucket pays ``compile_s`` once: where
+compiles are expensive relative to the work, "auto" merges narrow widths and
+keeps wide ones apart; where a step costs about the same whatever the width
+(accelerators), it merges everything of one depth.
 
 The cheapest split is a shortest path over the cut points 0..k: with
 ``cost(i, j)`` the prediction for bucket ``{w_{i+1}, ..., w_j}``,
@@ -41,7 +44,8 @@ Example:
   >>> plan = plan_groups(members, 2, 1, TrainConfig(steps=3000),
   ...                    width_strategy="auto", batch=1000,
   ...                    cost_model=CostModel(compile_s=1.0, step_s=1.4e-5,
-  ...                                         flops_per_s=3.6e10))
+  ...                                         flops_per_s=3.6e10,
+  ...                                         unit_s=3e-9))
   >>> [(g.padded_model.widths, g.member_indices) for g in plan]
   [((8, 8), (0, 1, 2, 3)), ((512, 512), (4, 5))]
 """
@@ -53,43 +57,53 @@ import math
 from typing import Sequence
 
 from lminima import models
-from lminima.population import Member, TrainConfig, member_model, \
-    training_flops
+from lminima.population import Member, TrainConfig, hidden_unit_samples, \
+    member_model, training_flops
 
 WIDTH_STRATEGIES = ("auto", "per_width", "masked")
 
 
 @dataclasses.dataclass(frozen=True)
 class CostModel:
-  """Predicted program time ``compile_s + T * (step_s + n F(w) / flops_per_s)``.
+  """Predicted program time ``compile_s + T * (step_s + n (F(w) /
+  flops_per_s + B U(w) unit_s))`` (module docstring).
 
   Attributes:
     compile_s: per-program compile and dispatch overhead, seconds.
     step_s: fixed cost of one scan step of a program, seconds.
-    flops_per_s: throughput of the batched training step, FLOP/s.
+    flops_per_s: throughput of the batched matmuls, FLOP/s.
+    unit_s: seconds per sample and hidden unit of one member's step (the
+      elementwise work); 0 for models measured before it was.
   """
   compile_s: float
   step_s: float
   flops_per_s: float
+  unit_s: float = 0.0
 
   def predict(self, n_members: int, flops_per_member_step: float,
-              steps: int, workers: int = 1) -> float:
+              steps: int, workers: int = 1,
+              unit_samples_per_member_step: float = 0.0) -> float:
     """Predicted seconds for one group (module docstring).
 
     With ``workers``, the group runs as ``b = min(workers, n)`` blocks side
     by side (``member_blocks``), each of ``ceil(n / b)`` members, after one
-    compile.
+    compile. ``unit_samples_per_member_step`` is ``B U(w)``
+    (``population.hidden_unit_samples``).
 
     Example:
-      >>> model = CostModel(compile_s=1.0, step_s=0.0, flops_per_s=1e9)
+      >>> model = CostModel(compile_s=1.0, step_s=0.0, flops_per_s=1e9,
+      ...                   unit_s=1e-9)
       >>> model.predict(n_members=2, flops_per_member_step=1e6, steps=1000)
       3.0
       >>> model.predict(2, 1e6, 1000, workers=2)
       2.0
+      >>> model.predict(2, 1e6, 1000, unit_samples_per_member_step=1e6)
+      5.0
     """
     per_block = -(-n_members // max(1, min(workers, n_members)))
-    return self.compile_s + steps * (
-        self.step_s + per_block * flops_per_member_step / self.flops_per_s)
+    return self.compile_s + steps * (self.step_s + per_block * (
+        flops_per_member_step / self.flops_per_s
+        + unit_samples_per_member_step * self.unit_s))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +171,8 @@ def plan_groups(members: Sequence[Member], d_x: int, d_y: int,
     padded = member_model(d_x, d_y, Member(depth, max(max(widths), 1), 0),
                           config)
     predicted = None if cost_model is None else cost_model.predict(
-        len(indices), training_flops(padded, batch), config.steps, workers)
+        len(indices), training_flops(padded, batch), config.steps, workers,
+        hidden_unit_samples(padded, batch))
     return ProgramGroup(padded, indices, predicted)
 
   groups = []

@@ -212,6 +212,18 @@ def training_flops(model: models.MLP, batch: int, steps: int = 1) -> float:
   return float(3 * 2 * batch * macs * steps)
 
 
+def hidden_unit_samples(model: models.MLP, batch: int) -> float:
+  """Hidden units times samples of one training step: the size of its
+  elementwise work (activations and their derivatives), which
+  ``training_flops`` does not count.
+
+  Example:
+    >>> hidden_unit_samples(models.MLP(d_in=2, widths=(3, 3), d_out=1), 10)
+    60.0
+  """
+  return float(batch * sum(model.widths))
+
+
 def check_learning_rate(value, name: str) -> None:
   """Raises ValueError unless ``value`` is a finite positive number."""
   if isinstance(value, bool) or not (

@@ -158,8 +158,9 @@ def _masks(spec: ProgramSpec, width: jax.Array):
 
 def _loss(spec: ProgramSpec, params, width, x, y, *, total_m=None):
   """One member's squared loss on (x, y), masked to its true width."""
-  return losses.squared_loss(spec.model.apply(params, x, _masks(spec, width)),
-                             y, spec.normalization, total_m=total_m)
+  return losses.squared_loss(
+      spec.model.apply_features_major(params, x, _masks(spec, width)), y,
+      spec.normalization, total_m=total_m)
 
 
 def batch_value_and_grad(spec: ProgramSpec, params: models.Params,

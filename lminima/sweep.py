@@ -61,6 +61,7 @@ Example (a tiny grid, a few seconds on a laptop CPU):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import os
 import time
@@ -193,22 +194,28 @@ def _cost_model(workdir: str, log: Callable[[str], None]
   path = os.path.join(workdir, records.COST_MODEL_FILE)
   stored = records.read_json(path)
   if stored is not None and stored.get("backend") == backend:
-    return planner.CostModel(**{k: float(stored[k]) for k in
-                                ("compile_s", "step_s", "flops_per_s")})
+    return _stored_cost_model(stored)
   model = train.backend_cost_model()
   if stored is None:
     records.write_json_once(path, {"backend": backend,
-                                   "compile_s": model.compile_s,
-                                   "step_s": model.step_s,
-                                   "flops_per_s": model.flops_per_s})
+                                   **dataclasses.asdict(model)})
     again = records.read_json(path)
     if again is not None and again.get("backend") == backend:
-      return planner.CostModel(**{k: float(again[k]) for k in
-                                  ("compile_s", "step_s", "flops_per_s")})
+      return _stored_cost_model(again)
   else:
     log(f"warning: {path} is for backend {stored.get('backend')!r}, this run "
         f"uses {backend!r}: members trained here may round differently")
   return model
+
+
+def _stored_cost_model(stored: dict[str, Any]) -> planner.CostModel:
+  """A workdir's cost model; one written before ``unit_s`` existed planned
+  without it (0), and keeps doing so."""
+  return planner.CostModel(**{
+      field.name: float(stored[field.name] if field.default is
+                        dataclasses.MISSING else stored.get(field.name,
+                                                            field.default))
+      for field in dataclasses.fields(planner.CostModel)})
 
 
 class _Progress:

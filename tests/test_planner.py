@@ -1,5 +1,6 @@
 """Tests for lminima.planner (program groups and their cost model)."""
 
+import dataclasses
 import itertools
 import subprocess
 import sys
@@ -20,6 +21,8 @@ class PlanGroupsTest(parameterized.TestCase):
       (planner.CostModel(compile_s=100.0, step_s=0.0, flops_per_s=1e12),),
       (planner.CostModel(compile_s=0.0, step_s=0.0, flops_per_s=1e9),),
       (planner.CostModel(compile_s=0.3, step_s=1e-5, flops_per_s=3e10),),
+      (planner.CostModel(compile_s=0.4, step_s=2e-5, flops_per_s=2e11,
+                         unit_s=3e-9),),
   )
   def test_auto_is_the_cheapest_contiguous_split(self, cost_model):
     config = TrainConfig(steps=500)
@@ -30,9 +33,10 @@ class PlanGroupsTest(parameterized.TestCase):
     best = np.inf
     for mask in itertools.product((False, True), repeat=len(widths) - 1):
       cuts = [0] + [i + 1 for i, cut in enumerate(mask) if cut] + [5]
+      padded = lambda b: models.MLP(10, (widths[b - 1],) * 3, 2)
       cost = sum(cost_model.predict(
-          3 * (b - a), training_flops(
-              models.MLP(10, (widths[b - 1],) * 3, 2), 1000), 500)
+          3 * (b - a), training_flops(padded(b), 1000), 500,
+          unit_samples_per_member_step=1000 * 3 * widths[b - 1])
                  for a, b in zip(cuts[:-1], cuts[1:]))
       best = min(best, cost)
     self.assertAlmostEqual(sum(g.predicted_s for g in plan) / best, 1.0)
@@ -125,11 +129,29 @@ class PlanGroupsTest(parameterized.TestCase):
     model = planner.CostModel(compile_s=1.0, step_s=1e-3, flops_per_s=1e9)
     one = model.predict(7, 1e6, 100)
     self.assertAlmostEqual(one, 1.0 + 100 * (1e-3 + 7e-3))
+    elementwise = dataclasses.replace(model, unit_s=1e-9)
+    self.assertAlmostEqual(
+        elementwise.predict(7, 1e6, 100, unit_samples_per_member_step=2e6),
+        1.0 + 100 * (1e-3 + 7 * (1e-3 + 2e-3)))
     # Blocks of ceil(7 / 3) = 3 members run side by side.
     self.assertAlmostEqual(model.predict(7, 1e6, 100, workers=3),
                            1.0 + 100 * (1e-3 + 3e-3))
     self.assertAlmostEqual(model.predict(7, 1e6, 100, workers=50),
                            1.0 + 100 * (1e-3 + 1e-3))
+
+  def test_elementwise_work_keeps_narrow_widths_apart(self):
+    """Counting FLOPs only, padding width 4 to 16 looks nearly free; with
+    the elementwise term (per sample and hidden unit) it costs more than a
+    compile, and the widths get programs of their own."""
+    members = [Member(3, w, s) for w in (4, 16) for s in range(8)]
+    plan = lambda model: [g.padded_model.widths[0] for g in planner.plan_groups(
+        members, 10, 2, TrainConfig(steps=500), width_strategy="auto",
+        batch=1000, cost_model=model)]
+    flops_only = planner.CostModel(compile_s=0.4, step_s=2e-5,
+                                   flops_per_s=2e11)
+    self.assertEqual(plan(flops_only), [16])
+    self.assertEqual(plan(dataclasses.replace(flops_only, unit_s=3e-9)),
+                     [4, 16])
 
   def test_planner_does_not_import_the_program(self):
     """The planner predicts from a CostModel; it never runs programs."""

@@ -254,7 +254,9 @@ class RegressionTest(absltest.TestCase):
   3554b8e) to these tolerances; they were recorded again when training began
   to start a whole depth in one program, whose compiled rounding moved some
   initial weights by 1 ulp and evaluates the first gradient in the depth's
-  widest network (BUILD_NOTES.md, "Fifth session").
+  widest network (BUILD_NOTES.md, "Fifth session"), and again when training
+  began to compute its layers features-major (float32 summation order; same
+  verdicts and stop reasons, "Sixth session").
   """
 
   def test_pinned_sweep_gives_the_recorded_numbers(self):

@@ -1,11 +1,13 @@
 """End-to-end: the sweep, its records, resumption, the report and the script."""
 
 import csv
+import dataclasses
 import json
 import os
 import tempfile
 from unittest import mock
 
+import jax
 import numpy as np
 from absl.testing import absltest
 
@@ -13,9 +15,11 @@ import lminima
 from lminima import claims
 from lminima import data as data_lib
 from lminima import fate as fate_lib
+from lminima import planner
 from lminima import records
 from lminima import report
 from lminima import sweep
+from lminima import train
 
 from _helpers import assert_one_line_error, assert_png_has_content
 from _helpers import run_script, start_script
@@ -340,6 +344,29 @@ class SweepTest(absltest.TestCase):
     with open(path, "w") as f:
       f.write(json.dumps({"depth": 1}) + "\n" + '{"depth": 2, "wid')
     self.assertEqual(records.read_rows(path), [{"depth": 1}])
+
+
+class WorkdirCostModelTest(absltest.TestCase):
+
+  def test_stored_model_is_kept_and_an_older_one_plans_as_before(self):
+    workdir = tempfile.mkdtemp()
+    backend = jax.default_backend()
+    measured = planner.CostModel(compile_s=0.5, step_s=1e-5,
+                                 flops_per_s=1e11, unit_s=3e-9)
+    with mock.patch.object(train, "backend_cost_model", lambda: measured):
+      self.assertEqual(sweep._cost_model(workdir, print), measured)
+    # A later run reads the workdir's model, whatever this machine measures.
+    other = dataclasses.replace(measured, unit_s=9e-9)
+    with mock.patch.object(train, "backend_cost_model", lambda: other):
+      self.assertEqual(sweep._cost_model(workdir, print), measured)
+    # Written before unit_s existed: it planned without it.
+    path = os.path.join(workdir, records.COST_MODEL_FILE)
+    with open(path, "w") as f:
+      json.dump({"backend": backend, "compile_s": 0.5, "step_s": 1e-5,
+                 "flops_per_s": 1e11}, f)
+    with mock.patch.object(train, "backend_cost_model", lambda: other):
+      self.assertEqual(sweep._cost_model(workdir, print),
+                       dataclasses.replace(measured, unit_s=0.0))
 
 
 class ScriptTest(absltest.TestCase):

@@ -1,0 +1,45 @@
+"""The persistent compilation cache: programs read back, and timed anew."""
+
+import subprocess
+import sys
+import tempfile
+
+from absl.testing import absltest
+
+# Each run in a fresh process: JAX's cache settings are process-wide, and a
+# process keeps its own compiled programs in memory.
+_SCRIPT = """
+import contextlib, sys
+import jax, jax.numpy as jnp
+from lminima import cache
+cache.enable_compilation_cache(sys.argv[1])
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(1)
+    if event == "/jax/compilation_cache/cache_hits" else None)
+jnp.cos(jnp.ones(4)).block_until_ready()  # the cache is in use from here
+lowered = jax.jit(lambda x: jnp.sin(x) @ x.T).lower(jnp.ones((5, 3)))
+before = len(hits)
+off = sys.argv[2] == "off"
+with cache.persistent_cache_off() if off else contextlib.nullcontext():
+  lowered.compile()
+print(len(hits) > before)
+"""
+
+
+class PersistentCacheTest(absltest.TestCase):
+
+  def test_off_compiles_anew_and_on_reads_back(self):
+    directory = tempfile.mkdtemp()
+    hits = lambda mode: subprocess.run(
+        [sys.executable, "-c", _SCRIPT, directory, mode], check=True,
+        capture_output=True, text=True).stdout.strip()
+    # Off, a program is neither read nor written (JAX's cache key holds its
+    # own flags, so a program written while off would only be read off).
+    self.assertEqual([hits("off"), hits("off")], ["False", "False"])
+    self.assertEqual(hits("on"), "False")  # compiled and written
+    self.assertEqual(hits("on"), "True")  # read back
+
+
+if __name__ == "__main__":
+  absltest.main()
