@@ -241,9 +241,9 @@ class MLP(nn.Module):
     transposed activations: ``h^(l)T = sigma(W^(l)T h^(l-1)T + b^(l))``.
 
     The same function up to the summation order of its matmuls. The
-    training programs use it: with a sample axis as the long, contiguous
-    one, XLA:CPU runs narrow layers 1.2-2.3x faster than in the row-major
-    ``nn.Dense`` form (BUILD_NOTES.md, "Sixth session").
+    training programs use it: with the sample axis as the long, contiguous
+    one, XLA:CPU runs narrow layers faster than in the row-major
+    ``nn.Dense`` form (``benchmarks/bench_layout.py``).
 
     Example:
       >>> import jax
@@ -262,7 +262,7 @@ class MLP(nn.Module):
       sample-major (0, the input, read without transposing it)."""
       z_t = jax.lax.dot_general(params[name]["kernel"], h,
                                 (((0,), (1 - sample_axis,)), ((), ())))
-      if self.bias and "bias" in params[name]:
+      if "bias" in params[name]:
         z_t = z_t + params[name]["bias"][:, None]
       return z_t
 
