@@ -36,8 +36,9 @@ times a few small programs:
     step_s    = t_tiny / T          (1 member of width 4: fixed cost),
 
 and solves the excess times over the tiny one of 8 wide members (depth 2,
-width 128: mostly matmuls) and 8 narrow ones (depth 2, width 8: mostly
-elementwise work) for ``1 / flops_per_s`` and ``unit_s``:
+width 128) and 8 narrow ones (depth 2, width 8: mostly elementwise work),
+whose shares of matmul and elementwise work differ, for ``1 / flops_per_s``
+and ``unit_s``:
 
     (t - t_tiny) / (T n) = F / flops_per_s + B U unit_s.
 

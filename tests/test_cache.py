@@ -34,8 +34,8 @@ class PersistentCacheTest(absltest.TestCase):
     hits = lambda mode: subprocess.run(
         [sys.executable, "-c", _SCRIPT, directory, mode], check=True,
         capture_output=True, text=True).stdout.strip()
-    # Off, a program is neither read nor written (JAX's cache key holds its
-    # own flags, so a program written while off would only be read off).
+    # Off, a program is neither read from the cache nor written to it: the
+    # second run compiles anew, and the first run with it on finds nothing.
     self.assertEqual([hits("off"), hits("off")], ["False", "False"])
     self.assertEqual(hits("on"), "False")  # compiled and written
     self.assertEqual(hits("on"), "True")  # read back
