@@ -20,9 +20,17 @@ and theory off. The batched path calls
 stop reasons, verdicts, and refined losses of converged members (relative
 1e-9, or absolute 1e-20 for interpolating minima with L ~ 0).
 
+``--per_shape`` instead prints, for one member of each of the grid's 12
+shapes, what one LM iteration of the sequential path is made of: the first
+calls of its two compiled programs (the dense Hessian, the loss and gradient;
+compilation included) and the steady times of the Hessian, of ``eigh`` (and,
+for comparison, ``eigvalsh`` and a Cholesky factorization) with one BLAS
+thread, and of the loss and gradient.
+
 Usage:
-  python benchmarks/bench_certify.py            # (a) and (b)
-  python benchmarks/bench_certify.py --quick    # (a) only, about a minute
+  python benchmarks/bench_certify.py              # (a) and (b)
+  python benchmarks/bench_certify.py --quick      # (a) only, about a minute
+  python benchmarks/bench_certify.py --per_shape  # the cost of an iteration
 """
 
 from __future__ import annotations
@@ -98,6 +106,54 @@ def _worker(path: str, members_file: str, out_file: str) -> None:
                  "rows": rows}, f)
 
 
+def _per_shape() -> None:
+  """Prints the --per_shape table (module docstring)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import scipy.linalg  # pylint: disable=g-import-not-at-top
+  from lminima import refinement, sweep_config  # pylint: disable=g-import-not-at-top
+  from lminima.problem import Problem  # pylint: disable=g-import-not-at-top
+  config = sweep_config.get_config()
+  data = sweep_config.load_data(config)
+
+  def first_call(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+  def steady_ms(fn, reps=20):
+    fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+      fn()
+    return 1e3 * (time.perf_counter() - start) / reps
+
+  print("| depth | width | P | first call s: Hessian | loss and gradient | "
+        "steady ms: Hessian | eigh | eigvalsh | Cholesky | loss and gradient "
+        "|\n|---|---|---|---|---|---|---|---|---|---|")
+  totals = [0.0, 0.0]
+  for depth, width, _, model, params in sorted(_train(1, None)):
+    problem = Problem.for_module(model, params, data.x, data.y,
+                                 normalization=config.normalization)
+    flat = np.asarray(problem.flat)
+    compile_s = (first_call(lambda: problem.dense_hessian_at(flat)),
+                 first_call(lambda: problem.loss_and_grad_at(flat)))
+    totals = [t + c for t, c in zip(totals, compile_s)]
+    hessian = np.asarray(problem.dense_hessian_at(flat))
+    shifted = hessian + (1.0 - np.linalg.eigvalsh(hessian)[0]) * np.eye(
+        len(hessian))
+    with refinement.serial_blas():
+      times = [steady_ms(lambda: problem.dense_hessian_at(flat)),
+               steady_ms(lambda: np.linalg.eigh(hessian)),
+               steady_ms(lambda: np.linalg.eigvalsh(hessian)),
+               steady_ms(lambda: scipy.linalg.cho_factor(shifted)),
+               steady_ms(lambda: problem.loss_and_grad_at(flat))]
+    print(f"| {depth} | {width} | {problem.n_params} | {compile_s[0]:.2f} | "
+          f"{compile_s[1]:.2f} | " + " | ".join(f"{t:.2f}" for t in times)
+          + " |", flush=True)
+  print(f"\nFirst calls summed over the shapes: Hessian {totals[0]:.1f} s, "
+        f"loss and gradient {totals[1]:.1f} s.")
+
+
 def _run_path(path: str, members_file: str) -> dict:
   with tempfile.NamedTemporaryFile(suffix=".pkl", delete=False) as f:
     out_file = f.name
@@ -126,10 +182,15 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
                       help="case (a) only (about a minute)")
+  parser.add_argument("--per_shape", action="store_true",
+                      help="what one LM iteration costs, per shape")
   parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
     _worker(*args.worker)
+    return
+  if args.per_shape:
+    _per_shape()
     return
   cases = [("a", "default sweep", 3, None)]
   if not args.quick:
