@@ -23,7 +23,12 @@ before = len(hits)
 off = sys.argv[2] == "off"
 with cache.persistent_cache_off() if off else contextlib.nullcontext():
   lowered.compile()
-print(len(hits) > before)
+inside = len(hits) > before
+# After the block the cache is in use again.
+after = jax.jit(lambda x: jnp.tanh(x) + 1.0).lower(jnp.ones(3))
+before = len(hits)
+after.compile()
+print(inside, len(hits) > before)
 """
 
 
@@ -35,10 +40,12 @@ class PersistentCacheTest(absltest.TestCase):
         [sys.executable, "-c", _SCRIPT, directory, mode], check=True,
         capture_output=True, text=True).stdout.strip()
     # Off, a program is neither read from the cache nor written to it: the
-    # second run compiles anew, and the first run with it on finds nothing.
-    self.assertEqual([hits("off"), hits("off")], ["False", "False"])
-    self.assertEqual(hits("on"), "False")  # compiled and written
-    self.assertEqual(hits("on"), "True")  # read back
+    # second run compiles it anew, and the first run with it on finds
+    # nothing. A program compiled after the block is written, then read.
+    self.assertEqual([hits("off"), hits("off")],
+                     ["False False", "False True"])
+    self.assertEqual(hits("on"), "False True")  # compiled and written
+    self.assertEqual(hits("on"), "True True")  # read back
 
 
 if __name__ == "__main__":
