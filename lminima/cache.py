@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from typing import Any, Iterator
 
 import jax
 from jax.experimental.compilation_cache import compilation_cache
+
+from lminima import records
 
 
 def cache_dir() -> str:
@@ -78,19 +79,16 @@ def read_json(name: str) -> dict[str, Any]:
 
 
 def write_json(name: str, value: dict[str, Any]) -> None:
-  """Writes ``value`` as ``name`` atomically (a rename); best effort.
+  """Writes ``value`` as ``name`` atomically (``records.write_atomic``: a
+  temporary file of this process, then a rename), so processes sharing the
+  cache (shards of one grid, test workers) never publish each other's
+  half-written files; best effort."""
+  def dump(path: str) -> None:
+    with open(path, "w") as f:
+      json.dump(value, f, indent=1, sort_keys=True)
 
-  Each writer renames its own temporary file, so processes sharing the cache
-  (shards of one grid, test workers) never publish each other's half-written
-  files.
-  """
   try:
     os.makedirs(cache_dir(), exist_ok=True)
-    path = os.path.join(cache_dir(), name)
-    handle, temporary = tempfile.mkstemp(dir=cache_dir(), prefix=name,
-                                         suffix=".tmp")
-    with os.fdopen(handle, "w") as f:
-      json.dump(value, f, indent=1, sort_keys=True)
-    os.replace(temporary, path)
+    records.write_atomic(os.path.join(cache_dir(), name), dump)
   except OSError:
     pass  # a read-only home only costs a recalibration next time

@@ -245,12 +245,9 @@ def _start_states(members: Sequence[Member],
   for model, start_groups in planner.start_groups(groups):
     indices = sorted(i for group in start_groups
                      for i in group.member_indices)
-    started = [members[i] for i in indices]
-    spec = program.program_spec(started, model, config, x.shape[0], batch,
-                                chunk_len)
-    state = jax.device_get(program.start_population(
-        *program.member_arrays(started, config), x, y,
-        spec=dataclasses.replace(spec, masked=True)))
+    _, state = program.start_program([members[i] for i in indices], model,
+                                     config, x, y, batch, chunk_len)
+    state = jax.device_get(state)
     rows = {i: row for row, i in enumerate(indices)}
     for group in start_groups:
       starts[group.padded_model] = (state, rows)
