@@ -53,9 +53,10 @@ from lminima import problem as problem_lib
 from lminima import refinement
 from lminima.problem import Problem
 from lminima.refinement import RefineResult
+from lminima.tolerances import DEFAULT, Tolerances
 
 _OUTPUTS = ("flat", "loss", "iters", "stop", "gn_hist", "loss_hist",
-            "norm_hist")
+            "norm_hist", "grad_tol")
 # Vectors of length P alive per lane (point, gradient, candidate, MINRES's
 # seven, the Hessian-vector product's intermediates): sizes the lanes.
 _VECTORS_PER_LANE = 24
@@ -63,10 +64,12 @@ _DEFAULT_LANES = 8
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "objective", "max_iters", "minres_max_iters", "max_backtracks", "lanes"))
+    "objective", "tol", "max_iters", "minres_max_iters", "max_backtracks",
+    "lanes"))
 def _newton_mr_population(objective, flats, escape_norms, like, x, y,
-                          grad_tol, *, max_iters: int, minres_max_iters: int,
-                          max_backtracks: int, lanes: int):
+                          ref_loss, *, tol: Tolerances, max_iters: int,
+                          minres_max_iters: int, max_backtracks: int,
+                          lanes: int):
   """Newton-MR refinement of every row of ``flats`` on ``lanes`` lanes."""
   count = flats.shape[0]
   loss_and_grad = lambda f: problem_lib._loss_and_flat_grad(  # pylint: disable=protected-access
@@ -77,6 +80,10 @@ def _newton_mr_population(objective, flats, escape_norms, like, x, y,
     flat, iters, loss, grad, fresh = (
         lane[k] for k in ("flat", "iters", "loss", "grad", "fresh"))
     grad_norm = jnp.linalg.norm(grad)
+    grad_tol = tol.grad_tolerance(
+        loss, refinement.power_curvature(
+            functools.partial(flat_hvp, flat, like, x, y), flat.size),
+        ref_loss, xp=jnp)
     checking = (lane["stop"] == 0) & ~fresh
     code = jnp.where(checking, refinement.stop_code(
         loss, grad_norm, jnp.linalg.norm(flat), iters, grad_tol=grad_tol,
@@ -103,19 +110,21 @@ def _newton_mr_population(objective, flats, escape_norms, like, x, y,
         lambda c: (descent | fresh) & (c[0] < max_backtracks) & ~c[2], trial,
         (0, jnp.asarray(1.0, EXACT_DTYPE), False, flat, loss, grad))
     step = descent & accepted
-    return batch_refine.advance_lane(
+    return dict(batch_refine.advance_lane(
         lane, checking=checking, code=code, step=step,
         refused=running & ~step, candidate=candidate, new_loss=new_loss,
-        new_grad=new_grad, grad_norm=grad_norm)
+        new_grad=new_grad, grad_norm=grad_norm),
+                grad_tol=jnp.where(checking, grad_tol, lane["grad_tol"]))
 
   return batch_refine.run_lanes(
-      lambda member: batch_refine.queued_lane(member, flats, escape_norms,
-                                              max_iters),
+      lambda member: dict(
+          batch_refine.queued_lane(member, flats, escape_norms, max_iters),
+          grad_tol=jnp.asarray(jnp.nan, EXACT_DTYPE)),
       lane_pass, count=count, lanes=lanes, outputs=_OUTPUTS)
 
 
 def refine_newton_mr_many(problems: Sequence[Problem], *,
-                          grad_tol: float = 1e-10, max_iters: int = 100,
+                          tol: Tolerances | None = None, max_iters: int = 100,
                           escape_ratio: float | None = 5.0,
                           minres_max_iters: int = 1000,
                           max_backtracks: int = 40, lanes: int | None = None
@@ -126,7 +135,8 @@ def refine_newton_mr_many(problems: Sequence[Problem], *,
   Args:
     problems: members of one shape (``batch_refine.shape_key``): same
       objective, data and parameter shapes, any points.
-    grad_tol, max_iters, escape_ratio, minres_max_iters: as in ``refine``.
+    tol, max_iters, escape_ratio, minres_max_iters: as in ``refine`` (the
+      curvature of the gradient test from ``refinement.power_curvature``).
     max_backtracks: Armijo halvings before ``"stalled"`` (the sequential
       path's 40).
     lanes: members iterated together (vmapped); default 8, fewer if the
@@ -139,13 +149,13 @@ def refine_newton_mr_many(problems: Sequence[Problem], *,
     ValueError: on mixed shapes or data, or bad arguments.
   """
   first = batch_refine.check_population(problems, "refine_newton_mr_many")
-  if not (grad_tol > 0 and max_iters >= 0 and minres_max_iters >= 1
+  if not (max_iters >= 0 and minres_max_iters >= 1
           and max_backtracks >= 1 and (lanes is None or lanes >= 1)
           and (escape_ratio is None or escape_ratio > 1)):
     raise ValueError(
-        f"refine_newton_mr_many: need grad_tol > 0, max_iters >= 0, "
+        f"refine_newton_mr_many: need max_iters >= 0, "
         f"minres_max_iters >= 1, max_backtracks >= 1, lanes >= 1 and "
-        f"escape_ratio > 1 or None, got grad_tol={grad_tol}, max_iters="
+        f"escape_ratio > 1 or None, got max_iters="
         f"{max_iters}, minres_max_iters={minres_max_iters}, max_backtracks="
         f"{max_backtracks}, lanes={lanes}, escape_ratio={escape_ratio}")
   flats, norms_start, escape = batch_refine.starting_points(problems,
@@ -158,7 +168,8 @@ def refine_newton_mr_many(problems: Sequence[Problem], *,
   out = jax.block_until_ready(_newton_mr_population(
       first.objective, jnp.asarray(flats, EXACT_DTYPE),
       jnp.asarray(escape, EXACT_DTYPE), first.params, first.x, first.y,
-      jnp.asarray(grad_tol, EXACT_DTYPE), max_iters=int(max_iters),
+      jnp.asarray(first.reference_loss, EXACT_DTYPE),
+      tol=DEFAULT if tol is None else tol, max_iters=int(max_iters),
       minres_max_iters=int(minres_max_iters),
       max_backtracks=int(max_backtracks), lanes=int(lanes)))
   out = {k: np.asarray(v) for k, v in out.items()}
@@ -168,22 +179,19 @@ def refine_newton_mr_many(problems: Sequence[Problem], *,
 
 
 def refine_and_certify_newton_mr_many(
-    problems: Sequence[Problem], *, grad_tol: float = 1e-10,
+    problems: Sequence[Problem], *, tol: Tolerances | None = None,
     max_iters: int = 100, escape_ratio: float | None = 5.0,
     minres_max_iters: int = 1000, lanes: int | None = None,
-    dense_max_params: int = 3000, cert_grad_tol: float = 1e-8,
-    eig_tol: float | None = None, kink_tol: float = 1e-8
+    dense_max_params: int = 3000, lm_max_params: int = 5000
     ) -> tuple[list[RefineResult], list[certify.Certificate]]:
   """``refine_newton_mr_many``, then ``batch_refine.certify_many`` at the end
-  points (Lanczos batched above ``dense_max_params``); arguments as there
-  (``cert_grad_tol`` is the certificate's ``grad_tol``)."""
-  certify.check_tolerances(cert_grad_tol, kink_tol, dense_max_params, eig_tol,
-                           caller="refine_and_certify_newton_mr_many")
+  points (Lanczos batched above ``dense_max_params``); arguments as there."""
+  certify.check_dense_max_params(dense_max_params,
+                                 caller="refine_and_certify_newton_mr_many")
   results = refine_newton_mr_many(
-      problems, grad_tol=grad_tol, max_iters=max_iters,
+      problems, tol=tol, max_iters=max_iters,
       escape_ratio=escape_ratio, minres_max_iters=minres_max_iters,
       lanes=lanes)
   return results, batch_refine.certify_many(
-      [p.at(r.params) for p, r in zip(problems, results)],
-      dense_max_params=dense_max_params, grad_tol=cert_grad_tol,
-      eig_tol=eig_tol, kink_tol=kink_tol)
+      [p.at(r.params) for p, r in zip(problems, results)], tol=tol,
+      dense_max_params=dense_max_params, lm_max_params=lm_max_params)

@@ -13,14 +13,17 @@ go through ONE jitted float64 program per call:
   ``d = -V (lam + mu)^{-1} V^T g``, ``mu = max(0, -lam_min) + nu ||g||``,
   accepted on ``rho = (L - L(theta + d)) / (-(g.d + d.H d / 2))``, ``nu``
   times 4 per refusal and / 4 after a very good step; stop reasons
-  grad_tol / max_iters / stalled / non_finite / escaping. A
+  grad_tol / max_iters / stalled / non_finite / escaping, the gradient
+  tolerance ``Tolerances.grad_tolerance`` of each member's L and ``||H||``
+  from the ``eigh`` of its pass. A
   ``lax.while_loop`` runs ``lanes`` members at once (``jax.vmap``: batched
   Hessians and ``jnp.linalg.eigh``); a lane whose member stopped takes the
   next member of the queue, so stopped members cost nothing once the queue
   is empty except the idle lanes of the tail (masked work).
 * ``certify_many(problems, ...) -> list[Certificate]``: ``certificate`` for
   every point, the dense Hessians and ``eigh`` vmapped in one program, the
-  verdicts by the same code (``certify.summarize``); above
+  verdicts by the same code (``certify.decide``, which runs the
+  second-order proof or the descent probe member by member); above
   ``dense_max_params``, ``extreme_eigs_many``: Lanczos runs of blocks of
   members stepped together, their Hessian-vector products one vmapped call.
 * ``run_lanes``, ``queued_lane``, ``advance_lane``, ``starting_points``: the
@@ -70,6 +73,7 @@ from lminima import problem as problem_lib
 from lminima import refinement
 from lminima.problem import Problem
 from lminima.refinement import RefineResult
+from lminima.tolerances import DEFAULT, Tolerances
 
 # Dense P x P float64 matrices alive per lane (Hessian, eigenvectors, LAPACK
 # workspace): with the memory budget, the number of lanes.
@@ -131,13 +135,14 @@ def blocks(count: int, per_member_bytes: int, budget: int):
 
 # Refinement: one program per population of one shape.
 _OUTPUTS = ("flat", "loss", "iters", "stop", "lam", "residuals", "gn_hist",
-            "loss_hist", "norm_hist")
+            "loss_hist", "norm_hist", "grad_tol")
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "objective", "max_iters", "max_trials", "lanes"))
-def _lm_population(objective, flats, escape_norms, like, x, y, grad_tol, *,
-                   max_iters: int, max_trials: int, lanes: int):
+    "objective", "tol", "max_iters", "max_trials", "lanes"))
+def _lm_population(objective, flats, escape_norms, like, x, y, ref_loss, *,
+                   tol: Tolerances, max_iters: int, max_trials: int,
+                   lanes: int):
   """LM refinement of every row of ``flats`` on ``lanes`` vmapped lanes.
 
   Each pass of one ``lax.while_loop``, per lane: a stopped lane takes the
@@ -163,6 +168,9 @@ def _lm_population(objective, flats, escape_norms, like, x, y, grad_tol, *,
     matrix = hessian_at(flat)
     lam, vecs = jnp.linalg.eigh(matrix)
     grad_norm = jnp.linalg.norm(grad)
+    grad_tol = tol.grad_tolerance(
+        loss, jnp.maximum(jnp.abs(lam[0]), jnp.abs(lam[-1])), ref_loss,
+        xp=jnp)
     checking = (lane["stop"] == 0) & ~fresh
     code = jnp.where(checking, refinement.stop_code(
         loss, grad_norm, jnp.linalg.norm(flat), iters, grad_tol=grad_tol,
@@ -193,13 +201,14 @@ def _lm_population(objective, flats, escape_norms, like, x, y, grad_tol, *,
                      step=running & accepted, refused=running & ~accepted,
                      candidate=candidate, new_loss=new_loss,
                      new_grad=new_grad, grad_norm=grad_norm),
-        nu=nu, lam=lam,
+        nu=nu, lam=lam, grad_tol=jnp.where(checking, grad_tol,
+                                           lane["grad_tol"]),
         residuals=certify.end_residuals(matrix, lam, vecs, xp=jnp))
 
   def queued(member):
     return dict(queued_lane(member, flats, escape_norms, max_iters),
                 nu=jnp.asarray(1.0, EXACT_DTYPE), lam=jnp.full((dim,), nan),
-                residuals=jnp.full((2,), nan))
+                grad_tol=nan, residuals=jnp.full((2,), nan))
 
   return run_lanes(queued, lane_pass, count=count, lanes=lanes,
                    outputs=_OUTPUTS)
@@ -288,20 +297,19 @@ def run_lanes(queued, lane_pass, *, count: int, lanes: int,
   return lax.while_loop(running, body, (lane, lanes, out))[2]
 
 
-def _run_population(problems: Sequence[Problem], *, grad_tol: float,
+def _run_population(problems: Sequence[Problem], *, tol: Tolerances | None,
                     max_iters: int, escape_ratio: float | None,
                     lm_max_params: int, max_trials: int, lanes: int | None
                     ) -> tuple[list[RefineResult], dict[str, np.ndarray]]:
   """The refinement program on a checked population; (results, outputs)."""
   first = check_population(problems, "refine_many")
-  if not (grad_tol > 0 and max_iters >= 0 and max_trials >= 1
+  if not (max_iters >= 0 and max_trials >= 1
           and (lanes is None or lanes >= 1)
           and (escape_ratio is None or escape_ratio > 1)):
-    raise ValueError(f"refine_many: need grad_tol > 0, max_iters >= 0, "
-                     f"max_trials >= 1, lanes >= 1 and escape_ratio > 1 or "
-                     f"None, got grad_tol={grad_tol}, max_iters={max_iters}, "
-                     f"max_trials={max_trials}, lanes={lanes}, escape_ratio="
-                     f"{escape_ratio}")
+    raise ValueError(f"refine_many: need max_iters >= 0, max_trials >= 1, "
+                     f"lanes >= 1 and escape_ratio > 1 or None, got "
+                     f"max_iters={max_iters}, max_trials={max_trials}, "
+                     f"lanes={lanes}, escape_ratio={escape_ratio}")
   if first.n_params > lm_max_params:
     raise ValueError(f"refine_many: n_params={first.n_params} > lm_max_params"
                      f"={lm_max_params}; the dense LM path does not apply")
@@ -315,14 +323,15 @@ def _run_population(problems: Sequence[Problem], *, grad_tol: float,
     out = jax.block_until_ready(_lm_population(
         first.objective, jnp.asarray(flats, EXACT_DTYPE),
         jnp.asarray(escape, EXACT_DTYPE), first.params, first.x, first.y,
-        jnp.asarray(grad_tol, EXACT_DTYPE), max_iters=int(max_iters),
+        jnp.asarray(first.reference_loss, EXACT_DTYPE),
+        tol=DEFAULT if tol is None else tol, max_iters=int(max_iters),
         max_trials=int(max_trials), lanes=int(lanes)))
   out = {k: np.asarray(v) for k, v in out.items()}
   return [refine_result(problem, out, i, norms_start[i])
           for i, problem in enumerate(problems)], out
 
 
-def refine_many(problems: Sequence[Problem], *, grad_tol: float = 1e-10,
+def refine_many(problems: Sequence[Problem], *, tol: Tolerances | None = None,
                 max_iters: int = 100, escape_ratio: float | None = 5.0,
                 lm_max_params: int = 5000, max_trials: int = 40,
                 lanes: int | None = None) -> list[RefineResult]:
@@ -331,7 +340,7 @@ def refine_many(problems: Sequence[Problem], *, grad_tol: float = 1e-10,
   Args:
     problems: members of one shape (``shape_key``): same objective, data and
       parameter shapes, any points.
-    grad_tol, max_iters, escape_ratio, lm_max_params: as in ``refine``.
+    tol, max_iters, escape_ratio, lm_max_params: as in ``refine``.
     max_trials: LM trial steps per iteration before ``"stalled"`` (the
       sequential path's 40).
     lanes: members iterated together (vmapped); a lane whose member stops
@@ -347,47 +356,44 @@ def refine_many(problems: Sequence[Problem], *, grad_tol: float = 1e-10,
       lm_max_params.
   """
   return _run_population(
-      problems, grad_tol=grad_tol, max_iters=max_iters,
+      problems, tol=tol, max_iters=max_iters,
       escape_ratio=escape_ratio, lm_max_params=lm_max_params,
       max_trials=max_trials, lanes=lanes)[0]
 
 
 def refine_and_certify_many(
-    problems: Sequence[Problem], *, grad_tol: float = 1e-10,
+    problems: Sequence[Problem], *, tol: Tolerances | None = None,
     max_iters: int = 100, escape_ratio: float | None = 5.0,
     lm_max_params: int = 5000, lanes: int | None = None,
-    dense_max_params: int = 3000, cert_grad_tol: float = 1e-8,
-    eig_tol: float | None = None, kink_tol: float = 1e-8
+    dense_max_params: int = 3000
     ) -> tuple[list[RefineResult], list[certify.Certificate]]:
   """``refine_many`` and the certificates of its end points, one program.
 
   The refinement program diagonalizes H at every point it visits, the end
-  point included, so the dense certificate (``certify.summarize``) costs no
-  second program; above ``dense_max_params`` the certificates come from
-  ``certify_many``. Arguments as in ``refine_many`` and ``certify_many``
-  (``cert_grad_tol`` is the certificate's ``grad_tol``).
+  point included, so the dense certificate's spectrum costs no second
+  program (``certify.decide`` then runs the proof or the probe member by
+  member); above ``dense_max_params`` the certificates come from
+  ``certify_many``. Arguments as in ``refine_many`` and ``certify_many``.
   """
-  certify.check_tolerances(cert_grad_tol, kink_tol, dense_max_params, eig_tol,
-                           caller="refine_and_certify_many")
+  certify.check_dense_max_params(dense_max_params,
+                                 caller="refine_and_certify_many")
+  tol = DEFAULT if tol is None else tol
   results, out = _run_population(
-      problems, grad_tol=grad_tol, max_iters=max_iters,
+      problems, tol=tol, max_iters=max_iters,
       escape_ratio=escape_ratio, lm_max_params=lm_max_params, max_trials=40,
       lanes=lanes)
   ends = [p.at(r.params) for p, r in zip(problems, results)]
   if problems[0].n_params > dense_max_params:
-    return results, certify_many(
-        ends, dense_max_params=dense_max_params, grad_tol=cert_grad_tol,
-        eig_tol=eig_tol, kink_tol=kink_tol)
+    return results, certify_many(ends, tol=tol,
+                                 dense_max_params=dense_max_params,
+                                 lm_max_params=lm_max_params)
   certs = []
   for i, (end, result) in enumerate(zip(ends, results)):
     loss, lam, res = float(out["loss"][i]), out["lam"][i], out["residuals"][i]
     finite = math.isfinite(loss) and math.isfinite(result.grad_norm)
-    certs.append(certify.summarize(
-        n_params=end.n_params, loss=loss, grad_norm=result.grad_norm,
-        min_abs_kink=end.min_abs_kink_input(),
-        spectrum=_spectrum(lam, res) if finite else None,
-        method="dense", grad_tol=cert_grad_tol, eig_tol=eig_tol,
-        kink_tol=kink_tol))
+    certs.append(certify.decide(
+        end, _spectrum(lam, res) if finite else None, "dense", tol,
+        lm_max_params))
   return results, certs
 
 
@@ -402,7 +408,8 @@ def refine_result(problem: Problem, out: dict[str, np.ndarray], i: int,
   return RefineResult(
       params=problem.unravel(jnp.asarray(flat, EXACT_DTYPE)),
       loss=float(out["loss"][i]), grad_norm=grad_norms[-1], iters=iters,
-      converged=stop_reason == "grad_tol", stop_reason=stop_reason,
+      converged=stop_reason == "grad_tol",
+      grad_tol=float(out["grad_tol"][i]), stop_reason=stop_reason,
       grad_norm_history=grad_norms, loss_history=history("loss_hist"),
       param_norm_history=history("norm_hist"), method=method,
       param_norm_start=float(norm_start),
@@ -414,7 +421,7 @@ def refine_result(problem: Problem, out: dict[str, np.ndarray], i: int,
 
 
 def _spectrum(lam: np.ndarray, residuals: np.ndarray) -> tuple:
-  """``certify.summarize``'s spectrum from a dense ``eigh``."""
+  """``certify.decide``'s spectrum from a dense ``eigh``."""
   return (lam, float(lam[0]), float(lam[-1]), float(residuals[0]),
           float(residuals[1]))
 
@@ -430,20 +437,21 @@ def _dense_spectra(objective, flats, like, x, y):
   return jax.vmap(one)(flats)
 
 
-def certify_many(problems: Sequence[Problem], *, dense_max_params: int = 3000,
-                 grad_tol: float = 1e-8, eig_tol: float | None = None,
-                 kink_tol: float = 1e-8, key: jax.Array | None = None
+def certify_many(problems: Sequence[Problem], *,
+                 tol: Tolerances | None = None, dense_max_params: int = 3000,
+                 lm_max_params: int = 5000, key: jax.Array | None = None
                  ) -> list[certify.Certificate]:
   """``certify.certificate(p, ...)`` for every ``p``, spectra batched.
 
   Loss, gradient norm and kinks are each problem's own (cached) values, so
   those fields equal the sequential ones exactly; the spectra come from one
-  vmapped ``eigh`` program (equal up to roundoff). Members with a non-finite
-  L or g get no spectrum, as in ``certificate``.
+  vmapped ``eigh`` program (equal up to roundoff), and the proof or the
+  descent probe runs member by member (``certify.decide``). Members with a
+  non-finite L or g get no spectrum, as in ``certificate``.
 
   Args:
     problems: members of one shape (``shape_key``), at their points.
-    dense_max_params, grad_tol, eig_tol, kink_tol, key: as in
+    tol, dense_max_params, lm_max_params, key: as in
       ``certificate``; above ``dense_max_params`` the extreme eigenpairs come
       from Lanczos runs of all members in one program
       (``lanczos.extreme_eigs_of_population``, same start vector and
@@ -456,8 +464,8 @@ def certify_many(problems: Sequence[Problem], *, dense_max_params: int = 3000,
     ValueError: on mixed shapes or data, or bad tolerances.
   """
   first = check_population(problems, "certify_many")
-  certify.check_tolerances(grad_tol, kink_tol, dense_max_params, eig_tol,
-                           caller="certify_many")
+  certify.check_dense_max_params(dense_max_params, caller="certify_many")
+  tol = DEFAULT if tol is None else tol
   dense = first.n_params <= dense_max_params and (
       8 * first.n_params ** 2 <= first.memory_budget_bytes)
   rows = [i for i, p in enumerate(problems)
@@ -478,11 +486,8 @@ def certify_many(problems: Sequence[Problem], *, dense_max_params: int = 3000,
             first.params, first.x, first.y))
       for j in range(real):
         spectra[rows[start + j]] = _spectrum(lams[j], residuals[j])
-  return [certify.summarize(
-      n_params=p.n_params, loss=p.loss, grad_norm=p.grad_norm,
-      min_abs_kink=p.min_abs_kink_input(), spectrum=spectra.get(i),
-      method="dense" if dense else "lanczos", grad_tol=grad_tol,
-      eig_tol=eig_tol, kink_tol=kink_tol)
+  return [certify.decide(p, spectra.get(i), "dense" if dense else "lanczos",
+                         tol, lm_max_params)
           for i, p in enumerate(problems)]
 
 

@@ -19,13 +19,17 @@ minima counted apart, and whether the test was informative on these data
   fixed depth, depth at a fixed width), only between cells holding at least
   ``MIN_POINTS`` certified minima.
 
-Only rows with verdict ``local_min`` are tested; every other member is counted
-by ``outcome`` in the report, never dropped.
+Only members whose outcome is ``local_min`` are tested; every other member is
+counted by ``outcome`` in the report, never dropped. Every tolerance is the
+rows' own (``lminima.tolerances.Tolerances``, recorded in each row) and
+relative: identity gaps to ``max(L, zero floor)``, the Euler residual to
+``||vec Yhat||``, the subspace bound to L*_linear; zero loss is
+``L <= zero_loss_rtol * L_ref`` (rounding).
 
 Example:
-  >>> rows = [{"depth": 1, "width": 2, "verdict": "local_min",
+  >>> rows = [{"depth": 1, "width": 2, "outcome": "local_min",
   ...          "loss": 0.31, "loss_refined": 0.3, "linear_opt": 0.5,
-  ...          "identity_gap_last": 1e-15, "below_linear": True,
+  ...          "loss_reference": 2.0, "identity_gap_last": 1e-15,
   ...          "inclusion_residual_linear": 0.2, "rank_D": 10,
   ...          "rank_D_loose": 10, "rank_D_frac": 0.1}]
   >>> entry = claims_table(rows)[0]
@@ -41,24 +45,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lminima import fate
+from lminima.tolerances import DEFAULT, Tolerances
+
 MIN_POINTS = 5
 """Fewest certified minima of a cell for its median to enter a trend."""
-
-ZERO_LOSS_RTOL = 1e-12
-"""A certified minimum with L <= ZERO_LOSS_RTOL * (1 + L*_linear) interpolates."""
-
-IDENTITY_RTOL = 1e-8
-"""(A): |L - c ||(I - F F^+) Y||^2| <= IDENTITY_RTOL * (1 + L)."""
-
-EULER_TOL = 1e-6
-"""(B): max_l ||E^(l) g_l - vec Yhat||_2 <= EULER_TOL."""
-
-INCLUSION_TOL = 1e-6
-"""(C): col([X 1] kron I) counts as inside col(D) when the relative residual
-||P_N[D] M||_F / ||M||_F is at most this."""
-
-BOUND_RTOL = 1e-8
-"""(C): L <= L*_linear + BOUND_RTOL * (1 + L*_linear) (lminima.theory)."""
 
 TREND_RTOL = 0.05
 """(E): a median counts as no worse when <= (1 + TREND_RTOL) times the
@@ -75,45 +66,52 @@ def _num(value: Any) -> float | None:
   return value if math.isfinite(value) else None
 
 
-def is_zero_loss(row: dict[str, Any]) -> bool:
+def tolerances(rows: Sequence[dict[str, Any]]) -> Tolerances:
+  """The tolerances the rows were decided with (the first row that records
+  them; ``DEFAULT`` for none)."""
+  for row in rows:
+    if row.get("tolerances"):
+      return Tolerances(**row["tolerances"])
+  return DEFAULT
+
+
+def zero_floor(row: dict[str, Any], tol: Tolerances) -> float:
+  """The loss at rounding for this row's data (0 without ``loss_reference``)."""
+  return tol.zero_floor(_num(row.get("loss_reference")) or 0.0)
+
+
+def is_zero_loss(row: dict[str, Any], tol: Tolerances = DEFAULT) -> bool:
   """Whether a row's refined loss is zero up to rounding (interpolation)."""
   loss = _num(row.get("loss_refined"))
-  scale = 1.0 + abs(_num(row.get("linear_opt")) or 0.0)
-  return loss is not None and loss <= ZERO_LOSS_RTOL * scale
+  return loss is not None and loss <= zero_floor(row, tol)
+
+
+def below_linear(row: dict[str, Any], tol: Tolerances = DEFAULT) -> bool:
+  """(C): ``L <= L*_linear (1 + bound_rtol)`` (+ the zero floor)."""
+  loss, linear = _num(row.get("loss_refined")), _num(row.get("linear_opt"))
+  return (loss is not None and linear is not None and loss <= linear * (
+      1 + tol.bound_rtol) + zero_floor(row, tol))
 
 
 def certified(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """The rows certified ``local_min`` with a finite refined loss."""
-  return [r for r in rows if r.get("verdict") == "local_min"
+  """The members whose outcome is ``local_min``, with a finite loss."""
+  return [r for r in rows if outcome(r) == "local_min"
           and _num(r.get("loss_refined")) is not None]
 
 
-OUTCOMES = ("local_min", "saddle", "non_differentiable", "not_critical",
-            "escaping", "undecided", "diverged", "failed", "uncertified")
+OUTCOMES = fate.OUTCOMES + ("uncertified",)
 """Every member's outcome (``outcome``), in the report's order."""
 
 
 def outcome(row: dict[str, Any]) -> str:
-  """What became of one member.
-
-  ``diverged`` (training), ``failed`` (its analysis raised), its certificate
-  verdict when that is ``local_min``, ``saddle`` or ``non_differentiable``,
-  else its fate when refinement did not converge (``escaping`` or
-  ``undecided``, lminima.fate), ``not_critical`` otherwise, and
-  ``uncertified`` when certification was off.
-  """
+  """What became of one member: ``diverged`` (training), ``failed`` (its
+  analysis raised), the outcome decided once by ``lminima.fate.
+  decide_member``, or ``uncertified`` when certification was off."""
   if row.get("diverged"):
     return "diverged"
   if row.get("error"):
     return "failed"
-  verdict = row.get("verdict")
-  if verdict in ("local_min", "saddle", "non_differentiable"):
-    return verdict
-  if row.get("fate") in ("escaping", "undecided"):
-    return row["fate"]
-  if row.get("refine_stop_reason") == "escaping":
-    return "escaping"
-  return "not_critical" if verdict else "uncertified"
+  return row.get("outcome") or "uncertified"
 
 
 def full_row_rank(row: dict[str, Any]) -> bool:
@@ -135,63 +133,67 @@ def _entry(claim: str, test: str, tolerance: str, points: list[dict],
           "zero_loss_apart": zero, "informative": informative}
 
 
-def _split(points: list[dict]) -> tuple[list[dict], int]:
-  nonzero = [r for r in points if not is_zero_loss(r)]
+def _split(points: list[dict], tol: Tolerances) -> tuple[list[dict], int]:
+  nonzero = [r for r in points if not is_zero_loss(r, tol)]
   return nonzero, len(points) - len(nonzero)
 
 
-def _identity_claims(minima: list[dict]) -> list[dict[str, Any]]:
+def _identity_claims(minima: list[dict], tol: Tolerances
+                     ) -> list[dict[str, Any]]:
   by_construction = "no: holds at every critical point (grad L = 2c D^T r)"
+  relative = f"gap <= {tol.identity_rtol:g} max(L, {tol.zero_loss_rtol:g} L_ref)"
+
+  def gap_holds(key):
+    return lambda r: float(r[key]) <= tol.identity_rtol * max(
+        float(r["loss_refined"]), zero_floor(r, tol))
   points, zero = _split([r for r in minima
-                         if r.get("identity_gap_last") is not None])
+                         if r.get("identity_gap_last") is not None], tol)
   last = _entry(
       "A", "L = c||(I - F F^+) Y||^2, F the output layer's design",
-      f"gap <= {IDENTITY_RTOL:g} (1 + L)", points,
-      lambda r: float(r["identity_gap_last"]) <= IDENTITY_RTOL * (
-          1 + float(r["loss_refined"])), zero, by_construction)
+      relative, points, gap_holds("identity_gap_last"), zero,
+      by_construction)
   points, zero = _split([r for r in minima
-                         if r.get("identity_gap_full") is not None])
+                         if r.get("identity_gap_full") is not None], tol)
   disagree = sum(ranks_disagree(r) for r in points)
   full = _entry(
       "A", "L = c||P_N[D(theta)] vec Y||^2 (full D, default rank tolerance)",
-      f"gap <= {IDENTITY_RTOL:g} (1 + L)", points,
-      lambda r: float(r["identity_gap_full"]) <= IDENTITY_RTOL * (
-          1 + float(r["loss_refined"])), zero,
+      relative, points, gap_holds("identity_gap_full"), zero,
       by_construction + f"; rank D differs between the two tolerances at "
       f"{disagree} of them")
   points, zero = _split([r for r in minima
-                         if r.get("euler_residual_max") is not None])
+                         if r.get("euler_residual_max") is not None], tol)
   euler = _entry(
       "B", "vec Yhat = D^(l) vec W^(l) (Euler, homogeneous activations)",
-      f"residual <= {EULER_TOL:g}", points,
-      lambda r: float(r["euler_residual_max"]) <= EULER_TOL, zero,
+      f"residual <= {tol.euler_rtol:g} ||vec Yhat||", points,
+      lambda r: float(r["euler_residual_max"]) <= tol.euler_rtol * float(
+          r.get("yhat_norm") or 0.0), zero,
       "no: exact for positively homogeneous nets" if points or zero else
       "not applicable: the activation is not positively homogeneous")
   return [last, full, euler]
 
 
-def _bound_claims(rows: Sequence[dict], minima: list[dict]
+def _bound_claims(rows: Sequence[dict], minima: list[dict], tol: Tolerances
                   ) -> list[dict[str, Any]]:
   measured = [r for r in minima
               if r.get("inclusion_residual_linear") is not None
-              and r.get("below_linear") is not None]
+              and _num(r.get("linear_opt")) is not None]
   inside = [r for r in measured
-            if float(r["inclusion_residual_linear"]) <= INCLUSION_TOL]
+            if float(r["inclusion_residual_linear"]) <= tol.inclusion_tol]
   outside = [r for r in measured
-             if float(r["inclusion_residual_linear"]) > INCLUSION_TOL]
+             if float(r["inclusion_residual_linear"]) > tol.inclusion_tol]
 
   def above_linear(r):
     linear = _num(r.get("linear_opt"))
     values = [_num(r.get(k)) for k in ("loss", "loss_refined")]
     return linear is not None and any(
-        v is not None and v > linear + BOUND_RTOL * (1 + linear)
-        for v in values)
+        v is not None and v > linear * (1 + tol.bound_rtol)
+        + zero_floor(r, tol) for v in values)
   n_above = sum(above_linear(r) for r in rows if not r.get("diverged"))
   trivial = ("no: every member (certified or not) lies below L*_linear, so "
              "the bound is trivially met" if not n_above else None)
-  tolerance = (f"residual <= {INCLUSION_TOL:g}; L <= L*_lin + "
-               f"{BOUND_RTOL:g} (1 + L*_lin)")
-  points, zero = _split(inside)
+  tolerance = (f"residual <= {tol.inclusion_tol:g}; L <= L*_lin (1 + "
+               f"{tol.bound_rtol:g})")
+  points, zero = _split(inside, tol)
   not_full = sum(not full_row_rank(r) for r in points)
   members = sum(not r.get("diverged") for r in rows)
   if trivial:
@@ -206,19 +208,20 @@ def _bound_claims(rows: Sequence[dict], minima: list[dict]
                    "rank")
   must = _entry(
       "C", "inclusion col([X 1] kron I) in col(D) => L <= L*_linear",
-      tolerance, points, lambda r: r["below_linear"], zero, informative)
-  points, zero = _split(outside)
+      tolerance, points, lambda r: below_linear(r, tol), zero, informative)
+  points, zero = _split(outside, tol)
   control = _entry(
       "C", "control: inclusion fails; L <= L*_linear anyway?",
-      tolerance, points, lambda r: r["below_linear"], zero,
+      tolerance, points, lambda r: below_linear(r, tol), zero,
       trivial or ("yes: the bound may fail here" if points
                   else "no points without the inclusion"))
   # (D)'s conclusion is zero loss: its tested points include the zero-loss
   # ones, which are also shown apart.
   rank = _entry(
-      "D", "rank D = m d_y => L = 0", f"L <= {ZERO_LOSS_RTOL:g} (1 + L*_lin)",
-      [r for r in minima if full_row_rank(r)], is_zero_loss,
-      sum(is_zero_loss(r) for r in minima),
+      "D", "rank D = m d_y => L = 0", f"L <= {tol.zero_loss_rtol:g} L_ref",
+      [r for r in minima if full_row_rank(r)],
+      lambda r: is_zero_loss(r, tol),
+      sum(is_zero_loss(r, tol) for r in minima),
       "no: holds at every critical point (grad L = 2c D^T r)")
   return [must, control, rank]
 
@@ -261,14 +264,14 @@ def trend_comparisons(minima: list[dict], key: str, worse: Any,
   return comparisons, too_few
 
 
-def _trend_claims(rows: Sequence[dict], minima: list[dict]
+def _trend_claims(rows: Sequence[dict], minima: list[dict], tol: Tolerances
                   ) -> list[dict[str, Any]]:
-  zero = sum(is_zero_loss(r) for r in minima)
+  zero = sum(is_zero_loss(r, tol) for r in minima)
   cells = {(int(r["depth"]), int(r["width"])) for r in rows}
   loss, too_few = trend_comparisons(
       minima, "loss_refined",
-      lambda a, b: b > (1 + TREND_RTOL) * a + ZERO_LOSS_RTOL, cells)
-  positive = any(max(a, b) > ZERO_LOSS_RTOL for _, _, a, b, _ in loss)
+      lambda a, b: b > (1 + TREND_RTOL) * a, cells)
+  positive = any(max(a, b) > 0 for _, _, a, b, _ in loss)
   note = (f"; {len(too_few)} cells with < {MIN_POINTS} certified minima left "
           "out" if too_few else "")
   losses = {
@@ -308,8 +311,9 @@ def claims_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     For (E), ``tested`` counts comparisons of neighbouring cells.
   """
   minima = certified(rows)
-  return [*_identity_claims(minima), *_bound_claims(rows, minima),
-          *_trend_claims(rows, minima)]
+  tol = tolerances(rows)
+  return [*_identity_claims(minima, tol), *_bound_claims(rows, minima, tol),
+          *_trend_claims(rows, minima, tol)]
 
 
 def claims_markdown(table: Sequence[dict[str, Any]]) -> str:

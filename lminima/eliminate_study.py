@@ -37,6 +37,7 @@ from lminima import models
 from lminima import provenance
 from lminima import records
 from lminima import refinement
+from lminima import tolerances as tolerances_lib
 from lminima.eliminate import (Augmented, Penalty, augment_params,
                                eliminator_grads, eliminator_summary,
                                init_eliminator, train)
@@ -58,7 +59,7 @@ ROW_FIELDS = frozenset({
     "param_norm_refined",
     # certificate of the refined point
     "verdict", "lambda_min", "lambda_max", "index", "n_flat", "grad_tol",
-    "eig_tol",
+    "eig_tol", "proof", "probe_decrease", "tolerances",
     # augmented only: the eliminator at the refined point (eliminator_summary)
     "grad_a_start", "start_verdict", "a_abs_max", "a_bound", "b_min",
     "b_max", "w_norm", "exponent_max", "contribution_max", "fit_loss",
@@ -102,7 +103,8 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
   config.refine_max_iters = 200
   config.escape_ratio = 5.0
   config.continue_iters = 300
-  config.cert_grad_tol = 1e-8
+  # Refinement's and the certificate's tolerances (lminima.tolerances).
+  config.tolerances = tolerances_lib.DEFAULT.to_dict()
   config.workdir = "runs/eliminate"
   config.progress = True
   if variant == "smoke":
@@ -133,11 +135,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for name in ("refine_max_iters", "continue_iters"):
     if int(config[name]) < 0:
       raise ValueError(f"--{name} must be >= 0, got {config[name]}")
-  for name in ("lam", "learning_rate", "cert_grad_tol"):
+  for name in ("lam", "learning_rate"):
     if not (math.isfinite(config[name]) and config[name] > 0):
       raise ValueError(f"--{name} must be positive, got {config[name]}")
   if not config.escape_ratio > 1:
     raise ValueError(f"--escape_ratio must be > 1, got {config.escape_ratio}")
+  tolerances_lib.Tolerances(**config.tolerances)
   if config.num_classes < 2:
     raise ValueError(f"--num_classes must be >= 2, got {config.num_classes}")
   models.get_activation(config.activation)
@@ -175,26 +178,27 @@ def _refine_and_certify(problem: Problem, config: ml_collections.ConfigDict
                         ) -> tuple[Problem, dict[str, Any]]:
   """Refines (LM), certifies and continues; returns the refined problem and
   its row fields."""
-  result = refinement.refine(problem, method="lm",
+  tol = tolerances_lib.Tolerances(**config.tolerances)
+  result = refinement.refine(problem, method="lm", tol=tol,
                              max_iters=config.refine_max_iters,
                              escape_ratio=config.escape_ratio)
   refined = problem.at(result.params)
-  cert = certify.certificate(refined, grad_tol=config.cert_grad_tol)
+  cert = certify.certificate(refined, tol=tol)
   fields = {
       "loss_start": problem.loss, "grad_norm_start": problem.grad_norm,
       "loss_refined": result.loss, "grad_norm_refined": result.grad_norm,
       "refine_iters": result.iters, "refine_stop_reason": result.stop_reason,
       "param_norm_start": result.param_norm_start,
       "param_norm_refined": result.param_norm}
-  fields.update({k: getattr(cert, k) for k in (
+  fields.update({k: v for k, v in cert.to_dict().items() if k in (
       "verdict", "lambda_min", "lambda_max", "index", "n_flat", "grad_tol",
-      "eig_tol")})
+      "eig_tol", "proof", "probe_decrease", "tolerances")})
   augmented = isinstance(problem.objective.apply_fn, Augmented)
   if augmented and result.stop_reason != "non_finite":
     fields.update(eliminator_summary(refined))
   if config.continue_iters and result.stop_reason not in ("non_finite",
                                                           "grad_tol"):
-    more = refinement.refine(refined, method="lm",
+    more = refinement.refine(refined, method="lm", tol=tol,
                              max_iters=config.continue_iters,
                              escape_ratio=None)
     fields.update(continue_iters=more.iters, loss_continued=more.loss,

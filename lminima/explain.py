@@ -38,13 +38,14 @@ def theory_record(problem: Problem, *, seed: int = 0,
     rank_last_hidden: rank of F, the output layer's design.
     identity_gap_full, identity_gap_last: |L - c||P_N[D] vec Y||^2| and
       |L - c||(I - F F^+) Y||^2| (identity A; 0 at a critical point).
+    yhat_norm: ||vec Yhat||, the scale of the Euler residual.
     euler_residual_max: max_l ||E^(l) g_l - vec Yhat|| (identity B); None
       unless the model is an MLP with a homogeneous activation.
     linear_opt: L*_linear (intercept iff ``problem.intercept``).
     rf_opt: L* of random features of width d_H, same activation, ``seed`` and
       intercept; None unless the model is an MLP with hidden layers.
     inclusion_residual_linear: ||P_N[D] M||_F / ||M||_F, M = [X (1)] kron I.
-    below_linear: L <= linear_opt + BOUND_RTOL * (1 + linear_opt).
+    below_linear: L <= linear_opt (1 + BOUND_RTOL).
     rank_tol: the relative cut-off used for every rank and projection here.
     rank_D_loose, rank_tol_loose: rank of D at the looser relative cut-off
       ``max(rank_tol, LOOSE_RANK_TOL)``, from the same SVD.
@@ -90,6 +91,7 @@ def theory_record(problem: Problem, *, seed: int = 0,
       identity_gap_full=critical.gap_full,
       identity_gap_last=critical.gap_last,
       euler_residual_max=euler_max,
+      yhat_norm=float(np.linalg.norm(problem.yhat())),
       linear_opt=float(linear.value),
       rf_opt=rf_opt,
       inclusion_residual_linear=inclusion,

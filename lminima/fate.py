@@ -1,41 +1,43 @@
-"""What became of a member whose refinement did not reach a critical point.
+"""One outcome per member, decided once: refine, certify, continue.
 
-Refinement stops a point that runs off (``"escaping"``: its norm outgrew
-``escape_ratio`` times its start) or that is still moving after ``max_iters``
-(docs/theory.md#escape-to-infinity). Neither is a finding: a norm ratio alone
-misclassifies degenerate critical points far out, and a cap says nothing.
-``continue_and_classify`` continues the Levenberg-Marquardt refinement without
-the escape stop and decides from the evidence along that continuation:
+``decide_member(problem)`` is what the sweep does with every trained member
+that did not diverge (docs/theory.md#escape-to-infinity):
 
-* ``"critical"``: the continuation reaches ``||g|| <= grad_tol`` and stays:
-  ``probe_iters`` further LM steps (no gradient tolerance) move it by at most
-  ``settle_rtol * ||theta||``. The point is a genuine (possibly degenerate)
-  critical point, wherever it lies, and is certified there. On a path to
-  infinity the gradient also falls below any tolerance (saturated units make
-  it exponentially small), but the probe steps keep moving the point.
-* ``"escaping"``: L never increased along the continuation while ``||theta||``
-  grew by at least ``growth``: L decreases along a path on which the
-  parameters go to infinity. The asymptotic loss is estimated by fitting
-  ``L = L_inf + s / ||theta||`` to the second half of the path (clipped to
-  ``[0, L_end]``), a rough extrapolation, not a bound.
-* ``"undecided"``: neither, with the reason (the norm grew too little in the
-  iterations given, the loss rose, or no step helped).
+1. Refine (``lminima.refine``, with the escape stop) to the shared
+   criticality test of ``lminima.tolerances``.
+2. If refinement converged, certify there (``lminima.certificate``, with its
+   second-order proof or descent probe). ``local_min``, ``saddle`` and
+   ``non_differentiable`` are outcomes. A ``not_minimum`` point (the probe
+   went lower) or a point that did not converge is continued:
+3. The continuation: Levenberg-Marquardt without the escape stop and
+   without the gradient stop (the probe's lesson: a small gradient can
+   mislead) for up to ``fate_iters`` iterations from where step 2 left off
+   (the probe's lowest point). It ends in exactly one of
+   * the certificate's verdict where LM stopped because no step went lower,
+     when that is ``local_min``, ``saddle`` or ``non_differentiable``;
+   * ``escaping``: L never rose (beyond roundoff) while ``||theta||`` grew
+     by ``tol.growth``: L decreases along a path to infinity. Its limit
+     ``L_inf`` is bracketed above by the last value reached
+     (``fate_loss``); ``fate_asymptotic_loss`` is an extrapolation of
+     ``L = L_inf + s / ||theta||`` over the second half of the path, labelled
+     as such, not a bound. A member whose L tends to 0 this way is
+     escaping, never a local minimum and never zero-loss;
+   * ``undecided``, with the reason (the norm grew too little, the loss rose,
+     or LM stopped where the certificate decided nothing).
 
-The evidence (losses and norms at both ends, the gradient norm, for MLPs the
-largest hidden pre-activation |Z| at both ends, which grows where units
-saturate) is returned with the verdict and recorded in the sweep's rows.
+Verdict and outcome cannot disagree: the outcome is the verdict of the point
+the member's row records whenever a certificate decided it.
 
 Example:
   >>> import jax, numpy as np
-  >>> from lminima import Problem, refine
+  >>> from lminima import Problem
   >>> # One tanh unit fitting the sign of x: the loss decreases forever as the
   >>> # weight grows (the infimum is approached only at infinity).
   >>> x = np.linspace(-1, 1, 8)[:, None]; y = np.sign(x)
   >>> problem = Problem(lambda p, x: jax.numpy.tanh(x @ p["w"]),
   ...                   {"w": np.ones((1, 1))}, x, y)
-  >>> result = refine(problem, max_iters=20)
-  >>> fate = continue_and_classify(problem, result, extra_iters=60)
-  >>> fate.fate, fate.param_norm_end > 2 * fate.param_norm_start
+  >>> decision = decide_member(problem, max_iters=20, fate_iters=60)
+  >>> decision.outcome, decision.param_norm_end > 2 * decision.param_norm_start
   ('escaping', True)
 """
 
@@ -44,41 +46,55 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import numpy as np
 
-from lminima.hessian import flatten_params
+from lminima import certify
 from lminima.models import MLP
 from lminima.problem import Problem
 from lminima.refinement import RefineResult, refine
+from lminima.tolerances import DEFAULT, Tolerances
 
-FATES = ("critical", "escaping", "undecided")
+OUTCOMES = ("local_min", "saddle", "non_differentiable", "escaping",
+            "undecided", "diverged", "failed")
+"""Every member's outcome, in the report's order (``diverged`` and
+``failed`` are the sweep's: training diverged, or the analysis raised)."""
+
+DECIDED_BY_CERTIFICATE = ("local_min", "saddle", "non_differentiable")
 
 # Relative rise of L along an accepted LM step that is float64 roundoff.
 _LOSS_NOISE = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
-class Fate:
-  """The outcome of continuing one member's refinement.
+class Decision:
+  """The outcome of one member.
 
   Attributes:
-    fate: one of ``FATES``.
+    outcome: one of ``OUTCOMES`` (not ``diverged`` / ``failed``).
     reason: one line saying what decided it.
-    iters: continuation iterations taken.
-    params: the point where the continuation stopped (float64).
-    loss_start, loss_end: L at the start and the end of the continuation.
+    params: the member's final point (float64): the certified one, or where
+      the continuation stopped.
+    refined: the refinement's result.
+    certificate: the certificate that decided the outcome (or the last one
+      taken), else None.
+    continued: whether the continuation ran.
+    iters: continuation iterations.
+    loss_start, loss_end: L at the continuation's start and end.
     param_norm_start, param_norm_end: ``||theta||`` there.
     grad_norm_end: ``||g||`` at the end.
     loss_monotone: L never rose (beyond roundoff) along the continuation.
-    asymptotic_loss: the extrapolated L at ``||theta|| -> infinity`` for
-      ``"escaping"``, else None.
+    asymptotic_loss: for ``escaping``, the extrapolated L_inf (not a bound).
     max_abs_preactivation_start, max_abs_preactivation_end: the largest
       hidden |Z| over samples at both ends (MLPs only, else None).
   """
-  fate: str
+  outcome: str
   reason: str
-  iters: int
   params: Any
+  refined: RefineResult
+  certificate: certify.Certificate | None
+  continued: bool
+  iters: int
   loss_start: float
   loss_end: float
   param_norm_start: float
@@ -91,13 +107,25 @@ class Fate:
 
   def to_row(self) -> dict[str, Any]:
     """The row fields of the sweep (``lminima.records.ROW_FIELDS``)."""
-    return {"fate": self.fate, "fate_reason": self.reason,
-            "fate_iters": self.iters, "fate_loss": self.loss_end,
-            "fate_param_norm": self.param_norm_end,
-            "fate_grad_norm": self.grad_norm_end,
-            "fate_asymptotic_loss": self.asymptotic_loss,
-            "fate_max_abs_preactivation": [self.max_abs_preactivation_start,
-                                           self.max_abs_preactivation_end]}
+    row = {"outcome": self.outcome, "outcome_reason": self.reason,
+           "refine_iters": self.refined.iters,
+           "refine_stop_reason": self.refined.stop_reason,
+           "refine_method": self.refined.method,
+           "param_norm_start": self.refined.param_norm_start}
+    if self.continued:
+      row.update(fate_iters=self.iters, fate_loss=self.loss_end,
+                 fate_param_norm=self.param_norm_end,
+                 fate_grad_norm=self.grad_norm_end,
+                 fate_asymptotic_loss=self.asymptotic_loss,
+                 fate_max_abs_preactivation=[
+                     self.max_abs_preactivation_start,
+                     self.max_abs_preactivation_end])
+    if self.outcome in DECIDED_BY_CERTIFICATE:
+      row.update(self.certificate.to_dict())
+      row["cert_method"] = row.pop("method")
+      for key in ("loss", "grad_norm", "n_params"):
+        row.pop(key)  # the row's refined values, recorded by the sweep
+    return row
 
 
 def _max_abs_preactivation(problem: Problem, params: Any) -> float | None:
@@ -115,86 +143,153 @@ def _asymptotic_loss(losses: np.ndarray, norms: np.ndarray) -> float:
   return float(np.clip(intercept, 0.0, losses[-1]))
 
 
-def continue_and_classify(problem: Problem, result: RefineResult, *,
-                          extra_iters: int = 200, grad_tol: float = 1e-10,
-                          growth: float = 2.0, probe_iters: int = 5,
-                          settle_rtol: float = 1e-3) -> Fate:
-  """Continues ``result`` (from ``refine(problem)``) and classifies it.
+def decide_member(problem: Problem, *, tol: Tolerances | None = None,
+                  method: str = "auto", max_iters: int = 200,
+                  fate_iters: int = 200, dense_max_params: int = 3000,
+                  lm_max_params: int = 5000, key: jax.Array | None = None
+                  ) -> Decision:
+  """Refines, certifies and, where needed, continues one member.
 
   Args:
-    problem: the member's problem (any point: the continuation starts at
-      ``result.params``).
-    result: its refinement, stopped at ``"escaping"``, ``"max_iters"`` or
-      ``"stalled"`` (a converged result is returned as ``"critical"``).
-    extra_iters: LM iterations of the continuation (no escape stop).
-    grad_tol: the gradient norm that counts as critical.
-    growth: the factor by which ``||theta||`` must grow, along a path on
-      which L never rises, to count as ``"escaping"``.
-    probe_iters, settle_rtol: the probe of a converged continuation (module
-      docstring).
+    problem: the member's problem at its trained point.
+    tol: the shared tolerances (``lminima.tolerances.DEFAULT``).
+    method: refinement method (``lminima.refine``).
+    max_iters: refinement iterations.
+    fate_iters: continuation iterations (0: no continuation; a member not
+      decided by its certificate is then ``undecided``).
+    dense_max_params, lm_max_params, key: as in ``lminima.certificate``.
 
   Returns:
-    A ``Fate``.
+    A ``Decision``.
 
   Raises:
-    ValueError: on ``extra_iters < 1`` or ``growth <= 1``.
+    ValueError: on ``fate_iters < 0``.
   """
-  if extra_iters < 1 or not growth > 1:
-    raise ValueError(f"continue_and_classify: need extra_iters >= 1 and "
-                     f"growth > 1, got {extra_iters} and {growth}")
-  start = problem.at(result.params)
-  if result.converged:
-    run = dataclasses.replace(result, iters=0, loss_history=(result.loss,),
-                              param_norm_history=(result.param_norm,))
-  else:
-    run = refine(start, method="lm", grad_tol=grad_tol,
-                 max_iters=extra_iters, escape_ratio=None)
-  losses = list(run.loss_history)
-  norms = list(run.param_norm_history)
-  settled = False
-  if run.converged:
-    converged_at = start.at(run.params)
-    probe = refine(converged_at, method="lm", grad_tol=1e-300,
-                   max_iters=probe_iters, escape_ratio=None)
-    moved = float(np.linalg.norm(
-        np.asarray(flatten_params(probe.params)[0])
-        - np.asarray(converged_at.flat)))
-    settled = moved <= settle_rtol * max(run.param_norm, 1.0)
-    if not settled:  # the probe's steps are part of the path's evidence
-      losses += list(probe.loss_history[1:])
-      norms += list(probe.param_norm_history[1:])
-      run = dataclasses.replace(probe, iters=run.iters + probe.iters)
-  losses, norms = np.asarray(losses), np.asarray(norms)
+  if fate_iters < 0:
+    raise ValueError(f"decide_member: need fate_iters >= 0, got {fate_iters}")
+  tol = DEFAULT if tol is None else tol
+  cert_options = dict(tol=tol, dense_max_params=dense_max_params,
+                      lm_max_params=lm_max_params, key=key)
+  refined = refine(problem, method=method, tol=tol, max_iters=max_iters,
+                   lm_max_params=lm_max_params)
+  start = problem.at(refined.params)
+  cert = None
+  if refined.converged:
+    cert = certify.certificate(start, **cert_options)
+    if cert.verdict in DECIDED_BY_CERTIFICATE:
+      return _decided(cert, refined, start, continued=False)
+    if cert.probe is not None:  # went lower: continue from there
+      start = start.at(cert.probe.params)
+  what = (f"refinement stopped ({refined.stop_reason})" if cert is None
+          else f"the certificate found {cert.verdict}")
+  if not fate_iters:
+    return _undecided(f"{what}; no continuation (fate_iters=0)", refined,
+                      cert, start)
+  if start.n_params > lm_max_params:
+    return _undecided(f"{what}; the continuation needs the dense Hessian "
+                      f"(n_params {start.n_params} > lm_max_params "
+                      f"{lm_max_params})", refined, cert, start)
+  run = refine(start, method="lm", tol=tol, stop_on_grad=False,
+               max_iters=fate_iters, escape_ratio=None,
+               lm_max_params=lm_max_params)
+  losses = np.asarray(run.loss_history)
+  norms = np.asarray(run.param_norm_history)
+  iters = run.iters
+  end = start.at(run.params)
   rises = np.diff(losses) > _LOSS_NOISE * np.abs(losses[:-1])
   monotone = not bool(np.any(rises))
   ratio = norms[-1] / max(norms[0], 1e-300)
-  asymptotic = None
-  if settled:
-    fate = "critical"
-    reason = (f"the continuation reached ||g|| = {run.grad_norm:.1e} at "
-              f"||theta|| = {norms[-1]:.3g} ({ratio:.2f}x its start) and "
-              f"stayed there")
-  elif run.stop_reason == "stalled" and run.iters == 0:
-    fate, reason = "undecided", "no step decreased L or ||g|| any further"
-  elif monotone and ratio >= growth:
-    fate = "escaping"
+  evidence = dict(refined=refined, iters=iters, losses=losses, norms=norms,
+                  monotone=monotone, begin=problem.at(refined.params),
+                  end=end)
+  escaping = monotone and ratio >= tol.growth
+  settled = run.stop_reason in ("stalled", "grad_tol")
+  if settled:  # no LM step goes lower: certify where it stopped
+    cert = certify.certificate(end, **cert_options)
+    if cert.verdict in DECIDED_BY_CERTIFICATE:
+      return _decided(cert, refined, end, continued=True, **{
+          k: v for k, v in evidence.items() if k not in ("refined", "end")})
+  if escaping:
     asymptotic = _asymptotic_loss(losses, norms)
-    reason = (f"L fell monotonically from {losses[0]:.6g} to {losses[-1]:.6g}"
-              f" while ||theta|| grew {ratio:.1f}x in {run.iters} iterations "
-              f"(||g|| = {run.grad_norm:.1e}, still moving)")
+    return _continued(
+        "escaping", f"L fell monotonically from {losses[0]:.6g} to "
+        f"{losses[-1]:.6g} while ||theta|| grew {ratio:.1f}x in {iters} "
+        f"iterations (||g|| = {run.grad_norm:.1e}); L_inf <= {losses[-1]:.3g}"
+        f", extrapolated {asymptotic:.3g}", cert=cert,
+        asymptotic=asymptotic, **evidence)
+  if settled:
+    reason = (f"{what}; the continuation stopped after {run.iters} steps "
+              f"(no LM step went lower) where the certificate found "
+              f"{cert.verdict} (||g|| = {cert.grad_norm:.1e}, tolerance "
+              f"{cert.grad_tol:.1e}), and ||theta|| grew only {ratio:.2f}x")
   elif not monotone:
-    fate = "undecided"
-    reason = (f"L rose on {int(np.sum(rises))} of {run.iters} continuation "
-              f"steps")
+    reason = (f"{what}; L rose on {int(np.sum(rises))} of {iters} "
+              f"continuation steps")
   else:
-    fate = "undecided"
-    reason = (f"||theta|| grew only {ratio:.2f}x (< {growth}x) in "
-              f"{run.iters} iterations while ||g|| = {run.grad_norm:.1e}")
-  return Fate(
-      fate=fate, reason=reason, iters=run.iters, params=run.params,
+    reason = (f"{what}; ||theta|| grew only {ratio:.2f}x (< {tol.growth}x) "
+              f"in {iters} iterations while ||g|| = {run.grad_norm:.1e}")
+  return _continued("undecided", reason, cert=cert, asymptotic=None,
+                    **evidence)
+
+
+def certificate_reason(cert: certify.Certificate, ref_loss: float) -> str:
+  """One line saying why a certificate decided what it decided."""
+  if cert.verdict == "saddle":
+    return f"index {cert.index} (lambda_min {cert.lambda_min:.2e})"
+  if cert.verdict == "non_differentiable":
+    return (f"on a kink (min |pre-activation| "
+            f"{cert.min_abs_preactivation:.1e})")
+  if cert.verdict != "local_min":
+    return f"certificate: {cert.verdict}"
+  if cert.tolerances.is_zero_loss(cert.loss, ref_loss):
+    return "zero loss (the global minimum value, up to rounding)"
+  if cert.proof:
+    return (f"second-order sufficiency (relative decrease <= "
+            f"{cert.decrease_bound:.1e} in a ball of radius "
+            f"{cert.proof_radius:.1e})")
+  return (f"the descent probe found no lower value (relative decrease "
+          f"{cert.probe.decrease:.1e} in {cert.probe.iters} "
+          f"{cert.probe.method} steps, moved {cert.probe.displacement:.1e})")
+
+
+def _decided(cert: certify.Certificate, refined: RefineResult,
+             point: Problem, *, continued: bool, **evidence) -> Decision:
+  text = certificate_reason(cert, point.reference_loss)
+  if continued:
+    text = f"after the continuation: {text}"
+    return _continued(cert.verdict, text, cert=cert, asymptotic=None,
+                      refined=refined, end=point, **evidence)
+  norm = float(np.linalg.norm(point.flat))
+  return Decision(
+      outcome=cert.verdict, reason=text, params=point.params,
+      refined=refined, certificate=cert, continued=False, iters=0,
+      loss_start=point.loss, loss_end=point.loss, param_norm_start=norm,
+      param_norm_end=norm, grad_norm_end=point.grad_norm, loss_monotone=True,
+      asymptotic_loss=None, max_abs_preactivation_start=None,
+      max_abs_preactivation_end=None)
+
+
+def _undecided(reason: str, refined: RefineResult,
+               cert: certify.Certificate | None, point: Problem) -> Decision:
+  norm = float(np.linalg.norm(point.flat))
+  return Decision(
+      outcome="undecided", reason=reason, params=point.params,
+      refined=refined, certificate=cert, continued=False, iters=0,
+      loss_start=point.loss, loss_end=point.loss, param_norm_start=norm,
+      param_norm_end=norm, grad_norm_end=point.grad_norm, loss_monotone=True,
+      asymptotic_loss=None, max_abs_preactivation_start=None,
+      max_abs_preactivation_end=None)
+
+
+def _continued(outcome: str, reason: str, *, cert, asymptotic, refined,
+               iters, losses, norms, monotone, begin: Problem, end: Problem
+               ) -> Decision:
+  return Decision(
+      outcome=outcome, reason=reason, params=end.params, refined=refined,
+      certificate=cert, continued=True, iters=iters,
       loss_start=float(losses[0]), loss_end=float(losses[-1]),
       param_norm_start=float(norms[0]), param_norm_end=float(norms[-1]),
-      grad_norm_end=run.grad_norm, loss_monotone=monotone,
+      grad_norm_end=end.grad_norm, loss_monotone=monotone,
       asymptotic_loss=asymptotic,
-      max_abs_preactivation_start=_max_abs_preactivation(start, start.params),
-      max_abs_preactivation_end=_max_abs_preactivation(start, run.params))
+      max_abs_preactivation_start=_max_abs_preactivation(begin, begin.params),
+      max_abs_preactivation_end=_max_abs_preactivation(end, end.params))

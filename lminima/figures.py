@@ -77,7 +77,7 @@ def _values(rows, key, **match) -> list[float]:
 def _floor(rows: Sequence[dict[str, Any]]) -> float:
   """Where zero-loss points are drawn: 1e-3 of the smallest positive loss."""
   losses = [v for k in ("loss", "loss_refined") for v in _values(rows, k)
-            if v > claims.ZERO_LOSS_RTOL]
+            if v > 0]
   return 1e-3 * min(losses) if losses else 1e-12
 
 
@@ -92,6 +92,7 @@ def plot_loss_vs_width(rows: Sequence[dict[str, Any]], path: str,
   dashed: L*_linear; gray dotted: random features of the same width.
   """
   minima = claims.certified(rows)
+  tol = claims.tolerances(rows)
   floor = _floor(rows)
   colors = _depth_colors(rows)
   widths = sorted({int(r["width"]) for r in rows})
@@ -109,10 +110,12 @@ def plot_loss_vs_width(rows: Sequence[dict[str, Any]], path: str,
                 color=color, alpha=0.4, lw=1)
       mine = [r for r in minima if r["depth"] == depth]
       for w in widths:
-        values = _values(mine, "loss_refined", width=w)
+        cell = [r for r in mine if r["width"] == w
+                and _values([r], "loss_refined")]
+        values = _values(cell, "loss_refined")
         if not values:
           continue
-        zero = [v <= claims.ZERO_LOSS_RTOL for v in values]
+        zero = [claims.is_zero_loss(r, tol) for r in cell]
         ax.plot([w] * (len(values) - sum(zero)),
                 [v for v, z in zip(values, zero) if not z], "x", color=color)
         ax.plot([w] * sum(zero), [floor] * sum(zero), "v", color=color)
@@ -200,7 +203,7 @@ def plot_outcomes(rows: Sequence[dict[str, Any]], path: str) -> None:
 def plot_linear_bound(rows: Sequence[dict[str, Any]], path: str) -> None:
   """(iv) Certified L / L*_linear against the inclusion residual of (C).
 
-  Left of the dotted line the inclusion holds (``claims.INCLUSION_TOL``),
+  Left of the dotted line the inclusion holds (``inclusion_tol``),
   so the bound L <= L*_linear must hold there (points at or below 1).
   """
   points = [r for r in claims.certified(rows)
@@ -216,7 +219,8 @@ def plot_linear_bound(rows: Sequence[dict[str, Any]], path: str) -> None:
                  for r in mine], "o", color=color, ms=4,
                 label=f"depth {depth}")
     ax.axhline(1.0, color="k", ls="--", lw=1, label="L = L* linear")
-    ax.axvline(claims.INCLUSION_TOL, color="k", ls=":", lw=1,
+    ax.axvline(claims.tolerances(rows).inclusion_tol, color="k", ls=":",
+               lw=1,
                label="inclusion tolerance")
     _log(ax, bool(points), "x", "y")
     ax.set_xlabel("inclusion residual ||P_N[D] ([X 1] kron I)|| / ||.||")
@@ -236,7 +240,7 @@ def plot_minima_and_saddles(rows: Sequence[dict[str, Any]], path: str
       for verdict, marker, color in (("local_min", "x", "tab:green"),
                                      ("saddle", "o", "tab:orange")):
         values = _values(rows, "loss_refined", depth=d, width=w,
-                         verdict=verdict)
+                         outcome=verdict)
         n_saddles += len(values) if verdict == "saddle" else 0
         drawn += len(values)
         ax.plot([i] * len(values), _positive(values, floor), marker,

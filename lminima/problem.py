@@ -262,6 +262,16 @@ class Problem:
     """||grad L(theta)||_2."""
     return float(np.linalg.norm(self.grad))
 
+  @property
+  def reference_loss(self) -> float:
+    """L_ref: the loss of the zero predictor (no penalty), c ||Y||_F^2 for
+    the squared loss; the scale of the loss's rounding
+    (``lminima.tolerances``). Depends on the data only."""
+    if "_reference_loss" not in self.__dict__:
+      self._reference_loss = float(LOSSES[self.objective.loss](
+          jnp.zeros_like(self.y), self.y, self.normalization))
+    return self._reference_loss
+
   def _value_and_grad(self):
     return self.cached("loss_and_grad",
                         lambda: self.loss_and_grad_at(self.flat))

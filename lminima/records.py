@@ -60,9 +60,6 @@ PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
 COST_MODEL_FILE = "cost_model.json"
 
-VERDICTS = ("local_min", "saddle", "not_critical", "non_differentiable")
-"""Certificate verdicts (docs/theory.md#certificates), in the order decided."""
-
 ROW_FIELDS = {
     # identity and provenance
     "depth", "width", "seed", "dataset", "activation", "bias", "skip",
@@ -70,19 +67,26 @@ ROW_FIELDS = {
     "versions", "wall_s",
     # end of training (float32)
     "loss", "grad_norm", "diverged", "steps", "train_wall_s",
-    # refinement (float64)
-    "loss_refined", "grad_norm_refined", "refine_iters", "refine_stop_reason",
-    "refine_method", "param_norm_start", "param_norm_refined", "params_file",
-    # the member's fate when refinement did not converge (lminima.fate)
-    "fate", "fate_reason", "fate_iters", "fate_loss", "fate_param_norm",
-    "fate_grad_norm", "fate_asymptotic_loss", "fate_max_abs_preactivation",
-    # certificate at the refined point (lminima.certify.Certificate)
+    # the member's outcome, decided once (lminima.fate.decide_member), and
+    # its final point (float64)
+    "outcome", "outcome_reason", "loss_reference", "loss_refined", "grad_norm_refined",
+    "refine_iters", "refine_stop_reason", "refine_method",
+    "param_norm_start", "param_norm_refined", "params_file",
+    # the continuation, where it ran (lminima.fate)
+    "fate_iters", "fate_loss", "fate_param_norm", "fate_grad_norm",
+    "fate_asymptotic_loss", "fate_max_abs_preactivation",
+    # the certificate that decided a local_min / saddle / non_differentiable
+    # (lminima.certify.Certificate)
     "verdict", "cert_method", "lambda_min", "lambda_max", "residual_min",
     "residual_max", "index", "n_flat", "grad_norm_rel", "grad_tol",
-    "eig_tol", "kink_tol", "min_abs_preactivation",
+    "eig_tol", "min_abs_preactivation", "proof", "proof_radius",
+    "decrease_bound", "probe_method", "probe_iters", "probe_decrease",
+    "probe_displacement",
+    # every tolerance used (lminima.tolerances.Tolerances)
+    "tolerances",
     # theory at the refined point (lminima.explain.theory_record)
     "rank_D", "rank_D_frac", "rank_last_hidden", "identity_gap_full",
-    "identity_gap_last", "euler_residual_max", "linear_opt", "rf_opt",
+    "identity_gap_last", "euler_residual_max", "yhat_norm", "linear_opt", "rf_opt",
     "inclusion_residual_linear", "below_linear", "rank_tol",
     "rank_D_loose", "rank_tol_loose", "full_D_skipped",
     # what went wrong: "ExceptionType: message" of a member whose refinement,
@@ -266,6 +270,42 @@ def repair_results_file(path: str) -> int:
                       "short, e.g. by a killed run): %r...; its member will "
                       "be run again", path, cut, torn[:60])
   return cut
+
+
+def torn_tail(path: str) -> bytes:
+  """The torn last line of ``path``: the bytes after its last newline.
+
+  Empty when the file ends with a newline, is empty or does not exist. A
+  complete file ends with a newline (``append_row``); a tail is a write cut
+  short, which ``read_rows`` skips (unless it is a whole row) and
+  ``repair_results_file`` removes before the next append. Reads the file
+  backwards from its end, so a long file costs no more than its tail.
+
+  Example:
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), RESULTS_FILE)
+    >>> with open(path, "w") as f:
+    ...   _ = f.write('{"depth": 1}\\n{"depth": 2, "wi')
+    >>> torn_tail(path)
+    b'{"depth": 2, "wi'
+  """
+  if not os.path.exists(path):
+    return b""
+  with open(path, "rb") as f:
+    size = f.seek(0, os.SEEK_END)
+    end = size
+    while end > 0:
+      start = max(0, end - 65536)
+      f.seek(start)
+      newline = f.read(end - start).rfind(b"\n")
+      if newline >= 0:
+        start += newline + 1
+        break
+      end = start
+    else:
+      start = 0
+    f.seek(start)
+    return f.read(size - start)
 
 
 def params_path(workdir: str, depth: int, width: int, seed: int) -> str:

@@ -1,7 +1,9 @@
 """Refinement of a trained point to a critical point of its ``Problem``.
 
 Training ends near critical points only roughly; ``refine`` polishes the point
-in float64 until ``||grad L|| <= grad_tol`` (docs/theory.md#refinement):
+in float64 until it is critical by the shared test of ``lminima.tolerances``,
+``||g|| <= grad_rtol * sqrt(2 ||H|| L)`` (with a rounding floor), the test the
+certificate applies (docs/theory.md#refinement):
 
 * ``method="lm"``: Levenberg-Marquardt damping of the exact Newton model,
   ``d = -(H + mu I)^{-1} g`` from a dense eigendecomposition ``H = V diag(lam)
@@ -37,7 +39,7 @@ Example:
   >>> problem = Problem.for_module(model, model.init_params(
   ...     jax.random.PRNGKey(0)), x, y)
   >>> result = refine(problem)
-  >>> result.converged, result.grad_norm <= 1e-10
+  >>> result.converged, result.grad_norm <= result.grad_tol
   (True, True)
 """
 
@@ -58,6 +60,7 @@ from lminima import EXACT_DTYPE
 from lminima import minres as minres_lib
 from lminima import problem as problem_lib
 from lminima.problem import Problem
+from lminima.tolerances import DEFAULT, Tolerances
 
 METHODS = ("auto", "lm", "newton_mr")
 STOP_REASONS = ("grad_tol", "max_iters", "stalled", "non_finite", "escaping")
@@ -82,6 +85,8 @@ class RefineResult:
     grad_norm: ``||grad L||_2`` at ``params``.
     iters: Newton iterations taken (accepted steps).
     converged: ``grad_norm <= grad_tol``.
+    grad_tol: the gradient tolerance at ``params`` (``Tolerances.
+      grad_tolerance`` of its L and ``||H||``; 0 without the gradient stop).
     stop_reason: one of ``STOP_REASONS``: ``"grad_tol"``, ``"max_iters"``,
       ``"stalled"`` (no step decreased the merit function), ``"non_finite"``
       or ``"escaping"`` (the parameter norm outgrew ``escape_ratio``).
@@ -99,6 +104,7 @@ class RefineResult:
   grad_norm: float
   iters: int
   converged: bool
+  grad_tol: float
   stop_reason: str
   grad_norm_history: tuple[float, ...]
   loss_history: tuple[float, ...]
@@ -157,9 +163,10 @@ def lm_accept(loss, new_loss, predicted, grad_norm, new_grad_norm, xp=np):
 
 
 def _lm_step(problem: Problem, flat: np.ndarray, loss: float,
-             grad: np.ndarray, nu: float, max_trials: int = 40):
-  """One accepted LM step, or None. Returns (flat, loss, grad, nu)."""
-  lam, vecs = np.linalg.eigh(problem.dense_hessian_at(flat))
+             grad: np.ndarray, nu: float, lam: np.ndarray, vecs: np.ndarray,
+             max_trials: int = 40):
+  """One accepted LM step from ``flat``, where ``H = vecs diag(lam)
+  vecs^T``, or None. Returns (flat, loss, grad, nu)."""
   grad_norm = float(np.linalg.norm(grad))
   coeffs = vecs.T @ grad
   shift = max(0.0, -float(lam[0]))
@@ -207,6 +214,26 @@ def mr_accept(new_loss, new_merit, merit, step, slope, xp=np,
   return xp.isfinite(new_loss) & (new_merit <= merit + armijo * step * slope)
 
 
+def power_curvature(hvp, dim: int, steps: int = 30):
+  """An estimate of ``||H||_2`` (from below) by ``steps`` power iterations
+  from a fixed start; traceable, so sequential and batched Newton-MR share
+  it. Used where no eigendecomposition is at hand."""
+  start = jnp.ones((dim,), EXACT_DTYPE) / jnp.sqrt(dim)
+
+  def body(_, v):
+    w = hvp(v)
+    norm = jnp.linalg.norm(w)
+    return jnp.where(norm > 0, w / jnp.where(norm > 0, norm, 1.0), v)
+  return jnp.linalg.norm(hvp(lax.fori_loop(0, steps, body, start)))
+
+
+@functools.partial(jax.jit, static_argnames=("objective",))
+def _power_curvature_at(objective, flat, like, x, y):
+  hvp = functools.partial(problem_lib._flat_hvp(objective),  # pylint: disable=protected-access
+                          flat, like, x, y)
+  return power_curvature(hvp, flat.size)
+
+
 @functools.partial(jax.jit, static_argnames=("objective", "minres_max_iters"))
 def _newton_mr_direction_at(objective, flat, like, x, y, grad, *,
                             minres_max_iters):
@@ -236,23 +263,29 @@ def _newton_mr_step(problem: Problem, flat: np.ndarray, grad: np.ndarray,
   return None
 
 
-def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
+def refine(problem: Problem, *, method: str = "lm",
+           tol: Tolerances | None = None, stop_on_grad: bool = True,
            max_iters: int = 100, lm_max_params: int = 5000,
            escape_ratio: float | None = 5.0,
            minres_max_iters: int = 1000) -> RefineResult:
   """Drives the problem's point to a critical point of its loss, in float64.
 
-  See the module docstring for the two methods. Stops when ``||grad L||_2 <=
-  grad_tol``, after ``max_iters`` Newton iterations, when no step decreases
-  the merit function (``"stalled"``), or when ``||theta|| > escape_ratio *
-  max(1, ||theta_0||)`` (``"escaping"``; docs/theory.md#escape-to-infinity).
+  See the module docstring for the two methods. Stops when the point is
+  critical (``||g|| <= tol.grad_tolerance(L, ||H||, L_ref)``; ``||H||``
+  from the eigendecomposition LM takes anyway, or a power-iteration estimate
+  for Newton-MR), after ``max_iters`` Newton iterations, when no step
+  decreases the merit function (``"stalled"``), or when ``||theta|| >
+  escape_ratio * max(1, ||theta_0||)`` (``"escaping"``;
+  docs/theory.md#escape-to-infinity).
 
   Args:
     problem: the objective and the starting point.
     method: ``"lm"`` (minima, dense Hessian), ``"newton_mr"`` (any
       critical point, matrix free) or ``"auto"`` (``"lm"`` up to
       ``lm_max_params`` parameters, ``"newton_mr"`` above).
-    grad_tol: target gradient norm.
+    tol: the shared tolerances (``lminima.tolerances.DEFAULT``).
+    stop_on_grad: False never stops for a small gradient (the descent probe
+      and the fate's continuation run a fixed number of iterations).
     max_iters: cap on Newton iterations.
     lm_max_params: largest n_params for ``"lm"`` (dense eigh per iteration).
     escape_ratio: parameter-norm growth (> 1) that counts as escaping; None
@@ -279,11 +312,11 @@ def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
   if method not in METHODS:
     raise ValueError(f"refine: unknown method {method!r}; choose one of "
                      f"{METHODS}")
-  if not grad_tol > 0 or max_iters < 0 or minres_max_iters < 1:
-    raise ValueError(f"refine: need grad_tol > 0, max_iters >= 0 and "
-                     f"minres_max_iters >= 1, got grad_tol={grad_tol}, "
-                     f"max_iters={max_iters}, minres_max_iters="
+  if max_iters < 0 or minres_max_iters < 1:
+    raise ValueError(f"refine: need max_iters >= 0 and minres_max_iters >= 1,"
+                     f" got max_iters={max_iters}, minres_max_iters="
                      f"{minres_max_iters}")
+  tol = DEFAULT if tol is None else tol
   if escape_ratio is not None and not escape_ratio > 1:
     raise ValueError(f"refine: need escape_ratio > 1 or None, got "
                      f"{escape_ratio}")
@@ -299,11 +332,22 @@ def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
   escape_norm = (math.inf if escape_ratio is None
                  else escape_ratio * max(1.0, norm_start))
   loss, grad = problem.loss, problem.grad
+  ref_loss = problem.reference_loss
   history = [float(np.linalg.norm(grad))]
   losses, norms = [float(loss)], [norm_start]
   nu, iters, stop_reason = 1.0, 0, "max_iters"
   with serial_blas():
     while True:
+      finite = math.isfinite(loss) and math.isfinite(history[-1])
+      if method == "lm" and finite:
+        lam, vecs = np.linalg.eigh(problem.dense_hessian_at(flat))
+        curvature = max(abs(float(lam[0])), abs(float(lam[-1])))
+      elif finite and stop_on_grad:
+        curvature = float(_power_curvature_at(
+            problem.objective, jnp.asarray(flat, EXACT_DTYPE),
+            problem.params, problem.x, problem.y))
+      grad_tol = (float(tol.grad_tolerance(loss, curvature, ref_loss))
+                  if finite and stop_on_grad else 0.0)
       code = int(stop_code(loss, history[-1], np.linalg.norm(flat), iters,
                            grad_tol=grad_tol, escape_norm=escape_norm,
                            max_iters=max_iters))
@@ -311,7 +355,7 @@ def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
         stop_reason = STOP_REASONS[code - 1]
         break
       if method == "lm":
-        outcome = _lm_step(problem, flat, loss, grad, nu)
+        outcome = _lm_step(problem, flat, loss, grad, nu, lam, vecs)
         if outcome is not None:
           flat, loss, grad, nu = outcome
       else:
@@ -328,7 +372,8 @@ def refine(problem: Problem, *, method: str = "lm", grad_tol: float = 1e-10,
   return RefineResult(
       params=problem.unravel(jnp.asarray(flat, EXACT_DTYPE)), loss=loss,
       grad_norm=history[-1], iters=iters,
-      converged=stop_reason == "grad_tol", stop_reason=stop_reason,
+      converged=stop_reason == "grad_tol", grad_tol=grad_tol,
+      stop_reason=stop_reason,
       grad_norm_history=tuple(history), loss_history=tuple(losses),
       param_norm_history=tuple(norms), method=method,
       param_norm_start=norm_start, param_norm=float(np.linalg.norm(flat)))

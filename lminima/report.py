@@ -29,15 +29,12 @@ import numpy as np
 from lminima import claims
 from lminima import figures
 from lminima import records
-from lminima.records import VERDICTS
 
 SUMMARY_FIELDS = (
-    "depth", "width", "n_members", "n_diverged",
+    "depth", "width", "n_members", *(f"n_{o}" for o in claims.OUTCOMES),
     "loss_min", "loss_median", "loss_max",
-    "n_local_min", "n_local_min_zero_loss", "local_min_loss_min",
+    "n_local_min_zero_loss", "local_min_loss_min",
     "local_min_loss_median", "local_min_loss_max", "too_few_minima",
-    *(f"frac_{v}" for v in VERDICTS),
-    *(f"n_{o}" for o in claims.OUTCOMES),
     "median_rank_D_frac", "n_rank_disagree", "frac_below_linear",
     "linear_opt", "rf_opt_median",
 )
@@ -67,32 +64,28 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   groups = collections.defaultdict(list)
   for row in rows:
     groups[(row["depth"], row["width"])].append(row)
+  tol = claims.tolerances(rows)
   summary = []
   for (depth, width), members in sorted(groups.items()):
     sane = [r for r in members if not r.get("diverged")]
-    entry = {"depth": depth, "width": width, "n_members": len(members),
-             "n_diverged": len(members) - len(sane)}
+    entry = {"depth": depth, "width": width, "n_members": len(members)}
+    outcomes = collections.Counter(map(claims.outcome, members))
+    for o in claims.OUTCOMES:
+      entry[f"n_{o}"] = outcomes[o]
     entry["loss_min"], entry["loss_median"], entry["loss_max"] = _stats(
         _finite(r.get("loss") for r in sane))
     certified = claims.certified(members)
     minima = _finite(r.get("loss_refined") for r in certified)
-    entry["n_local_min"] = len(minima)
-    entry["n_local_min_zero_loss"] = sum(map(claims.is_zero_loss, certified))
+    entry["n_local_min_zero_loss"] = sum(claims.is_zero_loss(r, tol)
+                                         for r in certified)
     (entry["local_min_loss_min"], entry["local_min_loss_median"],
      entry["local_min_loss_max"]) = _stats(minima)
     entry["too_few_minima"] = len(minima) < claims.MIN_POINTS
-    verdicts = [r.get("verdict") for r in members if r.get("verdict")]
-    for v in VERDICTS:
-      entry[f"frac_{v}"] = (verdicts.count(v) / len(verdicts)
-                            if verdicts else None)
-    outcomes = collections.Counter(map(claims.outcome, members))
-    for o in claims.OUTCOMES:
-      entry[f"n_{o}"] = outcomes[o]
     ranks = _finite(r.get("rank_D_frac") for r in certified)
     entry["median_rank_D_frac"] = float(np.median(ranks)) if ranks else None
     entry["n_rank_disagree"] = sum(map(claims.ranks_disagree, certified))
-    below = [bool(r["below_linear"]) for r in certified
-             if r.get("below_linear") is not None]
+    below = [claims.below_linear(r, tol) for r in certified
+             if r.get("linear_opt") is not None]
     entry["frac_below_linear"] = sum(below) / len(below) if below else None
     linear = _finite(r.get("linear_opt") for r in members)
     entry["linear_opt"] = linear[0] if linear else None
@@ -107,11 +100,10 @@ def cell_line(depth: int, width: int, rows: Sequence[dict[str, Any]]) -> str:
   outcome (``lminima.claims.outcome``), median certified loss."""
   counts = collections.Counter(map(claims.outcome, rows))
   parts = [f"{counts[o]} {o}" for o in claims.OUTCOMES if counts[o]]
-  minima = [r["loss_refined"] for r in rows
-            if r.get("verdict") == "local_min"
-            and r.get("loss_refined") is not None]
-  median = (f"median certified loss {np.median(minima):.3e}" if minima
-            else "no certified minimum")
+  minima = [r["loss_refined"] for r in claims.certified(rows)]
+  median = (f"median certified loss {np.median(minima):.3e}"
+            if len(minima) >= claims.MIN_POINTS else
+            f"fewer than {claims.MIN_POINTS} certified minima, no median")
   return (f"depth {depth} width {width}: {len(rows)} members "
           f"({', '.join(parts) or 'none certified'}); {median}")
 
@@ -178,15 +170,23 @@ def report_markdown(rows: Sequence[dict[str, Any]], title: str = "",
   table = claims.claims_table(rows) if table is None else table
   outcomes = collections.Counter(map(claims.outcome, rows))
   minima = claims.certified(rows)
+  tol = claims.tolerances(rows)
   text = [f"# {title or 'Depth x width study'}", "", *_describe(rows), "",
           "## Claims", "",
           f"Tested on the {len(minima)} certified local minima "
-          f"({sum(map(claims.is_zero_loss, minima))} of them with zero loss, "
+          f"({sum(claims.is_zero_loss(r, tol) for r in minima)} of them with "
+          "zero loss, "
           "counted apart) of " + ", ".join(
               f"{outcomes[o]} {o}" for o in claims.OUTCOMES if outcomes[o])
           + " members. Mathematics and why a test is or is not informative: "
           "docs/theory.md (\"Identities at a critical point\", \"Which tests "
-          "are informative\").", "", claims.claims_markdown(table), ""]
+          "are informative\").", "", claims.claims_markdown(table), "",
+          "A member is a certified local minimum when its gradient is "
+          "critical relative to its loss and either second-order "
+          "sufficiency holds or a descent probe found no lower value "
+          "(docs/theory.md#certificates). Tolerances (lminima/tolerances.py): "
+          + ", ".join(f"{k} {v:g}" for k, v in tol.to_dict().items()) + ".",
+          ""]
   few = [f"{e['depth']}x{e['width']}" for e in summary if e["too_few_minima"]]
   if few:
     text += [f"Cells with fewer than {claims.MIN_POINTS} certified minima "

@@ -54,7 +54,7 @@ Example (a tiny grid, a few seconds on a laptop CPU):
   >>> config.workdir = tempfile.mkdtemp()
   >>> config.steps, config.progress = 200, False
   >>> rows = run(config, log=lambda _: None)
-  >>> len(rows), rows[0]["depth"], rows[0]["verdict"] in records.VERDICTS
+  >>> len(rows), rows[0]["depth"], rows[0]["outcome"] in claims.OUTCOMES
   (1, 1, True)
 """
 
@@ -72,18 +72,18 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from lminima import certify
+from lminima import claims
 from lminima import data as data_lib
 from lminima import models
 from lminima import planner
 from lminima import population
 from lminima import provenance
 from lminima import records
-from lminima import refinement
 from lminima import report
+from lminima import sweep_config
 from lminima import explain
 from lminima import train
-from lminima.fate import continue_and_classify
+from lminima.fate import decide_member
 from lminima.problem import Problem
 # The configuration lives in sweep_config; its public names are the sweep's.
 from lminima.sweep_config import (ConfigError, DATA_FIELDS, check_against_data,
@@ -141,27 +141,17 @@ def analyse_member(result: population.MemberResult, data: data_lib.Dataset,
       result.model, result.params, data.x, data.y,
       normalization=config.normalization,
       memory_budget_bytes=config.memory_budget_bytes)
+  tol = sweep_config.tolerances(config)
+  fields.update(tolerances=tol.to_dict(),
+                loss_reference=problem.reference_loss)
   if config.certify:
-    refined = refinement.refine(
-        problem, method=config.refine_method,
-        grad_tol=config.refine_grad_tol, max_iters=config.refine_max_iters)
-    fields.update(
-        refine_iters=refined.iters, refine_stop_reason=refined.stop_reason,
-        refine_method=refined.method,
-        param_norm_start=refined.param_norm_start)
-    params = refined.params
-    if config.fate_iters and not refined.converged:
-      # Account for the member: continue and classify (lminima.fate); a
-      # critical point found further out is certified where it is.
-      fate = continue_and_classify(problem, refined,
-                                   extra_iters=config.fate_iters,
-                                   grad_tol=config.refine_grad_tol)
-      fields.update(fate.to_row())
-      if fate.fate == "critical":
-        params = fate.params
-    elif refined.converged:
-      fields["fate"] = "critical"
-    problem = problem.at(params)
+    decision = decide_member(
+        problem, tol=tol,
+        method=config.refine_method, max_iters=config.refine_max_iters,
+        fate_iters=config.fate_iters,
+        dense_max_params=config.dense_max_params)
+    fields.update(decision.to_row())
+    problem = problem.at(decision.params)
     fields.update(loss_refined=problem.loss,
                   grad_norm_refined=problem.grad_norm,
                   param_norm_refined=float(np.linalg.norm(problem.flat)))
@@ -170,12 +160,6 @@ def analyse_member(result: population.MemberResult, data: data_lib.Dataset,
                                member.seed)
     np.savez(path, **models.params_to_arrays(problem.params))
     fields["params_file"] = os.path.relpath(path, config.workdir)
-    cert = certify.certificate(problem,
-                               dense_max_params=config.dense_max_params)
-    fields["cert_method"] = cert.method
-    # The certificate's loss, gradient norm and size are the refined ones.
-    fields.update({k: v for k, v in cert.to_dict().items()
-                   if k not in ("loss", "grad_norm", "n_params", "method")})
   if config.theory:
     fields.update(explain.theory_record(problem, seed=result.member.seed))
   return fields
@@ -413,13 +397,11 @@ def _totals(config: ml_collections.ConfigDict,
   failed, and says when all of them diverged."""
   keys = {(m.depth, m.width, m.seed) for m in grid(config)}
   rows = [r for r in rows if records.member_key(r) in keys]
-  counts = collections.Counter(r["verdict"] for r in rows if r.get("verdict"))
-  diverged = sum(bool(r.get("diverged")) for r in rows)
-  errors = sum(bool(r.get("error")) for r in rows)
-  parts = [f"{counts[v]} {v}" for v in records.VERDICTS if counts[v]]
+  counts = collections.Counter(map(claims.outcome, rows))
+  diverged, errors = counts["diverged"], counts["failed"]
+  parts = [f"{counts[o]} {o}" for o in claims.OUTCOMES if counts[o]]
   log(f"grid: {len(rows)} of {len(keys)} members recorded"
-      f"{': ' + ', '.join(parts) if parts else ''}; {diverged} diverged, "
-      f"{errors} failed")
+      f"{': ' + ', '.join(parts) if parts else ''}")
   if rows and diverged == len(rows):
     log(f"warning: all {len(rows)} members diverged (optimizer "
         f"{config.optimizer}, learning_rate {config.learning_rate}); lower "

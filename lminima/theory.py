@@ -45,11 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from lminima import checks, classical, derivative, linalg
+from lminima import checks, classical, derivative, linalg, tolerances
 from lminima.problem import Problem
 
-BOUND_RTOL = 1e-8
-"""A bound ``L <= B`` counts as holding when ``L <= B + BOUND_RTOL * (1 + B)``."""
+BOUND_RTOL = tolerances.DEFAULT.bound_rtol
+"""A bound ``L <= B`` counts as holding when ``L <= B (1 + BOUND_RTOL)``."""
 
 
 class Record:
@@ -108,7 +108,7 @@ def _residual_in_d(problem: Problem, target: np.ndarray, tol: float
 
 
 def below(value: float, bound: float) -> bool:
-  return bool(value <= bound + BOUND_RTOL * (1.0 + abs(bound)))
+  return bool(value <= bound + BOUND_RTOL * abs(bound))
 
 
 # ---------------------------------------------------------------------------

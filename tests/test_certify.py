@@ -17,7 +17,8 @@ import numpy as np
 import lminima
 from lminima.losses import loss_scale
 from lminima.models import MLP
-from lminima.records import VERDICTS
+from lminima.certify import VERDICTS
+from lminima.tolerances import Tolerances
 
 from _helpers import flax_variables, gaussian_data
 from _helpers import linear_net_spectrum_at_origin
@@ -62,19 +63,23 @@ class LinearOriginTest(parameterized.TestCase):
     np.testing.assert_allclose(np.linalg.eigvalsh(problem.dense_hessian()),
                                expected, atol=1e-12 * expected[-1])
 
-  def test_explicit_eig_tol(self):
-    # An eig_tol above |lambda_min| makes every eigenvalue flat: no index.
+  def test_explicit_eig_rtol(self):
+    # An eig_tol above |lambda_min| makes every eigenvalue flat: no index;
+    # the descent probe then finds the descent the curvature test missed.
     _, problem, expected = self._origin_problem()
     # expected = (-a1, -a1, -a2, -a2, 0, 0, a2, a2, a1, a1), a1 > a2 > 0.
+    a1 = expected[-1]
     between = -0.5 * (expected[0] + expected[2])  # a2 < eig_tol < a1
     for eig_tol, index, n_flat, verdict in (
-        (1.01 * -expected[0], 0, 10, "local_min"),
+        (1.01 * a1, 0, 10, "not_minimum"),
         (between, 2, 6, "saddle"),
         (1e-9, 4, 2, "saddle")):
-      cert = lminima.certificate(problem, eig_tol=eig_tol)
-      self.assertEqual(cert.eig_tol, eig_tol)
+      cert = lminima.certificate(problem,
+                                 tol=Tolerances(eig_rtol=eig_tol / a1))
+      np.testing.assert_allclose(cert.eig_tol, eig_tol, rtol=1e-12)
       self.assertEqual((cert.index, cert.n_flat, cert.verdict),
                        (index, n_flat, verdict), eig_tol)
+    self.assertGreater(cert.tolerances.eig_rtol, 0)
 
   def test_lanczos_saddle_at_linear_origin(self):
     # Lanczos from one start vector sees one copy of each distinct
@@ -127,11 +132,11 @@ class ZeroHessianTest(absltest.TestCase):
 
   Every term of the first and second derivatives of Yhat keeps a zero
   factor, so g = 0 and the Hessian is exactly 0: the second-order test is
-  inconclusive and the certificate says ``local_min``. The point is in fact a
-  higher-order saddle (docs/theory.md#limits-of-a-certificate): along a
-  factorization of t A with <X A, Y> > 0, L(t) = L(0) - 2c t^3 <X A, Y> +
-  O(t^6) decreases at third order. This test pins both facts, i.e. documents
-  a false ``local_min``.
+  inconclusive. The point is a higher-order saddle
+  (docs/theory.md#limits-of-a-certificate): along a factorization of t A
+  with <X A, Y> > 0, L(t) = L(0) - 2c t^3 <X A, Y> + O(t^6) decreases at
+  third order. The descent probe's perturbed start finds that descent, so
+  the certificate says ``not_minimum``, not ``local_min``.
   """
 
   @classmethod
@@ -156,7 +161,15 @@ class ZeroHessianTest(absltest.TestCase):
     self.assertEqual(cert.eig_tol, 0.0)  # 1e-6 * max(|0|, |0|)
     self.assertEqual(cert.index, 0)
     self.assertEqual(cert.n_flat, n)
-    self.assertEqual(cert.verdict, "local_min")
+    self.assertFalse(cert.proof)
+    self.assertEqual(cert.verdict, "not_minimum")
+    self.assertGreater(cert.probe.decrease, 1e-3)
+    # The probe's point is lower by the reference's own loss function.
+    w1, w2, w3 = (np.asarray(cert.probe.params["params"][f"layer_{i}"][
+        "kernel"]) for i in (1, 2, 3))
+    lower = np.sum((self.x @ w1 @ w2 @ w3 - self.y) ** 2) / 14
+    np.testing.assert_allclose(lower, cert.probe.loss_end, rtol=1e-10)
+    self.assertLess(lower, cert.loss)
     np.testing.assert_allclose(cert.loss, np.sum(self.y ** 2) / 14,
                                rtol=1e-14)
 
@@ -168,7 +181,7 @@ class ZeroHessianTest(absltest.TestCase):
     self.assertEqual((cert.lambda_min, cert.lambda_max, cert.eig_tol),
                      (0.0, 0.0, 0.0))
     self.assertEqual((cert.index, cert.n_flat, cert.verdict),
-                     (0, 1, "local_min"))
+                     (0, 1, "not_minimum"))
 
   def test_loss_decreases_at_third_order(self):
     # A = u v^T from the top singular pair of X^T Y, <X A, Y> = sigma_1 > 0,
@@ -317,8 +330,8 @@ class KinkTest(parameterized.TestCase):
     self.assertLessEqual(cert.grad_norm, cert.grad_tol)
     self.assertEqual(cert.verdict, "non_differentiable")
     # "Within kink_tol" includes the kink itself: even kink_tol = 0 flags it.
-    self.assertEqual(lminima.certificate(problem, kink_tol=0.0).verdict,
-                     "non_differentiable")
+    self.assertEqual(lminima.certificate(
+        problem, tol=Tolerances(kink_tol=0.0)).verdict, "non_differentiable")
 
   def test_relu_off_the_kink_is_a_local_min(self):
     problem = _kink_point("relu", bias_shift=-1e-3)
@@ -332,14 +345,12 @@ class KinkTest(parameterized.TestCase):
     self.assertEqual((cert.index, cert.n_flat), (0, 12))
     self.assertEqual(cert.verdict, "local_min")
     # kink_tol is an absolute threshold on min |z|.
-    self.assertEqual(lminima.certificate(problem, kink_tol=1e-2).verdict,
-                     "non_differentiable")
-    self.assertEqual(lminima.certificate(problem, kink_tol=1e-4).verdict,
-                     "local_min")
-    self.assertEqual(
-        lminima.certificate(problem,
-                            kink_tol=cert.min_abs_preactivation).verdict,
-        "non_differentiable")
+    for kink_tol, verdict in ((1e-2, "non_differentiable"),
+                              (1e-4, "local_min"),
+                              (cert.min_abs_preactivation,
+                               "non_differentiable")):
+      self.assertEqual(lminima.certificate(
+          problem, tol=Tolerances(kink_tol=kink_tol)).verdict, verdict)
 
   def test_not_critical_comes_before_the_kink(self):
     # Output bias off by 1: g has the entry 2c m * 1 = 1 on it.
@@ -397,25 +408,36 @@ class CriticalityTest(absltest.TestCase):
     self.problem = lminima.Problem(lambda p, x: x @ p["w"], {"w": self.w},
                                    self.x, self.y)
 
-  def test_grad_tol_is_absolute(self):
+  def test_grad_tol_is_relative_to_the_loss(self):
     grad = 2 * self.c * self.x.T @ self.x @ self.delta
     g0 = float(np.linalg.norm(grad))
     loss = self.c * np.sum((self.x @ self.w - self.y) ** 2)
-    cert = lminima.certificate(self.problem, grad_tol=1.01 * g0)
+    curvature = np.max(np.linalg.eigvalsh(2 * self.c * self.x.T @ self.x))
+    scale = np.sqrt(2 * curvature * loss)  # the largest ||g|| L allows
+    cert = lminima.certificate(self.problem)
     np.testing.assert_allclose(cert.grad_norm, g0, rtol=1e-8)
     np.testing.assert_allclose(cert.loss, loss, rtol=1e-12)
-    self.assertEqual(cert.grad_norm_rel, cert.grad_norm / (1 + cert.loss))
-    self.assertEqual(cert.verdict, "local_min")
-    self.assertEqual(
-        lminima.certificate(self.problem, grad_tol=0.99 * g0).verdict,
-        "not_critical")
-    # The default grad_tol = 1e-8 is below g0 (delta ~ 1e-6).
-    self.assertGreater(g0, 1e-8)
-    self.assertEqual(lminima.certificate(self.problem).verdict,
-                     "not_critical")
+    np.testing.assert_allclose(cert.grad_norm_rel, g0 / scale, rtol=1e-8)
+    np.testing.assert_allclose(cert.grad_tol, 1e-7 * scale, rtol=1e-8)
+    # delta ~ 1e-6 puts g0 above the default 1e-7 relative tolerance.
+    self.assertEqual(cert.verdict, "not_critical")
+    for rtol, verdict in ((1.01, "local_min"), (0.99, "not_critical")):
+      cert = lminima.certificate(
+          self.problem, tol=Tolerances(grad_rtol=rtol * g0 / scale))
+      self.assertEqual(cert.verdict, verdict)
+    # Least squares: H is constant and positive definite, so second-order
+    # sufficiency decides, with the bound ||g||^2 / (2 lambda_min L).
+    lam_min = np.min(np.linalg.eigvalsh(2 * self.c * self.x.T @ self.x))
+    cert = lminima.certificate(
+        self.problem, tol=Tolerances(grad_rtol=1.01 * g0 / scale))
+    self.assertTrue(cert.proof)
+    self.assertIsNone(cert.probe)
+    np.testing.assert_allclose(cert.decrease_bound,
+                               g0 ** 2 / (2 * lam_min * loss), rtol=1e-6)
 
   def test_not_critical_still_reports_the_spectrum(self):
-    cert = lminima.certificate(self.problem, grad_tol=1e-12)
+    cert = lminima.certificate(self.problem,
+                               tol=Tolerances(grad_rtol=1e-12))
     spectrum = np.linalg.eigvalsh(2 * self.c * np.kron(self.x.T @ self.x,
                                                        np.eye(2)))
     self.assertEqual(cert.verdict, "not_critical")
@@ -446,10 +468,14 @@ class CriticalityTest(absltest.TestCase):
     self.assertEqual(cert.verdict, "not_critical")
 
   def test_to_dict(self):
-    cert = lminima.certificate(self.problem, grad_tol=1.0)
+    cert = lminima.certificate(self.problem, tol=Tolerances(grad_rtol=1.0))
     record = cert.to_dict()
-    self.assertEqual(list(record),
-                     [f.name for f in dataclasses.fields(cert)])
+    self.assertEqual(
+        set(record),
+        {f.name for f in dataclasses.fields(cert)} - {"probe"}
+        | {"probe_method", "probe_iters", "probe_decrease",
+           "probe_displacement"})
+    self.assertEqual(record["tolerances"]["grad_rtol"], 1.0)
     self.assertIn(record["verdict"], VERDICTS)
     self.assertEqual(json.loads(json.dumps(record, allow_nan=False)), record)
 
@@ -526,11 +552,14 @@ class InputTest(absltest.TestCase):
 
   def test_bad_certificate_options(self):
     problem = self._problem()
-    for kwargs in (dict(grad_tol=0.0), dict(kink_tol=-1.0),
-                   dict(dense_max_params=-1), dict(eig_tol=-1e-9)):
+    with self.assertRaisesRegex(ValueError, "certificate: need"):
+      lminima.certificate(problem, dense_max_params=-1)
+    for kwargs in (dict(grad_rtol=-1.0), dict(kink_tol=-1.0),
+                   dict(eig_rtol=float("nan")), dict(probe_iters=0),
+                   dict(growth=1.0)):
       with self.subTest(**kwargs):
-        with self.assertRaisesRegex(ValueError, "certificate: need"):
-          lminima.certificate(problem, **kwargs)
+        with self.assertRaisesRegex(ValueError, "Tolerances: need"):
+          Tolerances(**kwargs)
 
   def test_float32_inputs_are_cast(self):
     # float32 variables and x: Problem casts, and the certificate equals the
