@@ -6,6 +6,10 @@ runs the experiment and prints where its files went. Every expected failure
 (a bad flag or config value, a foreign workdir, unreadable data) ends in one
 ``error: ...`` line on stderr and a nonzero exit, never a traceback.
 
+Every script in ``scripts/`` starts through ``run_script``: JAX's probing
+of absent backends stays out of its output, and Ctrl-C ends it with one
+``interrupted: ...`` line and exit status 130.
+
 Example:
   >>> number_list("widths", ["2", "4"])
   (2, 4)
@@ -23,10 +27,22 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from typing import Any, Callable, Iterable, Mapping
 
+from absl import app
+
 from lminima import records
+
+# The logger of JAX's backend discovery: at INFO it reports every platform
+# it probed and did not find ("Unable to initialize backend 'tpu': ...").
+BACKEND_LOGGER = "jax._src.xla_bridge"
+
+# The exit status of a run ended by Ctrl-C: 128 + SIGINT, as a shell reports
+# a command killed by it.
+INTERRUPTED_STATUS = 130
 
 
 def number_list(flag: str, values: Iterable[str],
@@ -81,3 +97,43 @@ def main(argv: list[str], *, config_from_flags: Callable[[], Any],
     sys.exit(f"error: {e}")
   print("\n".join(f"{label + ':':<8} {path}"
                   for label, path in outputs(config).items()))
+
+
+def run_script(main: Callable[[list[str]], Any], *, interrupted: str,
+               flags_parser: Callable[[list[str]], Any] | None = None
+               ) -> None:
+  """``absl.app.run(main)`` for a script in ``scripts/``.
+
+  Two things every script shares. JAX's backend discovery logs at INFO each
+  platform it probed and did not find (``Unable to initialize backend
+  'tpu'`` on a machine without one), and absl shows INFO lines by default;
+  its logger (``BACKEND_LOGGER``) is set to WARNING, so the platforms
+  stay as JAX finds them (no ``JAX_PLATFORMS``) and its warnings still show
+  (``--logger_levels=jax._src.xla_bridge:INFO`` brings the lines back).
+  And Ctrl-C (``KeyboardInterrupt``) ends the script with one line on
+  stderr, ``interrupted: <interrupted>``, and exit status 130, without a
+  traceback. The interrupt unwinds the script (its ``finally`` blocks and
+  context managers run: a temporary file is removed, a pool of training
+  threads finishes its current programs), then the process exits at once
+  (``os._exit``): nothing is left whose result the run still wants, and the
+  interpreter's shutdown would wait for every thread.
+
+  Args:
+    main: the script's ``main(argv)``.
+    interrupted: what Ctrl-C leaves behind and how to go on, e.g. "rerun
+      the same command to resume; finished members are kept".
+    flags_parser: absl's ``flags_parser`` (None: absl's own).
+  """
+  logging.getLogger(BACKEND_LOGGER).setLevel(logging.WARNING)
+  try:
+    if flags_parser is None:
+      app.run(main)
+    else:
+      app.run(main, flags_parser=flags_parser)
+  except KeyboardInterrupt:
+    try:
+      sys.stdout.flush()
+    finally:
+      sys.stderr.write(f"interrupted: {interrupted}\n")
+      sys.stderr.flush()
+      os._exit(INTERRUPTED_STATUS)

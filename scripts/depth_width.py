@@ -22,13 +22,13 @@ on top of either when given. Every bad value ends in one line on stderr,
 
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from lminima import data as data_lib
 from lminima import cache
+from lminima import experiment
 from lminima import records
 from lminima import report
 from lminima import sweep
@@ -208,4 +208,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  experiment.run_script(
+      main, flags_parser=parse_flags,
+      interrupted="rerun the same command to resume; finished members are "
+      "kept")

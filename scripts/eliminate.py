@@ -14,7 +14,6 @@ per member and variant), config.json and report.md into --workdir
 
 import os
 
-from absl import app
 from absl import flags
 
 from lminima import eliminate_study
@@ -72,4 +71,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  experiment.run_script(
+      main, interrupted="rerun the same command to resume; finished members "
+      "are kept")

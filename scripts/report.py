@@ -16,10 +16,10 @@ tables of all workdirs go into one markdown file, one section per study.
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 from lminima import claims
+from lminima import experiment
 from lminima import records
 from lminima import report
 
@@ -32,11 +32,25 @@ _COMBINED = flags.DEFINE_string("combined", "", "Also write every workdir's "
                                 "claims table into this markdown file.")
 
 
+def warn_torn_lines(workdir: str) -> None:
+  """One ``warning:`` line on stderr per results file of ``workdir`` whose
+  last line was cut short (no newline): the report reads complete rows
+  only, and the next run on the workdir removes the line."""
+  for path in records.results_files(workdir):
+    tail = records.torn_tail(path)
+    if tail:
+      print(f"warning: {path} ends in a line cut short ({len(tail)} bytes "
+            "without a newline, e.g. by a killed run); the report reads "
+            "complete rows only, and the next run on this workdir removes "
+            "the line and reruns its member", file=sys.stderr)
+
+
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   sections = []
   for workdir in _WORKDIRS.value:
+    warn_torn_lines(workdir)
     try:
       written = report.write_report(
           workdir, title=_TITLE.value if len(_WORKDIRS.value) == 1 else "")
@@ -56,4 +70,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  experiment.run_script(
+      main, interrupted="rerun the same command for the whole report")

@@ -12,7 +12,6 @@ results.jsonl, interpolation.json, interpolation.png and report.md into
   python scripts/sharpness.py --smoke --workdir=/tmp/sharpness_smoke   # < 1 min
 """
 
-from absl import app
 from absl import flags
 
 from lminima import data as data_lib
@@ -76,4 +75,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  experiment.run_script(
+      main, interrupted="a sharpness run does not resume; rerun with a new "
+      "--workdir (or delete that one)")

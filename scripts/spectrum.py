@@ -11,10 +11,10 @@ import os
 import sys
 
 import jax
-from absl import app
 from absl import flags
 
 from lminima import records
+from lminima import experiment
 from lminima import figures
 from lminima import spectrum
 
@@ -62,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  experiment.run_script(main, interrupted="nothing written")
