@@ -9,10 +9,11 @@ adds what needs the data (batch size, a memory estimate).
 
 Example:
   >>> config = get_config()
-  >>> config.num_seed = 2  # doctest: +ELLIPSIS
-  Traceback (most recent call last):
-  ...
-  AttributeError: ...
+  >>> try:
+  ...   config.num_seed = 2
+  ... except AttributeError as e:
+  ...   print(e)
+  unknown config field 'num_seed'; did you mean 'num_seeds'?
   >>> [(m.depth, m.width, m.seed) for m in grid(config)][:2]
   [(1, 2, 0), (1, 2, 1)]
 """
@@ -50,6 +51,76 @@ class ConfigError(ValueError):
   """A config value is unusable; the one-line message names the field."""
 
 
+class UnknownFieldError(AttributeError, KeyError):
+  """A field the study config does not have (a misspelt name), read, or
+  set while the config is locked.
+
+  One line naming the field and the closest valid names, where
+  ``ml_collections`` lists every field and its value (857 characters for
+  the default config). An ``AttributeError`` (``config.num_seed = 3``) and a
+  ``KeyError`` (``config["num_seed"] = 3``), as ``ml_collections`` raises.
+  """
+
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ""
+
+
+class StudyConfig(ml_collections.ConfigDict):
+  """The sweep's ``ConfigDict``: reading a field it does not have, or
+  setting one while it is locked, raises an ``UnknownFieldError`` with a
+  one-line message."""
+
+  def __setitem__(self, key, value):
+    if (self.is_locked and isinstance(key, str) and "." not in key
+        and key not in self):
+      raise UnknownFieldError(unknown_field_message(key, self.keys()))
+    super().__setitem__(key, value)
+
+  def __getitem__(self, key):
+    try:
+      return super().__getitem__(key)
+    except KeyError:
+      if not isinstance(key, str) or "." in key or key in self:
+        raise
+      raise UnknownFieldError(unknown_field_message(key, self.keys())
+                              ) from None
+
+  def __setattr__(self, attribute, value):
+    try:
+      super().__setattr__(attribute, value)
+    except AttributeError as e:
+      raise _unwrapped(e) from None
+
+  def __getattr__(self, attribute):
+    try:
+      return super().__getattr__(attribute)
+    except AttributeError as e:
+      raise _unwrapped(e) from None
+
+
+def _unwrapped(error: AttributeError) -> AttributeError:
+  """The ``UnknownFieldError`` that ``ConfigDict`` wrapped into ``error``
+  (its attribute access turns the ``KeyError`` of item access into an
+  ``AttributeError``), else ``error``."""
+  if error.args and isinstance(error.args[0], UnknownFieldError):
+    return error.args[0]
+  return error
+
+
+def unknown_field_message(name: str, fields) -> str:
+  """``unknown config field 'name'`` and the closest of ``fields`` (all of
+  them when they are few)."""
+  fields = sorted(map(str, fields))
+  close = difflib.get_close_matches(name, fields, n=3)
+  if close:
+    hint = f"; did you mean {' or '.join(map(repr, close))}?"
+  elif len(fields) <= 8:
+    hint = f"; the fields are {', '.join(map(repr, fields))}"
+  else:
+    hint = "; no field has a close name (print the config to see them)"
+  return f"unknown config field {name!r}{hint}"
+
+
 def get_config() -> ml_collections.ConfigDict:
   """Default sweep: synthetic data, depths 1-3, widths 2-16, 3 seeds.
 
@@ -57,13 +128,14 @@ def get_config() -> ml_collections.ConfigDict:
   ``lminima.population.TrainConfig``, and the study configs
   (``lminima/configs/*.py``) are built on this one. The returned config is
   locked: setting a field it does not have (``config.num_seed = 5``) raises
-  instead of being silently ignored. ``data_options`` stays open (its keys
+  an ``UnknownFieldError`` naming the closest fields instead of being
+  silently ignored. ``data_options`` stays open (its keys
   are the data source's options, checked by ``validate_config``).
 
   Finishes in under a minute on a 2-core CPU, compilation included.
   """
   defaults = population.TrainConfig()
-  config = ml_collections.ConfigDict()
+  config = StudyConfig()
   config.dataset = "synthetic"
   # Source options for lminima.data.load (e.g. n, classes, grayscale).
   config.data_options = ml_collections.ConfigDict(

@@ -32,6 +32,7 @@ from lminima import experiment
 from lminima import records
 from lminima import report
 from lminima import sweep
+from lminima import sweep_config
 
 _DEFAULTS = sweep.get_config()
 
@@ -161,6 +162,8 @@ def _one_line(error: BaseException) -> str:
     return " ".join(f"{head.strip()} {lines[-1]}".split())
   if "Failed loading config file" in text:
     return f"--config: cannot load the config file: {lines[-1]}"
+  if isinstance(error, sweep_config.UnknownFieldError):
+    return f"--config: {' '.join(lines)}"  # names the field already
   if isinstance(error, KeyError):
     return f"--config: unknown config field {' '.join(lines)}"
   return " ".join(" ".join(lines).split())
