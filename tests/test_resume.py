@@ -110,20 +110,36 @@ class ResumeTest(absltest.TestCase):
     config.depths = (2,)
     sweep.run(config, log=lambda _: None)
     path = os.path.join(workdir, records.RESULTS_FILE)
-    with open(path) as f:
+    with open(path, "rb") as f:
       text = f.read()
-    last = text[:-1].rsplit("\n", 1)[1]
-    with open(path, "w") as f:  # the last write cut in half
-      f.write(text[:len(text) - len(last) // 2])
+    last = text[:-1].rsplit(b"\n", 1)[1]
+    kept = text[:len(text) - len(last) - 1]  # the three rows before the cut
+    torn = text[:len(text) - len(last) // 2]
+    with open(path, "wb") as f:  # the last write cut in half
+      f.write(torn)
     self.assertLen(records.read_rows(path), 3)
+    # The repair removes the torn line only: the rows before it stay byte
+    # for byte. (A repair that also cut a complete row would rerun that
+    # member; the rows would still equal the uninterrupted run's, only
+    # their bytes, wall times included, show it.)
+    other = os.path.join(tempfile.mkdtemp(), records.RESULTS_FILE)
+    with open(other, "wb") as f:
+      f.write(torn)
+    with self.assertLogs(level="WARNING"):
+      self.assertEqual(records.repair_results_file(other),
+                       len(torn) - len(kept))
+    with open(other, "rb") as f:
+      self.assertEqual(f.read(), kept)
     with self.assertLogs(level="WARNING") as logs:
       rows = sweep.run(config, log=lambda _: None)
     self.assertIn("torn last line", "\n".join(logs.output))
     self.assertLen(rows, 4)
     expected = [r for r in self.reference if r["depth"] == 2]
     self.assertEqual(strip(rows), strip(expected))
-    with open(path) as f:
-      lines = f.read().splitlines()
+    with open(path, "rb") as f:
+      after = f.read()
+    self.assertEqual(after[:len(kept)], kept)
+    lines = after.decode().splitlines()
     self.assertLen(lines, 4)
     for line in lines:
       json.loads(line)
