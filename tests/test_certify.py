@@ -127,6 +127,38 @@ class DefaultEigTolTest(absltest.TestCase):
                      ("saddle", 1, 1))
 
 
+class DenseResidualsTest(absltest.TestCase):
+
+  def test_residuals_are_those_of_their_own_eigenpairs(self):
+    # A linear model on two groups of samples, one scaled by 1e-3: the
+    # Hessian X^T X / m is exactly block diagonal (disjoint supports), the
+    # small block holds lambda_min and the unit-scale block lambda_max, so
+    # eigh's roundoff residuals scale with each block: ~1e-22 and ~1e-16.
+    rng = np.random.default_rng(1)
+    x = np.zeros((12, 6))
+    x[:6, :3] = 1e-3 * rng.standard_normal((6, 3))
+    x[6:, 3:] = rng.standard_normal((6, 3))
+    y = rng.standard_normal((12, 1))
+    w = np.linalg.lstsq(x, y, rcond=None)[0]
+    problem = lminima.Problem(lambda p, x: x @ p["w"], {"w": w}, x, y)
+    hessian = np.asarray(problem.dense_hessian())
+    np.testing.assert_allclose(hessian, x.T @ x / 12, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(hessian[:3, 3:], 0.0)
+    lam, vecs = np.linalg.eigh(hessian)
+    expected = lminima.certify.end_residuals(hessian, lam, vecs)
+    self.assertLess(lam[2], 1e-5)  # the small block's three
+    self.assertGreater(lam[3], 1e-2)
+    # Clearly different, so a residual of the other pair fails the pin.
+    self.assertGreater(expected[1], 1e4 * expected[0])
+    self.assertGreater(expected[0], 0.0)
+    cert = lminima.certificate(problem)
+    self.assertEqual(cert.method, "dense")
+    np.testing.assert_allclose([cert.lambda_min, cert.lambda_max],
+                               [lam[0], lam[-1]], rtol=1e-12)
+    np.testing.assert_allclose([cert.residual_min, cert.residual_max],
+                               expected, rtol=1e-6, atol=0)
+
+
 class ZeroHessianTest(absltest.TestCase):
   """The origin of a bias-free deep linear net, Yhat = X W1 W2 W3.
 
