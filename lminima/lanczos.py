@@ -305,7 +305,8 @@ def _extreme_loop(operator, v0s, tol, max_iters):
   multiplied until the last lane converges (its later rows are ignored).
 
   Returns ``(basis (B, max_iters + 1, dim), alphas (B, max_iters), betas,
-  steps (B,))``.
+  steps (B,), reorthogonalizations (B,))``, the last counting the full
+  passes made within each lane's own steps.
   """
   batch, dim = v0s.shape
   dtype = v0s.dtype
@@ -339,7 +340,7 @@ def _extreme_loop(operator, v0s, tol, max_iters):
 
   def body(state):
     (basis, alphas, betas, scale, steps, j, done, omega, omega_prev,
-     forced) = state
+     forced, passes) = state
     alpha, previous, w = _three_term(basis, betas, j, operator(basis[:, j]))
     scale = jnp.maximum(scale, jnp.abs(alpha) + previous)
     new_omega = _omega_step(omega, omega_prev, alphas, betas, j, alpha,
@@ -353,6 +354,7 @@ def _extreme_loop(operator, v0s, tol, max_iters):
     behind = jnp.arange(omega.shape[-1]) <= j
     need = forced | jnp.any(behind & (jnp.abs(new_omega) > semi))
     w = lax.cond(need, lambda: _reorthogonalize(basis, w, j + 1), lambda: w)
+    passes = passes + (need & ~done)
     new_omega = jnp.where(need & behind, eps, new_omega)
     basis, alphas, betas, scale, alive = _next_vector(
         basis, alphas, betas, scale, j, alpha, previous, w, threshold)
@@ -364,15 +366,16 @@ def _extreme_loop(operator, v0s, tol, max_iters):
         check, lambda: lax.switch(bucket, checks, alphas, betas, steps),
         lambda: jnp.zeros((batch,), bool))
     return (basis, alphas, betas, scale, steps, j, done, new_omega, omega,
-            need & ~forced)
+            need & ~forced, passes)
 
   omega = jnp.zeros((batch, max_iters + 1), dtype).at[:, 0].set(1.0)
   state = (basis, alphas, betas, jnp.zeros((batch,), dtype),
            jnp.zeros((batch,), jnp.int32), jnp.array(0),
            jnp.zeros((batch,), bool), omega, jnp.zeros_like(omega),
-           jnp.array(False))
-  basis, alphas, betas, _, steps, *_ = lax.while_loop(cond, body, state)
-  return basis, alphas, betas, steps
+           jnp.array(False), jnp.zeros((batch,), jnp.int32))
+  basis, alphas, betas, _, steps, *_, passes = lax.while_loop(cond, body,
+                                                              state)
+  return basis, alphas, betas, steps, passes
 
 
 _extreme_loop_jit = jax.jit(_extreme_loop, static_argnames=("max_iters",))
@@ -413,6 +416,9 @@ class ExtremeEigs:
       this distance of ``lambda_min``.
     residual_max: the same for ``lambda_max``.
     num_matvecs: Lanczos steps plus the two residual products.
+    num_reorthogonalizations: the steps that ran the full
+      reorthogonalization pass (partial reorthogonalization: the steps
+      where Simon's estimates exceeded sqrt(eps), and the step after each).
     converged: both Ritz residual estimates met the tolerance (or the Krylov
       space became invariant, making the Ritz values exact).
     ritz_values: all eigenvalues of the final tridiagonal T_j, ascending.
@@ -424,6 +430,7 @@ class ExtremeEigs:
   residual_min: float
   residual_max: float
   num_matvecs: int
+  num_reorthogonalizations: int
   converged: bool
   ritz_values: np.ndarray
 
@@ -496,11 +503,12 @@ def extreme_eigs_of_population(operator: jax.tree_util.Partial,
   batch, dim = v0s.shape
   dtype = v0s.dtype
   num_iters = min(int(max_iters), dim)
-  basis, alphas, betas, steps = _extreme_loop_jit(
+  basis, alphas, betas, steps, passes = _extreme_loop_jit(
       operator, v0s, jnp.asarray(tol, dtype), max_iters=num_iters)
   alphas = np.asarray(alphas, np.float64)
   betas = np.asarray(betas, np.float64)
   steps = np.asarray(steps)
+  passes = np.asarray(passes)
   coefficients = np.zeros((batch, 2, basis.shape[1]))
   ends = np.zeros((batch, 2))
   lanes = []
@@ -523,5 +531,6 @@ def extreme_eigs_of_population(operator: jax.tree_util.Partial,
       lambda_min=float(ends[b, 0]), lambda_max=float(ends[b, 1]),
       v_min=vectors[b, 0], v_max=vectors[b, 1],
       residual_min=float(residuals[b, 0]), residual_max=float(residuals[b, 1]),
-      num_matvecs=j + 2, converged=converged, ritz_values=ritz_values)
+      num_matvecs=j + 2, num_reorthogonalizations=int(passes[b]),
+      converged=converged, ritz_values=ritz_values)
           for b, (j, converged, ritz_values) in enumerate(lanes)]

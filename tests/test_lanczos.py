@@ -166,6 +166,39 @@ class LanczosTest(parameterized.TestCase):
     self.assertEqual(near(eigs.ritz_values, lam_min), 1, "copies of lambda_min")
     self.assertEqual(int(np.sum(eigs.ritz_values < threshold)), 1, "index")
 
+  def test_partial_reorthogonalization_runs_only_when_needed(self):
+    # Paige: after a Ritz pair with residual r converges, the new Lanczos
+    # vectors regain components ~ eps ||A|| / r along it. Stopped at a
+    # relative residual of 1e-4 >> sqrt(eps) on a spectrum without isolated
+    # ends (uniform on [-1, 1]: ~80 steps), no estimate reaches sqrt(eps),
+    # so no step may run the full pass.
+    dim = 400
+    uniform = matrix_with_spectrum(np.linspace(-1.0, 1.0, dim), seed=11)
+    for seed in (0, 1):
+      eigs = lanczos.lanczos_extreme_eigs(
+          dense_matvec(uniform), dim, key=jax.random.PRNGKey(seed), tol=1e-4,
+          max_iters=dim)
+      self.assertTrue(eigs.converged)
+      self.assertGreater(eigs.num_matvecs, 60)
+      self.assertEqual(eigs.num_reorthogonalizations, 0, seed)
+    # An isolated lambda_min = -1 converges within ~15 steps, long before
+    # the stop at 1e-12 (~50 steps, lambda_max = 1.1 10% above the bulk):
+    # orthogonality must be restored, by a pass and the forced one after
+    # it each time the estimates regrow from eps to sqrt(eps), which takes
+    # many steps: a few pairs, never most of the steps.
+    eigenvalues = np.concatenate([[-1.0], np.linspace(0.0, 1.0, dim - 2),
+                                  [1.1]])
+    isolated = matrix_with_spectrum(eigenvalues, seed=11)
+    for seed in (0, 1):
+      eigs = lanczos.lanczos_extreme_eigs(
+          dense_matvec(isolated), dim, key=jax.random.PRNGKey(seed),
+          tol=1e-12, max_iters=dim)
+      steps = eigs.num_matvecs - 2
+      self.assertTrue(eigs.converged)
+      self.assertBetween(steps, 40, 60)
+      self.assertBetween(eigs.num_reorthogonalizations, 2, steps // 4)
+      self.assertEqual(int(np.sum(eigs.ritz_values < -0.5)), 1, "ghosts")
+
   def test_unchecked_core_matches_under_jit(self):
     a = matrix_with_spectrum(np.linspace(-1.0, 2.0, 20), seed=2)
     v0 = jnp.asarray(np.random.default_rng(1).standard_normal(20))
