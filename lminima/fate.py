@@ -15,8 +15,9 @@ that did not diverge (docs/theory.md#escape-to-infinity):
    (the probe's lowest point). It ends in exactly one of
    * the certificate's verdict where LM stopped because no step went lower,
      when that is ``local_min``, ``saddle`` or ``non_differentiable``;
-   * ``escaping``: L never rose (beyond roundoff) while ``||theta||`` grew
-     by ``tol.growth``: L decreases along a path to infinity. Its limit
+   * ``escaping``: along the whole path (refinement, then continuation) L
+     never rose (beyond roundoff) while ``||theta||`` grew by
+     ``tol.growth``: L decreases along a path to infinity. Its limit
      ``L_inf`` is bracketed above by the last value reached
      (``fate_loss``); ``fate_asymptotic_loss`` is an extrapolation of
      ``L = L_inf + s / ||theta||`` over the second half of the path, labelled
@@ -79,11 +80,11 @@ class Decision:
     certificate: the certificate that decided the outcome (or the last one
       taken), else None.
     continued: whether the continuation ran.
-    iters: continuation iterations.
-    loss_start, loss_end: L at the continuation's start and end.
+    iters: iterations along the path (refinement and continuation).
+    loss_start, loss_end: L at the path's start (the trained point) and end.
     param_norm_start, param_norm_end: ``||theta||`` there.
     grad_norm_end: ``||g||`` at the end.
-    loss_monotone: L never rose (beyond roundoff) along the continuation.
+    loss_monotone: L never rose (beyond roundoff) along the path.
     asymptotic_loss: for ``escaping``, the extrapolated L_inf (not a bound).
     max_abs_preactivation_start, max_abs_preactivation_end: the largest
       hidden |Z| over samples at both ends (MLPs only, else None).
@@ -192,21 +193,26 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   run = refine(start, method="lm", tol=tol, stop_on_grad=False,
                max_iters=fate_iters, escape_ratio=None,
                lm_max_params=lm_max_params)
-  losses = np.asarray(run.loss_history)
-  norms = np.asarray(run.param_norm_history)
-  iters = run.iters
+  # The path from the trained point: refinement, then the continuation.
+  losses = np.asarray(refined.loss_history + run.loss_history[1:])
+  norms = np.asarray(refined.param_norm_history
+                     + run.param_norm_history[1:])
+  iters = refined.iters + run.iters
   end = start.at(run.params)
   rises = np.diff(losses) > _LOSS_NOISE * np.abs(losses[:-1])
   monotone = not bool(np.any(rises))
   ratio = norms[-1] / max(norms[0], 1e-300)
   evidence = dict(refined=refined, iters=iters, losses=losses, norms=norms,
-                  monotone=monotone, begin=problem.at(refined.params),
+                  monotone=monotone, begin=problem,
                   end=end)
   escaping = monotone and ratio >= tol.growth
   settled = run.stop_reason in ("stalled", "grad_tol")
   if settled:  # no LM step goes lower: certify where it stopped
     cert = certify.certificate(end, **cert_options)
-    if cert.verdict in DECIDED_BY_CERTIFICATE:
+    # L reaching rounding on a path to infinity is an escape, not a minimum.
+    at_zero_far_out = escaping and tol.is_zero_loss(cert.loss,
+                                                    end.reference_loss)
+    if cert.verdict in DECIDED_BY_CERTIFICATE and not at_zero_far_out:
       return _decided(cert, refined, end, continued=True, **{
           k: v for k, v in evidence.items() if k not in ("refined", "end")})
   if escaping:

@@ -37,6 +37,7 @@ from lminima import models
 from lminima import planner
 from lminima import population
 from lminima import refinement
+from lminima import tolerances as tolerances_lib
 
 # Fields that may change between runs sharing a workdir: the grid can grow, and
 # where results go, which shard a process runs, how loudly it reports and how
@@ -154,8 +155,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train_workers = 0
   config.certify = True
   config.refine_method = "auto"  # lm (dense) up to 5000 params, else newton_mr
-  config.refine_grad_tol = 1e-10
   config.refine_max_iters = 200
+  # Every tolerance of refinement, fate, certificate and claims
+  # (lminima.tolerances.Tolerances): --config.tolerances.grad_rtol=...
+  config.tolerances = tolerances_lib.DEFAULT.to_dict()
   # Continuation of members that did not converge (lminima.fate); 0: none.
   config.fate_iters = 200
   config.dense_max_params = 3000
@@ -170,6 +173,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.lock()
   config.data_options.unlock()
   return config
+
+
+def tolerances(config: ml_collections.ConfigDict
+               ) -> tolerances_lib.Tolerances:
+  """The config's ``Tolerances``.
+
+  Raises:
+    ConfigError: an unknown or bad tolerance, naming it.
+  """
+  given = dict(config.tolerances)
+  known = {f for f in tolerances_lib.DEFAULT.to_dict()}
+  for name in sorted(set(given) - known):
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown config field 'tolerances.{name}'{hint}")
+  try:
+    return tolerances_lib.Tolerances(**given)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config field 'tolerances': {e}") from None
 
 
 def _field_error(name: str, message: str) -> ConfigError:
@@ -260,11 +282,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     population.check_learning_rate(config.learning_rate, "learning_rate")
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  if not (isinstance(config.refine_grad_tol, float)
-          and math.isfinite(config.refine_grad_tol)
-          and config.refine_grad_tol > 0):
-    raise _field_error("refine_grad_tol", f"must be a finite positive number, "
-                       f"got {config.refine_grad_tol!r}")
+  tolerances(config)
   for name, choices in (("activation", tuple(models.ACTIVATIONS)),
                         ("normalization", losses.NORMALIZATIONS),
                         ("optimizer", population.OPTIMIZERS),

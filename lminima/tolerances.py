@@ -69,9 +69,9 @@ class Tolerances:
       below which the inclusion holds.
     bound_rtol: the subspace bound ``L <= L*_linear (1 + bound_rtol)``.
   """
-  grad_rtol: float = 1e-7
+  grad_rtol: float = 1e-9
   grad_floor: float = 1e-13
-  zero_loss_rtol: float = 1e-24
+  zero_loss_rtol: float = 1e-28
   eig_rtol: float = 1e-6
   kink_tol: float = 1e-8
   descent_rtol: float = 1e-9

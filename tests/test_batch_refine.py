@@ -72,10 +72,12 @@ class AgreementTest(parameterized.TestCase):
                                    rtol=1e-8)
       expected = lminima.certificate(problem.at(reference.params))
       for got in (cert, cert_alone):
-        self.assertEqual(
-            (got.verdict, got.method, got.n_params, got.grad_tol),
-            (expected.verdict, expected.method, expected.n_params,
-             expected.grad_tol))
+        self.assertEqual((got.verdict, got.method, got.n_params),
+                         (expected.verdict, expected.method,
+                          expected.n_params))
+        # grad_tol carries ||H|| from the batched eigh: equal to roundoff.
+        np.testing.assert_allclose(got.grad_tol, expected.grad_tol,
+                                   rtol=1e-5)
         if reference.converged:
           self.assertEqual((got.index, got.n_flat),
                            (expected.index, expected.n_flat))

@@ -450,8 +450,8 @@ class CriticalityTest(absltest.TestCase):
     np.testing.assert_allclose(cert.grad_norm, g0, rtol=1e-8)
     np.testing.assert_allclose(cert.loss, loss, rtol=1e-12)
     np.testing.assert_allclose(cert.grad_norm_rel, g0 / scale, rtol=1e-8)
-    np.testing.assert_allclose(cert.grad_tol, 1e-7 * scale, rtol=1e-8)
-    # delta ~ 1e-6 puts g0 above the default 1e-7 relative tolerance.
+    np.testing.assert_allclose(cert.grad_tol, 1e-9 * scale, rtol=1e-8)
+    # delta ~ 1e-6 puts g0 above the default 1e-9 relative tolerance.
     self.assertEqual(cert.verdict, "not_critical")
     for rtol, verdict in ((1.01, "local_min"), (0.99, "not_critical")):
       cert = lminima.certificate(

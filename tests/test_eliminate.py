@@ -11,6 +11,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import lminima
+from lminima import certify
 from lminima import data as data_lib
 from lminima import eliminate
 from lminima import eliminate_report
@@ -242,7 +243,7 @@ class ScriptTest(absltest.TestCase):
       self.assertContainsSubset(set(row), eliminate_study.ROW_FIELDS)
       self.assertEqual(row["versions"]["jax"],
                        lminima.provenance.library_versions()["jax"])
-      self.assertIn(row["verdict"], records.VERDICTS)
+      self.assertIn(row["verdict"], certify.VERDICTS)
       # LM only accepts steps that decrease the objective.
       self.assertLessEqual(row["loss_refined"], row["loss_start"])
       if row["variant"] != "plain":

@@ -18,6 +18,7 @@ import lminima
 from lminima import problem as problem_lib
 from lminima.losses import loss_scale
 from lminima.models import MLP
+from lminima.tolerances import Tolerances
 
 from _helpers import flax_variables, gaussian_data
 from _helpers import linear_net_spectrum_at_origin
@@ -59,7 +60,7 @@ class SaddleTest(absltest.TestCase):
     self.assertEqual(result.method, "newton_mr")
     self.assertTrue(result.converged, result)
     self.assertEqual(result.stop_reason, "grad_tol")
-    self.assertLessEqual(result.grad_norm, 1e-10)
+    self.assertLessEqual(result.grad_norm, result.grad_tol)
     flat = np.concatenate([np.ravel(layer["kernel"])
                            for layer in _layers(result.params)])
     self.assertLess(np.max(np.abs(flat)), 1e-8)  # it is the origin
@@ -161,7 +162,7 @@ class CustomProblemTest(absltest.TestCase):
                       problem.kinks_fn), (12, None, None))
     result = lminima.refine(problem)
     self.assertEqual(result.stop_reason, "grad_tol")
-    self.assertLessEqual(result.grad_norm, 1e-10)
+    self.assertLessEqual(result.grad_norm, result.grad_tol)
     self.assertLessEqual(result.iters, 8)
     w_star = np.linalg.lstsq(x, y, rcond=None)[0]
     np.testing.assert_allclose(result.params["w"], w_star, atol=1e-10)
@@ -323,12 +324,13 @@ class RefineTanhTest(parameterized.TestCase):
     result = lminima.refine(self.problem, method=method)
     self.assertEqual(result.method, method)
     self.assertTrue(result.converged, result.grad_norm_history)
-    self.assertLessEqual(result.grad_norm, 1e-10)
+    self.assertLessEqual(result.grad_norm, result.grad_tol)
     history = np.array(result.grad_norm_history)
     self.assertLen(history, result.iters + 1)
     self.assertEqual(history[0], self.problem.grad_norm)
     # Superlinear: over the last three steps the contraction factor
     # ||g_{k+1}|| / ||g_k|| keeps shrinking and ends far below 1.
+    history = history[history > 1e-13]  # above the rounding of g
     ratios = history[-3:] / history[-4:-1]
     self.assertTrue(np.all(np.diff(ratios) < 0), history)
     self.assertLess(ratios[-1], 1e-2, history)
@@ -398,8 +400,6 @@ class RefineOptionsTest(absltest.TestCase):
   def test_bad_options(self):
     for kwargs, message in (
         (dict(method="bfgs"), "unknown method"),
-        (dict(grad_tol=0.0), "grad_tol > 0"),
-        (dict(grad_tol=-1e-10), "grad_tol > 0"),
         (dict(max_iters=-1), "max_iters >= 0"),
         (dict(escape_ratio=1.0), "escape_ratio"),
         (dict(method="lm", lm_max_params=3), "lm_max_params"),
@@ -417,10 +417,13 @@ class RefineOptionsTest(absltest.TestCase):
       self.assertEqual(result.method, expected)
       self.assertEqual(result.iters, 1)
 
-  def test_grad_tol_is_inclusive(self):
-    result = lminima.refine(self.problem, grad_tol=self.problem.grad_norm)
+  def test_a_loose_tolerance_stops_at_the_start(self):
+    # ||g|| <= sqrt(2 ||H|| L) fails only where the quadratic model does
+    # not hold; grad_rtol = 1e6 accepts the start.
+    result = lminima.refine(self.problem, tol=Tolerances(grad_rtol=1e6))
     self.assertEqual((result.stop_reason, result.iters, result.converged),
                      ("grad_tol", 0, True))
+    self.assertGreaterEqual(result.grad_tol, result.grad_norm)
 
   def test_max_iters_zero_returns_the_start(self):
     result = lminima.refine(self.problem, max_iters=0)
@@ -432,7 +435,7 @@ class RefineOptionsTest(absltest.TestCase):
         jax.flatten_util.ravel_pytree(result.params)[0], self.problem.flat)
 
   def test_max_iters_caps_the_iterations(self):
-    result = lminima.refine(self.problem, max_iters=2, grad_tol=1e-300)
+    result = lminima.refine(self.problem, max_iters=2, stop_on_grad=False)
     self.assertEqual((result.stop_reason, result.iters), ("max_iters", 2))
     self.assertLen(result.grad_norm_history, 3)
     # Accepted LM steps decrease L.

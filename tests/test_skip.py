@@ -159,8 +159,7 @@ class SkipTheoryTest(parameterized.TestCase):
     model = models.MLP(3, widths, 2, activation, bias, skip=True)
     start = Problem.for_module(model, model.init_params(
         jax.random.PRNGKey(seed), jnp.float64), ds.x, ds.y)
-    result = refinement.refine(start, method="lm", grad_tol=1e-10,
-                               max_iters=200)
+    result = refinement.refine(start, method="lm", max_iters=200)
     problem = start.at(result.params)
     self.assertLess(problem.grad_norm, 1e-8, result.stop_reason)
     loss = problem.loss
