@@ -184,12 +184,12 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   what = (f"refinement stopped ({refined.stop_reason})" if cert is None
           else f"the certificate found {cert.verdict}")
   if not fate_iters:
-    return _undecided(f"{what}; no continuation (fate_iters=0)", refined,
-                      cert, start)
+    return _at_point("undecided", f"{what}; no continuation (fate_iters=0)",
+                     refined, cert, start)
   if start.n_params > lm_max_params:
-    return _undecided(f"{what}; the continuation needs the dense Hessian "
-                      f"(n_params {start.n_params} > lm_max_params "
-                      f"{lm_max_params})", refined, cert, start)
+    return _at_point("undecided", f"{what}; the continuation needs the dense "
+                     f"Hessian (n_params {start.n_params} > lm_max_params "
+                     f"{lm_max_params})", refined, cert, start)
   run = refine(start, method="lm", tol=tol, stop_on_grad=False,
                max_iters=fate_iters, escape_ratio=None,
                lm_max_params=lm_max_params)
@@ -265,21 +265,15 @@ def _decided(cert: certify.Certificate, refined: RefineResult,
     text = f"after the continuation: {text}"
     return _continued(cert.verdict, text, cert=cert, asymptotic=None,
                       refined=refined, end=point, **evidence)
-  norm = float(np.linalg.norm(point.flat))
-  return Decision(
-      outcome=cert.verdict, reason=text, params=point.params,
-      refined=refined, certificate=cert, continued=False, iters=0,
-      loss_start=point.loss, loss_end=point.loss, param_norm_start=norm,
-      param_norm_end=norm, grad_norm_end=point.grad_norm, loss_monotone=True,
-      asymptotic_loss=None, max_abs_preactivation_start=None,
-      max_abs_preactivation_end=None)
+  return _at_point(cert.verdict, text, refined, cert, point)
 
 
-def _undecided(reason: str, refined: RefineResult,
-               cert: certify.Certificate | None, point: Problem) -> Decision:
+def _at_point(outcome: str, reason: str, refined: RefineResult,
+              cert: certify.Certificate | None, point: Problem) -> Decision:
+  """A decision taken where refinement left the member (no continuation)."""
   norm = float(np.linalg.norm(point.flat))
   return Decision(
-      outcome="undecided", reason=reason, params=point.params,
+      outcome=outcome, reason=reason, params=point.params,
       refined=refined, certificate=cert, continued=False, iters=0,
       loss_start=point.loss, loss_end=point.loss, param_norm_start=norm,
       param_norm_end=norm, grad_norm_end=point.grad_norm, loss_monotone=True,
