@@ -1,6 +1,7 @@
 """Studies as config files: every config builds, the offline smokes run."""
 
 import contextlib
+import csv
 import os
 import tempfile
 
@@ -8,7 +9,10 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import tensorflow_datasets as tfds
 
+from lminima import certify
+from lminima import claims
 from lminima import configs
+from lminima import fate
 from lminima import population
 from lminima import records
 from lminima import report
@@ -98,7 +102,24 @@ class ConfigFilesTest(parameterized.TestCase):
                    * config.num_seeds)
     for row in rows:
       self.assertEqual(row["dataset"]["name"], TFDS.get(name, config.dataset))
-      self.assertIn(row["verdict"], records.VERDICTS)
+      # One outcome per member; the certificate's verdict is in the row
+      # exactly when it decided that outcome, and then agrees with it.
+      self.assertIn(claims.outcome(row), claims.OUTCOMES)
+      self.assertNotIn(claims.outcome(row), ("failed", "uncertified"),
+                       row.get("error"))
+      if row.get("diverged"):
+        continue
+      self.assertIn(row["outcome"], fate.OUTCOMES)
+      if row["outcome"] in fate.DECIDED_BY_CERTIFICATE:
+        self.assertEqual(row["verdict"], row["outcome"])
+        self.assertIn(row["verdict"], certify.VERDICTS)
+      else:
+        self.assertNotIn("verdict", row)
+    with open(os.path.join(config.workdir, records.SUMMARY_FILE)) as f:
+      summary = list(csv.DictReader(f))
+    self.assertEqual(
+        sum(int(e[f"n_{o}"]) for e in summary for o in claims.OUTCOMES),
+        len(rows))
     for name in (records.SUMMARY_FILE, report.REPORT_FILE,
                  report.CLAIMS_FILE, *report.FIGURE_FILES.values()):
       self.assertTrue(os.path.exists(os.path.join(config.workdir, name)),

@@ -1,5 +1,6 @@
 """End-to-end: the sweep, its records, resumption, the report and the script."""
 
+import collections
 import csv
 import dataclasses
 import json
@@ -20,6 +21,7 @@ from lminima import records
 from lminima import report
 from lminima import sweep
 from lminima import train
+from lminima.tolerances import DEFAULT
 
 from _helpers import assert_one_line_error, assert_png_has_content
 from _helpers import run_script, start_script
@@ -27,12 +29,25 @@ from _helpers import run_script, start_script
 ROW_FIELDS = (
     "dataset", "depth", "width", "seed", "activation", "bias", "normalization",
     "n_params", "loss", "grad_norm", "diverged", "steps", "wall_s", "versions",
-    "grad_norm_refined", "refine_iters", "lambda_min", "lambda_max", "index",
-    "n_flat", "verdict", "cert_method", "refine_stop_reason",
-    "param_norm_refined", "rank_D", "rank_D_frac",
-    "rank_last_hidden", "identity_gap_full", "identity_gap_last",
-    "euler_residual_max", "linear_opt", "rf_opt", "inclusion_residual_linear",
-    "below_linear", "rank_D_loose", "rank_tol_loose")
+    "outcome", "outcome_reason", "loss_reference", "tolerances",
+    "loss_refined", "grad_norm_refined", "refine_iters", "refine_stop_reason",
+    "param_norm_start", "param_norm_refined", "params_file", "rank_D",
+    "rank_D_frac", "rank_last_hidden", "identity_gap_full",
+    "identity_gap_last", "euler_residual_max", "yhat_norm", "linear_opt",
+    "rf_opt", "inclusion_residual_linear", "below_linear", "rank_D_loose",
+    "rank_tol_loose")
+"""Fields of every member that did not diverge (certify and theory on)."""
+
+CERTIFICATE_FIELDS = (
+    "verdict", "cert_method", "lambda_min", "lambda_max", "residual_min",
+    "residual_max", "index", "n_flat", "grad_norm_rel", "grad_tol",
+    "eig_tol")
+"""Fields of a member whose outcome its certificate decided, only of those."""
+
+CONTINUATION_FIELDS = (
+    "fate_iters", "fate_loss", "fate_param_norm", "fate_grad_norm",
+    "fate_asymptotic_loss", "fate_max_abs_preactivation")
+"""Fields of a member whose refinement was continued, only of those."""
 
 
 def tiny_config(workdir):
@@ -64,15 +79,16 @@ class SweepTest(absltest.TestCase):
         (line,) = [m for m in self.log
                    if m.startswith(f"depth {depth} width {width}: ")]
         self.assertIn("2 members", line)
-        minima = [r["loss_refined"] for r in members
-                  if r["verdict"] == "local_min"]
-        if minima:
-          self.assertIn(f"{len(minima)} local_min", line)
-          self.assertIn(f"median certified loss {np.median(minima):.3e}",
-                        line)
-        else:
-          self.assertIn("no certified minimum", line)
-    self.assertIn("grid: 8 of 8 members recorded", "\n".join(self.log))
+        counts = collections.Counter(map(claims.outcome, members))
+        self.assertIn("(" + ", ".join(f"{counts[o]} {o}"
+                                      for o in claims.OUTCOMES if counts[o])
+                      + ")", line)
+        # Two seeds: never the MIN_POINTS a median needs.
+        self.assertTrue(line.endswith(
+            "; fewer than 5 certified minima, no median"), line)
+    counts = collections.Counter(map(claims.outcome, self.rows))
+    self.assertIn("grid: 8 of 8 members recorded: " + ", ".join(
+        f"{counts[o]} {o}" for o in claims.OUTCOMES if counts[o]), self.log)
 
   def test_one_row_per_member_with_all_fields(self):
     self.assertLen(self.rows, 2 * 2 * 2)
@@ -87,6 +103,9 @@ class SweepTest(absltest.TestCase):
       # The certificate is stored once, as flat fields of the schema.
       self.assertContainsSubset(set(row), records.ROW_FIELDS)
       self.assertNotIn("certificate", row)
+      self.assertNotIn("fate", row)
+      self.assertNotIn("fate_reason", row)
+      self.assertEqual(row["tolerances"], DEFAULT.to_dict())
 
   def test_saved_params_reproduce_the_certified_loss(self):
     ds = data_lib.load(**self.rows[0]["dataset"])
@@ -105,36 +124,68 @@ class SweepTest(absltest.TestCase):
       loss = 0.5 * np.mean(np.sum((yhat - ds.y) ** 2, axis=1))
       self.assertAlmostEqual(loss, row["loss_refined"], delta=1e-12)
       self.assertAlmostEqual(problem.loss, row["loss_refined"], delta=1e-12)
+      # The zero predictor's loss, the scale of zero loss.
+      self.assertAlmostEqual(row["loss_reference"],
+                             0.5 * np.mean(np.sum(ds.y ** 2, axis=1)),
+                             delta=1e-12 * row["loss_reference"])
 
   def test_every_member_is_accounted_for(self):
+    decided = set(fate_lib.OUTCOMES) - {"diverged", "failed"}
     for row in self.rows:
       if row.get("diverged"):
+        self.assertEqual(claims.outcome(row), "diverged")
+        self.assertNotIn("outcome", row)
         continue
-      self.assertIn(row["fate"], fate_lib.FATES, row)
-      if row["refine_stop_reason"] == "grad_tol":
-        self.assertEqual(row["fate"], "critical")
+      self.assertIn(row["outcome"], decided, row)
+      self.assertEqual(claims.outcome(row), row["outcome"])
+      self.assertTrue(row["outcome_reason"])
+      by_certificate = row["outcome"] in fate_lib.DECIDED_BY_CERTIFICATE
+      # The certificate's fields are there exactly when it decided, and its
+      # verdict is the outcome: the two cannot disagree.
+      for field in CERTIFICATE_FIELDS:
+        self.assertEqual(field in row, by_certificate, (field, row))
+      continued = "fate_iters" in row
+      for field in CONTINUATION_FIELDS:
+        self.assertEqual(field in row, continued, (field, row))
+      if by_certificate:
+        self.assertEqual(row["verdict"], row["outcome"])
+        # Critical relative to its own loss, at the recorded point.
+        self.assertLessEqual(row["grad_norm_refined"], row["grad_tol"])
+      if not continued:
+        # Decided where refinement converged (fate_iters > 0 in the config).
+        self.assertTrue(by_certificate, row)
+        self.assertEqual(row["refine_stop_reason"], "grad_tol")
         continue
-      # A member that did not converge carries its evidence.
-      self.assertTrue(row["fate_reason"])
+      # A member that was continued carries its evidence.
       self.assertGreaterEqual(row["fate_iters"], 1)
-      if row["fate"] == "escaping":
+      # The row records the point where the continuation ended.
+      self.assertAlmostEqual(row["loss_refined"], row["fate_loss"],
+                             delta=1e-12 * max(row["fate_loss"], 1e-300))
+      if row["outcome"] == "escaping":
         self.assertBetween(row["fate_asymptotic_loss"], 0.0, row["fate_loss"])
         self.assertGreater(row["fate_param_norm"], row["param_norm_start"])
-      if row["fate"] == "critical":  # certified where it was found
-        self.assertLessEqual(row["grad_norm_refined"], 1e-10)
-        self.assertEqual(row["loss_refined"], row["fate_loss"])
+        self.assertNotIn("verdict", row)
+        self.assertNotIn(row, claims.certified(self.rows))
 
   def test_certified_rows_satisfy_the_last_layer_identity(self):
-    certified = [r for r in self.rows if r["verdict"] == "local_min"]
+    certified = claims.certified(self.rows)
     self.assertNotEmpty(certified)
     self.assertLess(len(certified), len(self.rows))
+    self.assertEqual(certified, [r for r in self.rows
+                                 if r.get("outcome") == "local_min"])
+    tested = 0
     for row in certified:
-      self.assertLessEqual(row["grad_norm_refined"], 1e-8)
-      self.assertLess(row["identity_gap_last"],
-                      1e-8 * (1 + row["loss_refined"]))
+      self.assertEqual(row["verdict"], "local_min")
+      self.assertLessEqual(row["grad_norm_refined"], row["grad_tol"])
+      if claims.is_zero_loss(row):  # (A) counts these apart
+        continue
+      tested += 1
+      self.assertLessEqual(row["identity_gap_last"],
+                           DEFAULT.identity_rtol * row["loss_refined"])
+    self.assertGreater(tested, 0)
 
   def test_spectrum_script_agrees_with_the_certificate(self):
-    row = next(r for r in self.rows if r["verdict"] == "local_min")
+    row = claims.certified(self.rows)[0]
     output = os.path.join(tempfile.mkdtemp(), "spectrum.png")
     result = run_script(
         "spectrum.py", f"--workdir={self.workdir}", f"--depth={row['depth']}",
@@ -160,10 +211,13 @@ class SweepTest(absltest.TestCase):
       losses_ = [r["loss"] for r in members]
       self.assertAlmostEqual(float(entry["loss_median"]), np.median(losses_))
       self.assertEqual(int(entry["n_members"]), 2)
-      fracs = [float(entry[f"frac_{v}"]) for v in records.VERDICTS]
-      self.assertAlmostEqual(sum(fracs), 1.0)
+      self.assertEmpty([k for k in entry if k.startswith("frac_")
+                        and k != "frac_below_linear"])
+      counts = collections.Counter(map(claims.outcome, members))
+      for o in claims.OUTCOMES:
+        self.assertEqual(int(entry[f"n_{o}"]), counts[o], o)
       minima = [r["loss_refined"] for r in members
-                if r["verdict"] == "local_min"]
+                if r.get("outcome") == "local_min"]
       self.assertEqual(int(entry["n_local_min"]), len(minima))
       if minima:
         self.assertAlmostEqual(float(entry["local_min_loss_median"]),
@@ -242,30 +296,39 @@ class SweepTest(absltest.TestCase):
     workdir = tempfile.mkdtemp()
     config = tiny_config(workdir)
     config.depths, config.widths = (1,), (2, 8)
-    refine = sweep.refinement.refine
+    decide = fate_lib.decide_member
     calls = []
 
-    def failing_refine(problem, **kwargs):
+    def failing_decide(problem, **kwargs):
       calls.append(problem.n_params)
       if len(calls) == 2:
         raise FloatingPointError("boom\nsecond line")
-      return refine(problem, **kwargs)
+      return decide(problem, **kwargs)
 
     log = []
-    with mock.patch.object(sweep.refinement, "refine", failing_refine):
+    with mock.patch.object(sweep, "decide_member", failing_decide):
       rows = sweep.run(config, log=log.append)
     self.assertLen(rows, 4)
+    self.assertLen(calls, 4)
     failed = [r for r in rows if "error" in r]
     (row,) = failed
     self.assertEqual(row["error"], "FloatingPointError: boom second line")
-    self.assertNotIn("verdict", row)
+    self.assertEqual(claims.outcome(row), "failed")
+    for field in ("outcome", "verdict", "loss_refined"):
+      self.assertNotIn(field, row)
     self.assertIsNotNone(row["loss"])  # the training fields are kept
+    self.assertEqual(row["tolerances"], DEFAULT.to_dict())  # and those before
     for other in rows:
       if other is not row:
-        self.assertIn(other["verdict"], records.VERDICTS)
+        self.assertIn(other["outcome"], fate_lib.OUTCOMES)
+        self.assertNotIn(claims.outcome(other), ("failed", "uncertified"))
     text = "\n".join(log)
     self.assertIn("FloatingPointError: boom", text)
     self.assertIn("1 failed", text)
+    (totals,) = [m for m in log if m.startswith("grid: ")]
+    self.assertTrue(totals.startswith("grid: 4 of 4 members recorded: "))
+    self.assertTrue(totals.endswith(", 1 failed"), totals)
+    self.assertIn("warning: 1 members failed; their rows hold the error", log)
 
   def test_all_members_diverge(self):
     workdir = tempfile.mkdtemp()
@@ -277,9 +340,11 @@ class SweepTest(absltest.TestCase):
     self.assertLen(rows, 4)
     self.assertTrue(all(r["diverged"] for r in rows))
     self.assertIn("warning: all 4 members diverged", "\n".join(log))
+    self.assertIn("grid: 4 of 4 members recorded: 4 diverged", log)
     with open(os.path.join(workdir, records.SUMMARY_FILE)) as f:
       table = list(csv.DictReader(f))
     self.assertEqual([int(e["n_diverged"]) for e in table], [2, 2])
+    self.assertEqual([int(e["n_members"]) for e in table], [2, 2])
     self.assertFalse(os.path.exists(os.path.join(workdir,
                                                  records.FIGURE_FILE)))
 
@@ -295,7 +360,9 @@ class SweepTest(absltest.TestCase):
     self.assertLen(rows, 2)
     for row in rows:
       self.assertEqual(row["dataset"], ds.provenance)
-      self.assertIn(row["verdict"], records.VERDICTS)
+      self.assertIn(row["outcome"], fate_lib.OUTCOMES)
+      self.assertEqual(row.get("verdict"), row["outcome"] if row["outcome"]
+                       in fate_lib.DECIDED_BY_CERTIFICATE else None)
     with open(os.path.join(workdir, records.CONFIG_FILE)) as f:
       saved = json.load(f)
     self.assertEqual(saved["data"], ds.provenance)
