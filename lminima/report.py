@@ -4,8 +4,8 @@
 the end-of-training ``loss`` over the members that did not diverge, the same
 statistics of ``loss_refined`` over the members certified ``local_min`` only
 (a refined point that is not a certified minimum says nothing about minima),
-the count of members per outcome (``lminima.claims.outcome``) and the
-fraction per certificate verdict, and, again over the certified minima only,
+the count of members per outcome (``lminima.claims.outcome``, the one
+source of counts of every output), and, again over the certified minima only,
 the median ``rank_D_frac``, the share below the linear-model optimum and the
 number of zero-loss (interpolating) minima, which every claim counts apart
 (docs/theory.md#which-tests-are-informative).
