@@ -25,8 +25,8 @@ Example:
   >>> # a gradient of 1e-9 at L = 1e-17 is far from critical ...
   >>> bool(1e-9 <= tol.grad_tolerance(1e-17, 1.0, 0.5))
   False
-  >>> # ... and the same gradient at L = 0.1 is critical
-  >>> bool(1e-9 <= tol.grad_tolerance(0.1, 1.0, 0.5))
+  >>> # ... and a gradient of 1e-11 at L = 0.1 is critical
+  >>> bool(1e-11 <= tol.grad_tolerance(0.1, 1.0, 0.5))
   True
 """
 

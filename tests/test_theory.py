@@ -30,6 +30,7 @@ from lminima import euler
 from lminima import explain
 from lminima import theory
 from lminima.models import HOMOGENEOUS_ACTIVATIONS, MLP
+from lminima.tolerances import Tolerances
 
 GRAD_TOL = 1e-10
 IDENTITY_RTOL = 1e-8  # |L - rhs| <= IDENTITY_RTOL * (1 + L) at critical points.
@@ -196,7 +197,9 @@ class _TestCase(parameterized.TestCase):
 
   def refined(self, problem):
     """The problem at the critical point ``lminima.refine`` reaches."""
-    result = lminima.refine(problem)
+    # Tighter than the default relative test, so that ||g|| <= GRAD_TOL
+    # holds at every scale of L these tests use.
+    result = lminima.refine(problem, tol=Tolerances(grad_rtol=1e-12))
     refined = problem.at(result.params)
     # Problem.grad is checked against jax.grad in test_derivative.py.
     self.assertLessEqual(refined.grad_norm, GRAD_TOL,
@@ -879,7 +882,8 @@ class SubspaceBoundTest(_TestCase):
 class TheoryRecordTest(_TestCase):
 
   KEYS = {"rank_D", "rank_D_frac", "rank_last_hidden", "identity_gap_full",
-          "identity_gap_last", "euler_residual_max", "linear_opt", "rf_opt",
+          "identity_gap_last", "euler_residual_max", "yhat_norm",
+          "linear_opt", "rf_opt",
           "inclusion_residual_linear", "below_linear", "rank_tol",
           "rank_D_loose", "rank_tol_loose", "full_D_skipped"}
 
@@ -924,7 +928,11 @@ class TheoryRecordTest(_TestCase):
     self.assertEqual(record["rank_last_hidden"],
                      np.linalg.matrix_rank(hidden))
     self.assertEqual(record["below_linear"],
-                     loss <= record["linear_opt"] * (1 + 1e-8) + 1e-8)
+                     loss <= record["linear_opt"] * (1 + 1e-8))
+    np.testing.assert_allclose(
+        record["yhat_norm"],
+        np.linalg.norm(_numpy_forward(problem.params, x, activation,
+                                      bias)[0]), rtol=1e-12)
     if activation in HOMOGENEOUS_ACTIVATIONS:
       self.assertLess(record["euler_residual_max"], 1e-12)
     else:
@@ -945,7 +953,7 @@ class TheoryRecordTest(_TestCase):
       self.assertIsNotNone(full[key], key)
     self.assertIn("memory budget", cheap["full_D_skipped"])
     for key in ("rank_last_hidden", "identity_gap_last", "linear_opt",
-                "rf_opt", "below_linear", "rank_tol"):
+                "rf_opt", "below_linear", "rank_tol", "yhat_norm"):
       self.assertEqual(cheap[key], full[key], key)
 
   def test_linear_model_has_no_random_features(self):
