@@ -22,8 +22,8 @@ minima counted apart, and whether the test was informative on these data
 Only members whose outcome is ``local_min`` are tested; every other member is
 counted by ``outcome`` in the report, never dropped. Every tolerance is the
 rows' own (``lminima.tolerances.Tolerances``, recorded in each row) and
-relative: identity gaps to ``max(L, zero floor)``, the Euler residual to
-``||vec Yhat||``, the subspace bound to L*_linear; zero loss is
+relative: identity gaps to ``max(L, identity_floor_rtol L_ref)``, the Euler
+residual to ``||vec Yhat||``, the subspace bound to L*_linear; zero loss is
 ``L <= zero_loss_rtol * L_ref`` (rounding).
 
 Example:
@@ -141,11 +141,13 @@ def _split(points: list[dict], tol: Tolerances) -> tuple[list[dict], int]:
 def _identity_claims(minima: list[dict], tol: Tolerances
                      ) -> list[dict[str, Any]]:
   by_construction = "no: holds at every critical point (grad L = 2c D^T r)"
-  relative = f"gap <= {tol.identity_rtol:g} max(L, {tol.zero_loss_rtol:g} L_ref)"
+  relative = (f"gap <= {tol.identity_rtol:g} max(L, "
+              f"{tol.identity_floor_rtol:g} L_ref)")
 
   def gap_holds(key):
     return lambda r: float(r[key]) <= tol.identity_rtol * max(
-        float(r["loss_refined"]), zero_floor(r, tol))
+        float(r["loss_refined"]),
+        tol.identity_floor_rtol * (_num(r.get("loss_reference")) or 0.0))
   points, zero = _split([r for r in minima
                          if r.get("identity_gap_last") is not None], tol)
   last = _entry(

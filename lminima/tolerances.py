@@ -17,8 +17,8 @@ Tolerances on quantities with units are relative to their own scale
   rounding of the targets); a decrease found by the descent probe is
   relative to ``max(L, zero floor)`` and refutes a minimum above
   ``descent_rtol``.
-* Claims: identity gaps relative to L (with the zero floor), the subspace
-  bound relative to L*_linear.
+* Claims: identity gaps relative to L (with a floor at the rounding of a
+  projection), the subspace bound relative to L*_linear.
 
 Example:
   >>> tol = Tolerances()
@@ -63,7 +63,10 @@ class Tolerances:
       fraction of ``max(1, ||theta||)`` (at least 4 Newton steps).
     growth: a continuation whose ``||theta||`` grows by this factor while L
       never rises is escaping.
-    identity_rtol: the identities' gaps relative to ``max(L, zero floor)``.
+    identity_rtol: the identities' gaps relative to ``max(L,
+      identity_floor_rtol * L_ref)``: the floor puts the tolerance at the
+      rounding of a projection of Y (about 1e-16 L_ref) where L is tiny.
+    identity_floor_rtol: see ``identity_rtol``.
     euler_rtol: the Euler residual relative to ``||vec Yhat||``.
     inclusion_tol: the relative residual of projecting a design onto col(D)
       below which the inclusion holds.
@@ -81,6 +84,7 @@ class Tolerances:
   proof_radius_rtol: float = 1e-6
   growth: float = 2.0
   identity_rtol: float = 1e-8
+  identity_floor_rtol: float = 1e-8
   euler_rtol: float = 1e-8
   inclusion_tol: float = 1e-6
   bound_rtol: float = 1e-8

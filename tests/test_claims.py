@@ -137,7 +137,7 @@ class ClaimsTableTest(absltest.TestCase):
     self.assertEqual((last["tested"], last["holds"],
                       last["zero_loss_apart"]), (2, 1, 1))
     self.assertTrue(last["informative"].startswith("no: holds at every"))
-    self.assertEqual(last["tolerance"], "gap <= 1e-08 max(L, 1e-28 L_ref)")
+    self.assertEqual(last["tolerance"], "gap <= 1e-08 max(L, 1e-08 L_ref)")
     euler = _by_test(table, "B", "Euler")
     self.assertEqual(euler["tested"], 0)
     self.assertIn("not applicable", euler["informative"])
@@ -145,12 +145,15 @@ class ClaimsTableTest(absltest.TestCase):
   def test_identity_gap_is_relative_to_the_loss(self):
     rows = [_minimum(loss=0.3, gap=2e-9),     # <= 1e-8 * 0.3: holds
             _minimum(loss=0.3, gap=4e-9),     # > 3e-9: fails
-            _minimum(loss=1e-12, gap=1e-21),  # holds at its own scale
-            _minimum(loss=1e-12, gap=1e-19),  # an absolute 1e-8 would pass
-            # Targets of scale 1e-4: 1e-30 is above their rounding (1e-32),
-            # so it is tested against 1e-8 * 1e-30.
-            _minimum(loss=1e-30, gap=1e-39, loss_reference=1e-4),
-            _minimum(loss=1e-30, gap=1e-37, loss_reference=1e-4),
+            # Targets of scale 1e-6: the floor 1e-8 L_ref is below L.
+            _minimum(loss=1e-12, gap=1e-21,   # holds at its own scale
+                     loss_reference=1e-6),
+            _minimum(loss=1e-12, gap=1e-19,   # an absolute 1e-8 would pass
+                     loss_reference=1e-6),
+            # L = 1e-20 of L_ref = 1: the gap is held to the rounding of a
+            # projection of Y, 1e-8 * 1e-8 L_ref.
+            _minimum(loss=1e-20, gap=1e-20),
+            _minimum(loss=1e-20, gap=1e-15),
             # At rounding (L <= 1e-28 L_ref): counted apart.
             _minimum(loss=1e-30, gap=1.0)]
     for fragment in ("output layer", "full D"):
@@ -166,7 +169,7 @@ class ClaimsTableTest(absltest.TestCase):
     rows = [dict(r, tolerances=loose) for r in rows]
     last = _by_test(claims.claims_table(rows), "A", "output layer")
     self.assertEqual((last["tested"], last["holds"]), (2, 2))
-    self.assertEqual(last["tolerance"], "gap <= 0.01 max(L, 1e-28 L_ref)")
+    self.assertEqual(last["tolerance"], "gap <= 0.01 max(L, 1e-08 L_ref)")
 
   def test_euler_residual_is_relative_to_the_outputs(self):
     rows = [_minimum(euler=5e-8, yhat_norm=10.0),   # <= 1e-8 * 10: holds
