@@ -30,7 +30,6 @@ from lminima import data as data_lib
 from lminima import cache
 from lminima import experiment
 from lminima import records
-from lminima import report
 from lminima import sweep
 from lminima import sweep_config
 
@@ -203,8 +202,8 @@ def main(argv):
     sys.exit(f"error: {_one_line(e)}")
   workdir = config.workdir
   results = records.results_path(workdir, sweep.parse_shard(config.shard))
+  # The sweep has logged the report's path.
   print(f"results: {results}\n"
-        f"report:  {workdir}/{report.REPORT_FILE}\n"
         f"summary: {workdir}/{records.SUMMARY_FILE}\n"
         f"figures: {workdir}/*.png\n"
         f"params:  {workdir}/{records.PARAMS_DIR}/")
