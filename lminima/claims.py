@@ -324,8 +324,9 @@ def claims_markdown(table: Sequence[dict[str, Any]]) -> str:
            "| informative here? |", "|---|---|---|---|---|---|---|"]
   for e in table:
     # A bare "|" (the norms) would split a markdown cell.
-    test = e["test"].replace("|", "\\|")
-    lines.append(f"| ({e['claim']}) | {test} | {e['tolerance']} | "
+    test, tolerance = (e[k].replace("|", "\\|") for k in ("test",
+                                                          "tolerance"))
+    lines.append(f"| ({e['claim']}) | {test} | {tolerance} | "
                  f"{e['tested']} | {e['holds']} | {e['zero_loss_apart']} | "
                  f"{e['informative']} |")
   return "\n".join(lines)

@@ -1,6 +1,8 @@
 """lminima.claims on hand-built rows whose answers are known, including rows
 where a claim fails and where its test is uninformative."""
 
+import re
+
 from absl.testing import absltest
 from absl.testing import parameterized
 
@@ -267,6 +269,10 @@ class ClaimsTableTest(absltest.TestCase):
     table = claims.claims_table([_minimum()])
     text = claims.claims_markdown(table)
     self.assertEqual(len(text.splitlines()), len(table) + 2)
+    # Every row has the header's 7 cells: a norm's "|" in the test or the
+    # tolerance text (the Euler row's ||vec Yhat||) is escaped.
+    for line in text.splitlines():
+      self.assertLen(re.split(r"(?<!\\)\|", line), 9, line)
 
 
 if __name__ == "__main__":
