@@ -29,6 +29,7 @@ import numpy as np
 from lminima import claims
 from lminima import figures
 from lminima import records
+from lminima import trend
 
 SUMMARY_FIELDS = (
     "depth", "width", "n_members", *(f"n_{o}" for o in claims.OUTCOMES),
@@ -159,20 +160,53 @@ def _describe(rows: Sequence[dict[str, Any]]) -> list[str]:
   ]
 
 
+def study_claims(rows: Sequence[dict[str, Any]],
+                 tests: Sequence[trend.TrendTest] | None = None
+                 ) -> list[dict[str, Any]]:
+  """The claims table of the report and claims.json: ``claims.
+  claims_table`` and (E)'s trend row (``trend.claim_entry``)."""
+  tests = trend.trend_tests(rows) if tests is None else tests
+  return [*claims.claims_table(rows), trend.claim_entry(rows, tests)]
+
+
+def findings(table: Sequence[dict[str, Any]],
+             tests: Sequence[trend.TrendTest]) -> list[str]:
+  """The report's first lines: a sentence per informative claim test and
+  per trend question, then what could not be tested."""
+  lines = []
+  for e in table:
+    if e["informative"].startswith("yes") and e["claim"] != "E":
+      lines.append(f"({e['claim']}) {e['test']}: holds at {e['holds']} of "
+                   f"{e['tested']} certified minima.")
+  lines += trend.findings(tests)
+  informative = {e["claim"] for e in table
+                 if e["informative"].startswith("yes")}
+  untested = sorted({f"({e['claim']})" for e in table
+                     if e["claim"] not in informative})
+  if untested:
+    lines.append("Not informative here (reasons in the claims table): "
+                 + ", ".join(untested) + ".")
+  return lines
+
+
 def report_markdown(rows: Sequence[dict[str, Any]], title: str = "",
                     figure_files: dict[str, str] | None = None, *,
                     summary: Sequence[dict[str, Any]] | None = None,
-                    table: Sequence[dict[str, Any]] | None = None) -> str:
+                    table: Sequence[dict[str, Any]] | None = None,
+                    tests: Sequence[trend.TrendTest] | None = None) -> str:
   """report.md's text for one study's rows (figures linked by file name);
-  ``summary`` and ``table``, when the caller has them, are ``summarize(rows)``
-  and ``claims.claims_table(rows)``."""
+  ``summary``, ``table`` and ``tests``, when the caller has them, are
+  ``summarize(rows)``, ``study_claims(rows)`` and ``trend.trend_tests(rows)``.
+  """
   summary = summarize(rows) if summary is None else summary
-  table = claims.claims_table(rows) if table is None else table
+  tests = trend.trend_tests(rows) if tests is None else tests
+  table = study_claims(rows, tests) if table is None else table
   outcomes = collections.Counter(map(claims.outcome, rows))
   minima = claims.certified(rows)
   tol = claims.tolerances(rows)
-  text = [f"# {title or 'Depth x width study'}", "", *_describe(rows), "",
-          "## Claims", "",
+  text = [f"# {title or 'Depth x width study'}", "", "## Findings", "",
+          *[f"- {line}" for line in findings(table, tests)], "",
+          *_describe(rows), "", "## Claims", "",
           f"Tested on the {len(minima)} certified local minima "
           f"({sum(claims.is_zero_loss(r, tol) for r in minima)} of them with "
           "zero loss, "
@@ -187,6 +221,7 @@ def report_markdown(rows: Sequence[dict[str, Any]], title: str = "",
           "(docs/theory.md#certificates). Tolerances (lminima/tolerances.py): "
           + ", ".join(f"{k} {v:g}" for k, v in tol.to_dict().items()) + ".",
           ""]
+  text += [trend.markdown(rows, tests), ""]
   few = [f"{e['depth']}x{e['width']}" for e in summary if e["too_few_minima"]]
   if few:
     text += [f"Cells with fewer than {claims.MIN_POINTS} certified minima "
@@ -248,7 +283,8 @@ def write_report(workdir: str, title: str = "") -> list[str]:
     written.append(path)
   summary = summarize(rows)
   put(records.SUMMARY_FILE, lambda p: write_summary_csv(summary, p))
-  table = claims.claims_table(rows)
+  tests = trend.trend_tests(rows)
+  table = study_claims(rows, tests)
 
   def dump(path):
     with open(path, "w") as f:
@@ -268,6 +304,6 @@ def write_report(workdir: str, title: str = "") -> list[str]:
   def text(path):
     with open(path, "w") as f:
       f.write(report_markdown(rows, title, drawn, summary=summary,
-                              table=table))
+                              table=table, tests=tests))
   put(REPORT_FILE, text)
   return written

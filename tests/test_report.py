@@ -218,7 +218,7 @@ class EveryOutcomeReportTest(absltest.TestCase):
     # claims.json: (A) tests exactly the local_min members (zero loss apart).
     with open(os.path.join(workdir, report.CLAIMS_FILE)) as f:
       table = json.load(f)
-    self.assertEqual(table, claims.claims_table(rows))
+    self.assertEqual(table, report.study_claims(rows))
     identities = [e for e in table if e["claim"] == "A"]
     self.assertLen(identities, 2)
     for entry in identities:

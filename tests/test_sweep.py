@@ -234,11 +234,13 @@ class SweepTest(absltest.TestCase):
       self.assertEqual(sum(int(entry[f"n_{o}"]) for o in claims.OUTCOMES),
                        int(entry["n_members"]))
     with open(os.path.join(self.workdir, report.CLAIMS_FILE)) as f:
-      self.assertEqual(json.load(f), claims.claims_table(self.rows))
+      self.assertEqual(json.load(f), report.study_claims(self.rows))
     with open(os.path.join(self.workdir, report.REPORT_FILE)) as f:
       text = f.read()
-    self.assertIn(claims.claims_markdown(claims.claims_table(self.rows)),
+    self.assertIn(claims.claims_markdown(report.study_claims(self.rows)),
                   text)
+    self.assertTrue(text.split("\n")[2].startswith("## Findings"))
+    self.assertIn("## (E) Depth and width trend", text)
     for name in report.FIGURE_FILES.values():
       self.assertIn(f"]({name})", text)
       assert_png_has_content(self, os.path.join(self.workdir, name))
