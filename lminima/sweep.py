@@ -74,6 +74,7 @@ import tqdm
 
 from lminima import claims
 from lminima import data as data_lib
+from lminima import eta as eta_lib
 from lminima import models
 from lminima import planner
 from lminima import population
@@ -204,16 +205,17 @@ def _stored_cost_model(stored: dict[str, Any]) -> planner.CostModel:
 
 class _Progress:
   """One bar over the whole grid: each member counts 1 for training (split
-  over the steps of its depth's population) and 1 for its certificate."""
+  over the steps of its depth's population) and 1 for its certificate; the
+  time left is ``lminima.eta``'s estimate (absent without one)."""
 
   def __init__(self, total_members: int, enabled: bool,
-               log: Callable[[str], None]):
+               log: Callable[[str], None], estimate: eta_lib.Eta | None):
     self.bar = tqdm.tqdm(
         total=2 * total_members, disable=not enabled, unit="",
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| "
-                   "[{elapsed}<{remaining}]")
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}{postfix}]")
     self._log = log
     self.base = 0.0
+    self.estimate = estimate
 
   def say(self, message: str) -> None:
     if self.bar.disable:
@@ -227,6 +229,9 @@ class _Progress:
       return
     if desc is not None:
       self.bar.set_description_str(desc, refresh=False)
+    if self.estimate is not None:
+      self.bar.set_postfix_str("< " + tqdm.tqdm.format_interval(
+          self.estimate.remaining_s()) + " left", refresh=False)
     self.bar.n = min(value, self.bar.total)
     self.bar.refresh()
 
@@ -234,9 +239,30 @@ class _Progress:
     self.bar.close()
 
 
+def iteration_seconds_by_cell(config: ml_collections.ConfigDict,
+                              data: data_lib.Dataset,
+                              members: Sequence[population.Member]
+                              ) -> dict[tuple[int, int], float]:
+  """``eta.iteration_seconds`` of each (depth, width) of ``members``, at
+  the member model's initial point (the dense work does not depend on it)."""
+  tconfig = train_config(config)
+  seconds = {}
+  for member in members:
+    cell = (member.depth, member.width)
+    if cell not in seconds:
+      model = population.member_model(data.d_x, data.d_y, member, tconfig)
+      seconds[cell] = eta_lib.iteration_seconds(Problem.for_module(
+          model, model.init_params(jax.random.PRNGKey(0)), data.x, data.y,
+          normalization=config.normalization,
+          memory_budget_bytes=config.memory_budget_bytes))
+  return seconds
+
+
 def run(config: ml_collections.ConfigDict,
         log: Callable[[str], None] = print,
-        data: data_lib.Dataset | None = None) -> list[dict[str, Any]]:
+        data: data_lib.Dataset | None = None,
+        on_member: Callable[[int, float], None] | None = None
+        ) -> list[dict[str, Any]]:
   """Runs the sweep described by ``config``; returns all rows of the workdir.
 
   Args:
@@ -246,6 +272,10 @@ def run(config: ml_collections.ConfigDict,
       (``lminima.data.from_arrays``); None loads ``config.dataset``. Given
       data replace the config's data fields (dataset, data_options,
       data_dir), and their provenance enters the workdir's fingerprint.
+    on_member: called after each member is recorded with the number of
+      members recorded in this run and the estimated seconds left
+      (``lminima.eta``); with it, or with ``config.progress``, the sweep
+      first times one LM iteration per (depth, width).
 
   Returns:
     Every row of the workdir's results files (earlier runs' and other
@@ -269,12 +299,14 @@ def run(config: ml_collections.ConfigDict,
     raise WorkdirError(f"workdir {workdir} cannot be written "
                        f"({type(e).__name__}: {e.strerror or e})") from None
   with records.lock_workdir(workdir, shard):
-    return _run_locked(config, log, data, shard)
+    return _run_locked(config, log, data, shard, on_member)
 
 
 def _run_locked(config: ml_collections.ConfigDict,
                 log: Callable[[str], None], data: data_lib.Dataset | None,
-                shard: tuple[int, int]) -> list[dict[str, Any]]:
+                shard: tuple[int, int],
+                on_member: Callable[[int, float], None] | None
+                ) -> list[dict[str, Any]]:
   workdir = config.workdir
   results_path = records.results_path(workdir, shard)
   records.check_writable(workdir)
@@ -316,7 +348,22 @@ def _run_locked(config: ml_collections.ConfigDict,
   for row in existing:
     rows_by_cell[(row["depth"], row["width"])].append(row)
   left_in_cell = collections.Counter((m.depth, m.width) for m in todo)
-  progress = _Progress(len(todo), config.progress, log)
+  estimate = None
+  if todo and config.certify and (config.progress or on_member):
+    training_s = None if cost_model is None else {
+        depth: train.predicted_seconds(
+            data, [m for m in grid(config) if m.depth == depth], tconfig,
+            width_strategy=config.width_strategy, cost_model=cost_model,
+            workers=config.train_workers or None)
+        for depth in {m.depth for m in todo}}
+    estimate = eta_lib.Eta(
+        iteration_seconds_by_cell(config, data, todo),
+        [(m.depth, m.width) for m in todo], training_s,
+        k0=eta_lib.budget_iterations(config.refine_max_iters,
+                                     config.fate_iters,
+                                     sweep_config.tolerances(config)))
+  progress = _Progress(len(todo), config.progress, log, estimate)
+  recorded = 0
   try:
     for depth in config.depths:
       missing = [m for m in todo if m.depth == depth]
@@ -344,6 +391,8 @@ def _run_locked(config: ml_collections.ConfigDict,
           workers=config.train_workers or None)
       progress.base += len(missing)
       train_s = time.perf_counter() - start
+      if estimate is not None:
+        estimate.trained(depth, len(missing), train_s)
       wanted = {(m.depth, m.width, m.seed) for m in missing}
       for result in trained:
         member = result.member
@@ -363,8 +412,14 @@ def _run_locked(config: ml_collections.ConfigDict,
                        f"{member.width} seed {member.seed} failed: "
                        f"{fields['error']}")
         row.update(fields)
-        row["wall_s"] = float(result.wall_s + time.perf_counter() - start)
+        analysis_s = time.perf_counter() - start
+        row["wall_s"] = float(result.wall_s + analysis_s)
         records.append_row(results_path, row)
+        if estimate is not None:
+          estimate.analysed((member.depth, member.width), analysis_s)
+        recorded += 1
+        if on_member is not None:
+          on_member(recorded, estimate.remaining_s() if estimate else 0.0)
         progress.base += 1
         progress.set(progress.base)
         cell = (member.depth, member.width)

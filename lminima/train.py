@@ -213,6 +213,19 @@ def train_population(data: Dataset, members: Sequence[Member],
   return results  # type: ignore[return-value]
 
 
+def predicted_seconds(data: Dataset, members: Sequence[Member],
+                      config: TrainConfig, *, width_strategy: str,
+                      cost_model: CostModel, workers: int | None = None
+                      ) -> float:
+  """The cost model's prediction for ``train_population`` on these
+  arguments: the summed ``predicted_s`` of its program groups."""
+  groups = planner.plan_groups(
+      members, data.d_x, data.d_y, config, width_strategy=width_strategy,
+      batch=_batch_size(data, config), cost_model=cost_model,
+      workers=default_workers() if workers is None else workers)
+  return float(sum(g.predicted_s for g in groups))
+
+
 def default_workers(devices: Sequence[jax.Device] | None = None) -> int:
   """How many programs ``train_population`` runs at once by default.
 
