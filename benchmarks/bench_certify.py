@@ -70,6 +70,7 @@ def _worker(path: str, members_file: str, out_file: str) -> None:
   from lminima import batch_refine, certify, refinement, sweep_config  # pylint: disable=g-import-not-at-top
   from lminima.problem import Problem  # pylint: disable=g-import-not-at-top
   config = sweep_config.get_config()
+  tol = sweep_config.tolerances(config)
   data = sweep_config.load_data(config)
   with open(members_file, "rb") as f:
     members = pickle.load(f)
@@ -81,15 +82,14 @@ def _worker(path: str, members_file: str, out_file: str) -> None:
                 for _, _, _, model, params in members]
     if path == "batched":
       results, certs = batch_refine.refine_and_certify_groups(
-          problems, grad_tol=config.refine_grad_tol,
-          max_iters=config.refine_max_iters,
+          problems, tol=tol, max_iters=config.refine_max_iters,
           dense_max_params=config.dense_max_params)
     else:
       results = [refinement.refine(
-          problem, method=config.refine_method,
-          grad_tol=config.refine_grad_tol, max_iters=config.refine_max_iters)
+          problem, method=config.refine_method, tol=tol,
+          max_iters=config.refine_max_iters)
                  for problem in problems]
-      certs = [certify.certificate(problem.at(refined.params),
+      certs = [certify.certificate(problem.at(refined.params), tol=tol,
                                    dense_max_params=config.dense_max_params)
                for problem, refined in zip(problems, results)]
     return [(refined.stop_reason, refined.iters, refined.loss, cert.verdict,
