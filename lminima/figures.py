@@ -26,8 +26,7 @@ from lminima import claims
 
 OUTCOME_COLORS = {
     "local_min": "tab:green", "saddle": "tab:orange",
-    "non_differentiable": "tab:purple", "not_critical": "tab:gray",
-    "escaping": "tab:red", "undecided": "tab:brown", "diverged": "black",
+    "non_differentiable": "tab:purple", "escaping": "tab:red", "undecided": "tab:brown", "diverged": "black",
     "failed": "tab:pink", "uncertified": "lightgray"}
 """Colours of ``lminima.claims.OUTCOMES``."""
 
