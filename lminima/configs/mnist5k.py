@@ -3,7 +3,7 @@
 1,000 images of the 10 classes, reduced to their top 32 principal components
 (standardized): under-parameterised throughout (n_params <= 426 < m d_y =
 10,000); depths 1-2, widths 4 and 8, 6 seeds (the size recorded in
-BUILD_NOTES.md; widen it with --widths and --num_seeds). ``pixels`` keeps the 784 standardized pixels (widths from 16 up
+docs/results.md; widen it with --widths and --num_seeds). ``pixels`` keeps the 784 standardized pixels (widths from 16 up
 refine with the matrix-free Newton-MR there).
 
   python scripts/depth_width.py --config=lminima/configs/mnist5k.py
