@@ -77,13 +77,15 @@ def budget_iterations(refine_max_iters: int, fate_iters: int,
           + tol.probe_starts * tol.probe_iters)
 
 
-def iteration_seconds(problem: Problem) -> float:
+def iteration_seconds(problem: Problem, lm_max_params: int = 5000) -> float:
   """Seconds of one LM iteration's dense work at the problem's size: a
-  Hessian and its ``eigh`` (timed after a first call, which compiles); for
-  a Hessian over the memory budget, ``_HVPS_PER_ITERATION`` Hessian-vector
-  products (a rough Newton-MR iteration)."""
+  Hessian and its ``eigh`` (timed after a first call, which compiles); above
+  ``lm_max_params`` (where refinement is matrix free) or over the memory
+  budget, ``_HVPS_PER_ITERATION`` Hessian-vector products (a rough
+  Newton-MR iteration)."""
   flat = problem.flat
-  if 8 * problem.n_params ** 2 <= problem.memory_budget_bytes:
+  if (problem.n_params <= lm_max_params
+      and 8 * problem.n_params ** 2 <= problem.memory_budget_bytes):
     def work():
       with serial_blas():
         np.linalg.eigh(problem.dense_hessian_at(flat))
