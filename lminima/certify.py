@@ -7,16 +7,13 @@ with residuals ``||H v - lambda v||``, the index (eigenvalues below
 that nothing nearby is lower, and a verdict, decided in this order (every
 tolerance from ``lminima.tolerances``, recorded in the certificate):
 
-1. On a kink (an argument of a non-differentiable activation,
-   ``Problem.kinks_fn``, e.g. a relu pre-activation, within ``kink_tol`` of
-   its kink on some training sample) there is no derivative to test, and
-   the descent probe of step 5 decides: ``non_differentiable`` (a nonsmooth
-   local minimum: no descent found from the point or from the perturbed
-   starts, which cross the kink) or ``not_minimum``.
-2. ``not_critical``: L or g not finite, or ``||g|| > grad_tol`` with
+1. ``not_critical``: L or g not finite, or ``||g|| > grad_tol`` with
    ``grad_tol = grad_rtol sqrt(2 ||H|| L)`` (rounding floor where L is at
    rounding): relative to the loss's own scale, so a point on a path to
    infinity, where g and L vanish together, is not critical.
+2. ``non_differentiable``: an argument of a non-differentiable activation
+   (``Problem.kinks_fn``, e.g. a relu pre-activation) within ``kink_tol`` of
+   its kink on some training sample.
 3. ``saddle``: an eigenvalue ``< -eig_tol`` (a direction of descent).
 4. ``local_min`` when L is zero up to rounding (the global minimum value),
    or when second-order sufficiency proves a strict local minimum nearby
@@ -73,9 +70,6 @@ from lminima import refinement
 from lminima.problem import Problem
 from lminima.refinement import serial_blas
 from lminima.tolerances import DEFAULT, Tolerances
-
-KINK_PROBE_FACTOR = 10
-"""On a kink the probe runs L-BFGS-B for this many times ``probe_iters``."""
 
 VERDICTS = ("local_min", "saddle", "not_critical", "not_minimum",
             "non_differentiable")
@@ -249,7 +243,7 @@ def second_order_proof(problem: Problem, lam_min: float, tol: Tolerances
 
 
 def descent_probe(problem: Problem, tol: Tolerances,
-                  lm_max_params: int = 5000, on_kink: bool = False) -> Probe:
+                  lm_max_params: int = 5000) -> Probe:
   """Tries to go lower from the problem's point (module docstring, step 5).
 
   From the point itself and from ``tol.probe_starts - 1`` points at distance
@@ -259,20 +253,14 @@ def descent_probe(problem: Problem, tol: Tolerances,
   of L-BFGS-B (``scipy.optimize``, gradient and loss tolerances 0) where the
   dense Hessian is out of reach (``n_params > lm_max_params`` or over the
   problem's memory budget). Returns the run that went lowest.
-
-  On a kink (``on_kink``) the second-order model LM relies on is one-sided
-  and LM stalls; there every start runs L-BFGS-B, with ``KINK_PROBE_FACTOR``
-  times the iterations, from the point and from one more perturbed start.
   """
   flat = np.asarray(problem.flat)
   radius = tol.probe_radius_rtol * max(1.0, float(np.linalg.norm(flat)))
   directions = np.random.default_rng(0).standard_normal(
-      (tol.probe_starts - (0 if on_kink else 1), flat.size))
+      (tol.probe_starts - 1, flat.size))
   starts = [flat] + [flat + radius * d / np.linalg.norm(d)
                      for d in directions]
-  runs = [_probe_run(problem, start, tol, -1 if on_kink else lm_max_params,
-                     KINK_PROBE_FACTOR if on_kink else 1)
-          for start in starts]
+  runs = [_probe_run(problem, start, tol, lm_max_params) for start in starts]
   method, iters, losses, norms, end = min(
       runs, key=lambda run: np.nanmin(run[2]))
   lowest = float(np.nanmin(losses))
@@ -288,9 +276,8 @@ def descent_probe(problem: Problem, tol: Tolerances,
 
 
 def _probe_run(problem: Problem, start: np.ndarray, tol: Tolerances,
-               lm_max_params: int, factor: int = 1) -> tuple:
-  """One probe run from ``start``: (method, iters, losses, norms, end);
-  L-BFGS-B runs ``factor`` times ``probe_iters`` iterations."""
+               lm_max_params: int) -> tuple:
+  """One probe run from ``start``: (method, iters, losses, norms, end)."""
   if (problem.n_params <= lm_max_params
       and 8 * problem.n_params ** 2 <= problem.memory_budget_bytes):
     run = refinement.refine(
@@ -308,8 +295,8 @@ def _probe_run(problem: Problem, start: np.ndarray, tol: Tolerances,
   with serial_blas():
     result = scipy.optimize.minimize(
         problem.loss_and_grad_at, start, jac=True, method="L-BFGS-B",
-        callback=record, options={"maxiter": factor * tol.probe_iters,
-                                  "gtol": 0.0, "ftol": 0.0})
+        callback=record, options={"maxiter": tol.probe_iters, "gtol": 0.0,
+                                  "ftol": 0.0})
   return "lbfgs", int(result.nit), losses, norms, np.asarray(result.x)
 
 
@@ -348,15 +335,10 @@ def decide(problem: Problem, spectrum: tuple | None, method: str,
   n_flat = int(np.sum(np.abs(values) <= eig_tol))
   min_abs_kink = problem.min_abs_kink_input()
   proof, radius, bound, probe = False, None, None, None
-  on_kink = min_abs_kink is not None and min_abs_kink <= tol.kink_tol
-  if finite and on_kink:
-    # No derivative to test: decrease decides, from every side (the probe's
-    # perturbed starts cross the kink).
-    probe = descent_probe(problem, tol, lm_max_params, on_kink=True)
-    verdict = ("not_minimum" if probe.decrease > tol.descent_rtol
-               else "non_differentiable")
-  elif not finite or grad_norm > grad_tol:
+  if not finite or grad_norm > grad_tol:
     verdict = "not_critical"
+  elif min_abs_kink is not None and min_abs_kink <= tol.kink_tol:
+    verdict = "non_differentiable"
   elif index > 0:
     verdict = "saddle"
   elif tol.is_zero_loss(loss, ref_loss):

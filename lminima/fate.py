@@ -51,7 +51,6 @@ import jax
 import numpy as np
 
 from lminima import certify
-from lminima import pattern
 from lminima.models import MLP
 from lminima.problem import Problem
 from lminima.refinement import RefineResult, refine
@@ -63,9 +62,6 @@ OUTCOMES = ("local_min", "saddle", "non_differentiable", "escaping",
 ``failed`` are the sweep's: training diverged, or the analysis raised)."""
 
 DECIDED_BY_CERTIFICATE = ("local_min", "saddle", "non_differentiable")
-
-KINK_ROUNDS = 20
-"""Rounds of the kink search of a (leaky) relu member (``_kink_search``)."""
 
 # Relative rise of L along an accepted LM step that is float64 roundoff.
 _LOSS_NOISE = 1e-12
@@ -185,14 +181,6 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
       return _decided(cert, refined, start, continued=False)
     if cert.probe is not None:  # went lower: continue from there
       start = start.at(cert.probe.params)
-  if pattern.has_pattern(start):
-    cert, start, rounds = _kink_search(start, tol, max_iters, cert_options,
-                                       cert)
-    if cert is not None and cert.verdict in DECIDED_BY_CERTIFICATE:
-      return _at_point(cert.verdict, f"after {rounds} round(s) of the kink "
-                       "search: " + certificate_reason(
-                           cert, start.reference_loss),
-                       refined, cert, start)
   what = (f"refinement stopped ({refined.stop_reason})" if cert is None
           else f"the certificate found {cert.verdict}")
   if not fate_iters:
@@ -250,51 +238,13 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
                     **evidence)
 
 
-def _kink_search(point: Problem, tol: Tolerances, max_iters: int,
-                 cert_options: dict[str, Any],
-                 cert: certify.Certificate | None
-                 ) -> tuple[certify.Certificate | None, Problem, int]:
-  """Decides a (leaky) relu member that refinement left on or near a kink.
-
-  Up to ``KINK_ROUNDS`` rounds: refine within the point's activation
-  pattern (``lminima.pattern``) and certify the result if it stays strictly
-  inside the pattern (a differentiable critical point); else, on a kink,
-  certify the kink point itself (the descent probe decides: a nonsmooth
-  minimum, or a lower point to go on from); off the kinks, LM without the
-  gradient stop (``max_iters`` steps) takes it to the next kink or
-  critical point. Returns ``(certificate, point, rounds)`` with a decided
-  certificate, or the last one and point.
-  """
-  for rounds in range(1, KINK_ROUNDS + 1):
-    result, inside = pattern.refine_in_pattern(point, tol, max_iters)
-    if inside:
-      cert = certify.certificate(point.at(result.params), **cert_options)
-      if cert.verdict in DECIDED_BY_CERTIFICATE:
-        return cert, point.at(result.params), rounds
-    margin = point.min_abs_kink_input()
-    if margin is not None and margin <= tol.kink_tol:
-      cert = certify.certificate(point, **cert_options)
-      if cert.verdict in DECIDED_BY_CERTIFICATE:
-        return cert, point, rounds
-      point = point.at(cert.probe.params)
-    else:
-      run = refine(point, method="lm", tol=tol, stop_on_grad=False,
-                   max_iters=max_iters, escape_ratio=None)
-      if run.iters == 0:
-        return cert, point, rounds  # LM goes nowhere: the continuation
-      point = point.at(run.params)
-  return cert, point, KINK_ROUNDS
-
-
 def certificate_reason(cert: certify.Certificate, ref_loss: float) -> str:
   """One line saying why a certificate decided what it decided."""
   if cert.verdict == "saddle":
     return f"index {cert.index} (lambda_min {cert.lambda_min:.2e})"
   if cert.verdict == "non_differentiable":
-    return (f"a nonsmooth local minimum on a kink (min |pre-activation| "
-            f"{cert.min_abs_preactivation:.1e}): the descent probe found no "
-            f"lower value (relative decrease {cert.probe.decrease:.1e}, "
-            f"{cert.tolerances.probe_starts} starts)")
+    return (f"on a kink (min |pre-activation| "
+            f"{cert.min_abs_preactivation:.1e})")
   if cert.verdict != "local_min":
     return f"certificate: {cert.verdict}"
   if cert.tolerances.is_zero_loss(cert.loss, ref_loss):
