@@ -27,13 +27,13 @@ _ONLY = flags.DEFINE_list("only", [], "names of the commands to time "
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 COMMANDS = {
-    "main": ["scripts/depth_width.py", "--config.progress=false"],
+    "main": ["scripts/depth_width.py", "--noprogress"],
     "synthetic smoke": ["scripts/depth_width.py",
                         "--config=lminima/configs/synthetic.py:smoke",
                         "--config.progress=false"],
     "digits example": ["scripts/depth_width.py", "--dataset=digits",
                        "--n=300", "--depths=1,2", "--widths=4,8",
-                       "--num_seeds=3", "--config.progress=false"],
+                       "--num_seeds=3", "--noprogress"],
     "eliminate smoke": ["scripts/eliminate.py", "--smoke"],
     "sharpness smoke": ["scripts/sharpness.py", "--smoke"],
 }
