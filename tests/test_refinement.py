@@ -16,6 +16,7 @@ import threadpoolctl
 
 import lminima
 from lminima import problem as problem_lib
+from lminima import refinement
 from lminima.losses import loss_scale
 from lminima.models import MLP
 from lminima.tolerances import Tolerances
@@ -510,6 +511,22 @@ class RefineOptionsTest(absltest.TestCase):
     self.assertGreater(result.iters, 0)
     self.assertEqual(compiled, (problem_lib._loss_and_flat_grad._cache_size(),
                                 problem_lib._dense_hessian._cache_size()))
+
+
+class PowerCurvatureTest(absltest.TestCase):
+
+  def test_estimate_is_a_lower_bound_near_the_dense_norm(self):
+    # Newton-MR's gradient test uses ||H|| from power iteration; against the
+    # largest |eigenvalue| of a dense eigh it is at most that and close to it.
+    x, y = gaussian_data(m=20, d_x=3, d_y=1, seed=2)
+    model = MLP(d_in=3, widths=(4,), d_out=1)
+    problem = lminima.Problem.for_module(
+        model, model.init_params(jax.random.PRNGKey(3)), x, y)
+    estimate = float(refinement.power_curvature(problem.hvp_operator(),
+                                                problem.n_params))
+    norm = np.max(np.abs(np.linalg.eigvalsh(problem.dense_hessian())))
+    self.assertLessEqual(estimate, norm * (1 + 1e-10))
+    self.assertGreater(estimate, 0.9 * norm)
 
 
 if __name__ == "__main__":
