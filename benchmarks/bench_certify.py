@@ -1,7 +1,7 @@
 """Members refined + certified per second: batched (one program per shape)
 against the sequential path (``refine`` + ``certificate`` per member).
 
-Cases (``lminima.sweep.get_config()`` defaults: synthetic m=100, d_x=5,
+Cases (``lminima.study.sweep.get_config()`` defaults: synthetic m=100, d_x=5,
 d_y=2, tanh, depths 1-3, widths 2-16, refine_max_iters=200):
 
 * (a) the default sweep's 36 members (3 seeds);
@@ -11,12 +11,12 @@ d_y=2, tanh, depths 1-3, widths 2-16, refine_max_iters=200):
 Case (c), MNIST-input members certified matrix free against a
 hessian-eigenthings loop, is ``benchmarks/bench_certify_mnist.py``.
 
-The members are trained once (``train.train_population`` per depth, as the
+The members are trained once (``driver.train_population`` per depth, as the
 sweep does). Only refinement + certification are timed, end to end: each
 path runs in a FRESH process (its own compilations included, no persistent
 compilation cache), as ``sweep.analyse_member`` does it with fate_iters=0
 and theory off. The batched path calls
-``batch_refine.refine_and_certify_many`` once per shape group. Agreement:
+``batched_refine.refine_and_certify_many`` once per shape group. Agreement:
 stop reasons, verdicts, and refined losses of converged members (relative
 1e-9, or absolute 1e-20 for interpolating minima with L ~ 0).
 
@@ -48,15 +48,17 @@ TARGET = 5.0
 
 def _train(num_seeds: int, limit: int | None):
   """Trained members of the default grid with ``num_seeds`` seeds."""
-  from lminima import population, sweep_config, train  # pylint: disable=g-import-not-at-top
-  config = sweep_config.get_config()
-  data = sweep_config.load_data(config)
+  from lminima.train import population  # pylint: disable=g-import-not-at-top
+  from lminima.study import config as study_config
+  from lminima.train import driver
+  config = study_config.get_config()
+  data = study_config.load_data(config)
   members = []
   for depth in config.depths:  # one population per depth, as the sweep
     group = [population.Member(depth=depth, width=width, seed=seed)
              for width in config.widths for seed in range(num_seeds)]
-    members += train.train_population(data, group,
-                                      sweep_config.train_config(config),
+    members += driver.train_population(data, group,
+                                      study_config.train_config(config),
                                       width_strategy=config.width_strategy)
   members = [r for r in members if not r.diverged]
   members.sort(key=lambda r: (r.member.seed, r.member.depth, r.member.width))
@@ -67,11 +69,14 @@ def _train(num_seeds: int, limit: int | None):
 
 def _worker(path: str, members_file: str, out_file: str) -> None:
   """Refines and certifies the members in this (fresh) process."""
-  from lminima import batch_refine, certify, refinement, sweep_config  # pylint: disable=g-import-not-at-top
-  from lminima.problem import Problem  # pylint: disable=g-import-not-at-top
-  config = sweep_config.get_config()
-  tol = sweep_config.tolerances(config)
-  data = sweep_config.load_data(config)
+  from lminima.critical.batched import refine as batched_refine  # pylint: disable=g-import-not-at-top
+  from lminima.critical import certify
+  from lminima.critical import refinement
+  from lminima.study import config as study_config
+  from lminima.core.problem import Problem  # pylint: disable=g-import-not-at-top
+  config = study_config.get_config()
+  tol = study_config.tolerances(config)
+  data = study_config.load_data(config)
   with open(members_file, "rb") as f:
     members = pickle.load(f)
 
@@ -81,7 +86,7 @@ def _worker(path: str, members_file: str, out_file: str) -> None:
         memory_budget_bytes=config.memory_budget_bytes)
                 for _, _, _, model, params in members]
     if path == "batched":
-      results, certs = batch_refine.refine_and_certify_groups(
+      results, certs = batched_refine.refine_and_certify_groups(
           problems, tol=tol, max_iters=config.refine_max_iters,
           dense_max_params=config.dense_max_params)
     else:
@@ -110,10 +115,11 @@ def _per_shape() -> None:
   """Prints the --per_shape table (module docstring)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import scipy.linalg  # pylint: disable=g-import-not-at-top
-  from lminima import refinement, sweep_config  # pylint: disable=g-import-not-at-top
-  from lminima.problem import Problem  # pylint: disable=g-import-not-at-top
-  config = sweep_config.get_config()
-  data = sweep_config.load_data(config)
+  from lminima.critical import refinement  # pylint: disable=g-import-not-at-top
+  from lminima.study import config as study_config
+  from lminima.core.problem import Problem  # pylint: disable=g-import-not-at-top
+  config = study_config.get_config()
+  data = study_config.load_data(config)
 
   def first_call(fn):
     start = time.perf_counter()

@@ -6,15 +6,15 @@ images, 10 one-hot targets, mean squared loss), half of width 32 (P =
 (float32 GD). Timed, in one process, on the float64 Hessians at the trained
 points, end to end (JAX compilation included):
 
-* lminima certificates, batched: ``batch_refine.certify_many`` per width
+* lminima certificates, batched: ``batched_certificates.certify_many`` per width
   (one Lanczos program over all members, the certificate's tolerance 1e-8);
 * lminima certificates, sequential: ``certify.certificate`` member by member;
-* lminima at equal accuracy: ``batch_refine.extreme_eigs_many`` at tol 1e-6
-  (its residual test bounds the eigenvalue error by 1e-6 max |lambda|, no
-  calibration), and calibrated as the peer is: per width, the largest
-  tolerance of ``LMINIMA_TOLS`` that gives EVERY member of that width 1e-6
-  on both ends (an eigenvalue's error is about its residual squared over
-  the gap to the next one, so a residual test of 1e-6 over-delivers);
+* lminima at equal accuracy: ``batched_certificates.extreme_eigs_many`` at tol
+  1e-6 (its residual test bounds the eigenvalue error by 1e-6 max |lambda|, no
+  calibration), and calibrated as the peer is: per width, the largest tolerance
+  of ``LMINIMA_TOLS`` that gives EVERY member of that width 1e-6 on both ends
+  (an eigenvalue's error is about its residual squared over the gap to the next
+  one, so a residual test of 1e-6 over-delivers);
 * hessian-eigenthings: per member, its ``HessianOperator`` (torch autograd,
   float64) and ``lanczos_tridiagonal`` with full reorthogonalization, the
   extremes of the tridiagonal; the step count per width is the smallest of
@@ -52,16 +52,17 @@ import torch
 
 import hessian_eigenthings as he
 
-from lminima import batch_newton_mr
-from lminima import batch_refine
-from lminima import certify
-from lminima import images
-from lminima import lanczos
-from lminima import population
-from lminima import provenance
-from lminima import refinement
-from lminima import train
-from lminima.problem import Problem
+from lminima.core import provenance
+from lminima.core.problem import Problem
+from lminima.critical import certify
+from lminima.critical import refinement
+from lminima.critical.batched import certificates as batched_certificates
+from lminima.critical.batched import lanes
+from lminima.critical.batched import newton_mr as batched_newton_mr
+from lminima.data import images
+from lminima.linalg import lanczos
+from lminima.train import driver
+from lminima.train import population
 
 from bench_train import matmul_peak_gflops
 
@@ -77,7 +78,7 @@ def _members(count: int, steps: int):
              for w in WIDTHS for s in range(count // len(WIDTHS))]
   config = population.TrainConfig(activation="tanh", steps=steps,
                                    learning_rate=0.05)
-  results = train.train_population(data, members, config)
+  results = driver.train_population(data, members, config)
   return data, [Problem.for_module(r.model, r.params, data.x, data.y)
                 for r in results]
 
@@ -172,25 +173,25 @@ def main() -> None:
   print("truth residuals <= "
         f"{max(t[2] / max(abs(t[0]), abs(t[1])) for t in truth):.1e} "
         "relative", flush=True)
-  groups = batch_refine.group_by_shape(problems)
+  groups = lanes.group_by_shape(problems)
   ends = lambda found: [(e.lambda_min, e.lambda_max) for e in found]
   runs = {
       "lminima certify_many (batched Lanczos, tol 1e-8)": timed(
-          lambda: ends(batch_refine.per_shape_group(
-              batch_refine.certify_many, problems))),
+          lambda: ends(lanes.per_shape_group(
+              batched_certificates.certify_many, problems))),
       "lminima certificate, one at a time (tol 1e-8)": timed(
           lambda: ends(map(certify.certificate, problems))),
   }
-  cold, warm, equal = timed(lambda: batch_refine.per_shape_group(
-      functools.partial(batch_refine.extreme_eigs_many, tol=TARGET),
+  cold, warm, equal = timed(lambda: lanes.per_shape_group(
+      functools.partial(batched_certificates.extreme_eigs_many, tol=TARGET),
       problems))
   runs["lminima extreme_eigs_many (batched, tol 1e-6)"] = (cold, warm,
                                                           ends(equal))
   tols = {}
   for group in groups:
     for tol in LMINIMA_TOLS:
-      found = batch_refine.extreme_eigs_many([problems[i] for i in group],
-                                             tol=tol)
+      found = batched_certificates.extreme_eigs_many(
+          [problems[i] for i in group], tol=tol)
       if all(errors((e.lambda_min, e.lambda_max), truth[i]) <= TARGET
              for e, i in zip(found, group)):
         break
@@ -198,8 +199,8 @@ def main() -> None:
     print(f"lminima calibrated: tol {tol:g} at P = "
           f"{problems[group[0]].n_params}", flush=True)
   runs[f"lminima extreme_eigs_many (batched, tol {tols}, calibrated)"] = (
-      timed(lambda: ends(batch_refine.per_shape_group(
-          lambda group: batch_refine.extreme_eigs_many(
+      timed(lambda: ends(lanes.per_shape_group(
+          lambda group: batched_certificates.extreme_eigs_many(
               group, tol=tols[group[0].n_params]), problems))))
   print("lminima timed", flush=True)
   steps = {}
@@ -230,8 +231,8 @@ def main() -> None:
   refine = functools.partial(refinement.refine, method="newton_mr",
                              max_iters=args.refine_iters)
   refined_seq = timed(lambda: list(map(refine, problems)))
-  refined_bat = timed(lambda: batch_refine.per_shape_group(
-      functools.partial(batch_newton_mr.refine_newton_mr_many,
+  refined_bat = timed(lambda: lanes.per_shape_group(
+      functools.partial(batched_newton_mr.refine_newton_mr_many,
                         max_iters=args.refine_iters), problems))
   same_stop = sum(a.stop_reason == b.stop_reason
                   for a, b in zip(refined_seq[2], refined_bat[2]))

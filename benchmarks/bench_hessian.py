@@ -39,13 +39,13 @@ import jax
 import jax.numpy as jnp
 
 import lminima  # noqa: F401  (float64)
-from lminima import hessian
-from lminima import lanczos
-from lminima import provenance
-from lminima import stochastic
+from lminima.core import hessian
+from lminima.core import provenance
+from lminima.core.losses import squared_loss
+from lminima.core.models import MLP
 from lminima.data import synthetic
-from lminima.losses import squared_loss
-from lminima.models import MLP
+from lminima.linalg import lanczos
+from lminima.linalg import slq
 
 import torch
 
@@ -89,7 +89,7 @@ class Case:
 
   @staticmethod
   def criterion(out, target):
-    # c = 1/(2m), the "mean" normalization of lminima.losses.
+    # c = 1/(2m), the "mean" normalization of lminima.core.losses.
     return 0.5 * torch.sum((out - target) ** 2) / out.shape[0]
 
   def _torch_model(self) -> torch.nn.Module:
@@ -360,7 +360,7 @@ def trace_section(problem, truth, args, lines):
 
   def ours():
     matvec, dim = hessian.hvp_operator(problem.loss_fn, problem.params)
-    return stochastic.hutchinson_trace(matvec, dim, key=jax.random.PRNGKey(0),
+    return slq.hutchinson_trace(matvec, dim, key=jax.random.PRNGKey(0),
                                        num_probes=num)[0]
 
   def pyh():
@@ -398,7 +398,7 @@ def density_section(problem, truth, args, lines):
 
   def ours():
     matvec, dim = hessian.hvp_operator(problem.loss_fn, problem.params)
-    d = stochastic.slq_density(matvec, dim, key=jax.random.PRNGKey(0),
+    d = slq.slq_density(matvec, dim, key=jax.random.PRNGKey(0),
                                num_probes=probes, num_iters=steps)
     return d.nodes, d.weights
 

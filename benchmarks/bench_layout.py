@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lminima import losses
-from lminima import provenance
-from lminima.models import MLP
+from lminima.core import losses
+from lminima.core import provenance
+from lminima.core.models import MLP
 
 
 def member_step_us(model: MLP, apply, m: int, members: int, steps: int,

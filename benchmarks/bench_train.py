@@ -4,7 +4,7 @@ Trains the grid depths x widths x seeds (tanh MLPs, full-batch gradient
 descent with learning rate 0.05, mean-normalized squared loss, synthetic data
 m x 10 -> 2) four ways on the same data and the same initial parameters:
 
-1. ``lminima.train.train_population`` with ``width_strategy`` "auto", and
+1. ``lminima.train.driver.train_population`` with ``width_strategy`` "auto", and
    separately "per_width" and "masked";
 2. the loop a JAX user writes: per configuration, ``jit`` of a ``lax.scan``
    over all steps (compiled once per architecture, reused for every seed);
@@ -24,7 +24,7 @@ losses are compared with lminima's (accuracy first).
 
 With ``--fresh``, lminima auto and the scan loop are also timed end to end
 in fresh processes: first with an empty persistent compilation cache, then
-with the cache that run wrote (``lminima.cache``).
+with the cache that run wrote (``lminima.train.cache``).
 
 Usage:
   python benchmarks/bench_train.py            # full grid, 5 repetitions
@@ -53,11 +53,17 @@ try:
 except ImportError:  # the PyTorch peer (and its matmul) are then skipped
   torch = None
 
+from lminima import data
 import lminima
-from lminima import cache, data, losses, models, planner, population
-from lminima import provenance
-from lminima import train
-from lminima.population import Member, TrainConfig, member_model
+from lminima.core import losses
+from lminima.core import models
+from lminima.core import provenance
+from lminima.train import cache
+from lminima.train import calibration
+from lminima.train import driver
+from lminima.train import planner
+from lminima.train import population
+from lminima.train.population import Member, TrainConfig, member_model
 
 LEARNING_RATE = 0.05
 D_X, D_Y = 10, 2
@@ -118,7 +124,7 @@ def initial_params(members, config):
 
 
 def run_lminima(ds, members, config, strategy):
-  results = train.train_population(ds, members, config,
+  results = driver.train_population(ds, members, config,
                                    width_strategy=strategy)
   return np.array([r.loss for r in results])
 
@@ -277,7 +283,7 @@ def main():
     run = {"auto": lambda: run_lminima(ds, members, config, "auto"),
            "scan": lambda: run_scan_jax(ds, members, config)}[args.child]
     if args.child == "auto":
-      train.backend_cost_model()  # measured once per machine, not per run
+      calibration.backend_cost_model()  # measured once per machine, not per run
     seconds, _ = timed(run)
     print(json.dumps({"seconds": seconds}))
     return
@@ -334,7 +340,7 @@ def main():
   ours = "lminima auto"
   plan = planner.plan_groups(members, D_X, D_Y, config,
                              width_strategy="auto", batch=args.m,
-                             cost_model=train.backend_cost_model())
+                             cost_model=calibration.backend_cost_model())
   info = machine_info()
   lines = [
       "# Population training benchmark (bench_train.py)", "",

@@ -34,8 +34,8 @@ import numpy as np
 import scipy.optimize
 
 from lminima import data as data_lib  # also turns on float64 (jax_enable_x64)
-from lminima import experiment
-from lminima import records
+from lminima.study import cli
+from lminima.study import records
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "the sweep's work directory",
                                required=True)
@@ -145,4 +145,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  experiment.run_script(main, interrupted="nothing was written; rerun it")
+  cli.run_script(main, interrupted="nothing was written; rerun it")

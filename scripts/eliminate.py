@@ -5,62 +5,70 @@ network trained and refined; the augmented network (one neuron a_k exp(w_k . x
 + b_k) per output, penalty lam/2 ||a||^2) trained and refined from the same
 start; and the augmented objective refined from the plain member's refined
 point with a = 0. Every end point is certified. Writes results.jsonl (one row
-per member and variant), config.json and report.md into --workdir
-(lminima.eliminate_study; docs/theory.md#eliminating-bad-local-minima).
+per member and variant), config.json and report.md into the workdir
+(lminima.related.eliminate.study; docs/theory.md#eliminating-bad-local-minima).
 
-  python scripts/eliminate.py --workdir=runs/eliminate
+  python scripts/eliminate.py                        # runs/eliminate
+  python scripts/eliminate.py --config=lminima/configs/eliminate.py:smoke
   python scripts/eliminate.py --smoke --workdir=/tmp/eliminate_smoke  # < 1 min
+
+A config file (``--config=FILE[:ARG]``; default lminima/configs/eliminate.py)
+has every field overridable as ``--config.FIELD=value``; the short flags
+below apply on top when given.
 """
 
 import os
 
 from absl import flags
+from ml_collections import config_flags
 
-from lminima import eliminate_study
-from lminima import experiment
-from lminima import records
+from lminima import configs
+from lminima.configs import eliminate as eliminate_file
+from lminima.related.eliminate import study as eliminate_study
+from lminima.study import cli
+from lminima.study import records
 
 _DEFAULTS = eliminate_study.get_config()
 
-_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny run (one width, two seeds, "
-                           "short training); other flags still apply.")
-_WORKDIR = flags.DEFINE_string("workdir", _DEFAULTS.workdir,
-                               "Where results go.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The experiment's config file, FILE[:ARG] (default: "
+    "lminima/configs/eliminate.py); override its fields with "
+    "--config.FIELD=value.", lock_config=True)
+_SMOKE = flags.DEFINE_bool("smoke", False, "The smoke variant's fields "
+                           "(lminima/configs/eliminate.py:smoke: one width, "
+                           "two seeds, short training) on top of --config.")
 _LOSSES = flags.DEFINE_list("losses", None, "squared and/or cross_entropy "
                             f"(default {','.join(_DEFAULTS.losses)}).")
 _WIDTHS = flags.DEFINE_list("widths", None, "Hidden widths (default "
                             f"{','.join(map(str, _DEFAULTS.widths))}).")
 _M = flags.DEFINE_integer("m", None, "Number of samples (default "
                           f"{_DEFAULTS.data.m}).")
-# Flags copied to the config field of the same name when given.
-_FIELDS = {name: define(name, None, f"{help_text} (default "
-                        f"{_DEFAULTS[name]}).")
-           for define, name, help_text in (
-               (flags.DEFINE_integer, "num_seeds", "Seeds per width"),
-               (flags.DEFINE_integer, "steps", "Adam steps"),
-               (flags.DEFINE_float, "lam", "Penalty weight lam > 0"),
-               (flags.DEFINE_integer, "refine_max_iters",
-                "LM iterations per refinement"),
-               (flags.DEFINE_integer, "continue_iters",
-                "Further LM iterations without the escape stop"))}
+_FIELDS = cli.define_field_flags(_DEFAULTS, {
+    "workdir": "Where results go.",
+    "num_seeds": "Seeds per width.",
+    "steps": "Adam steps.",
+    "lam": "Penalty weight lam > 0.",
+    "refine_max_iters": "LM iterations per refinement.",
+    "continue_iters": "Further LM iterations without the escape stop."})
 
 
 def config_from_flags():
-  """The default (or smoke) config with the command-line flags applied."""
-  config = eliminate_study.get_config("smoke" if _SMOKE.value else "default")
-  config.workdir = _WORKDIR.value
+  """The --config file's config with --smoke and the short flags applied."""
+  config = _CONFIG.value or configs.load("eliminate")
+  if _SMOKE.value:
+    configs.with_variant(config, "eliminate", "smoke", eliminate_file.VARIANTS)
   if _LOSSES.value is not None:
     config.losses = tuple(_LOSSES.value)
   if _WIDTHS.value is not None:
-    config.widths = experiment.number_list("widths", _WIDTHS.value)
+    config.widths = cli.number_list("widths", _WIDTHS.value)
   if _M.value is not None:
     config.data.m = _M.value
-  experiment.set_given(config, _FIELDS)
+  cli.set_given(config, _FIELDS)
   return config
 
 
 def main(argv):
-  experiment.main(
+  cli.main(
       argv, config_from_flags=config_from_flags,
       validate_config=eliminate_study.validate_config,
       run=eliminate_study.run,
@@ -71,6 +79,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  experiment.run_script(
+  cli.run_script(
       main, interrupted="rerun the same command to resume; finished members "
       "are kept")

@@ -3,7 +3,7 @@
 For every --workdir, reads all its results files (shards merged) and writes
 report.md (the claims table (A)-(E), members by outcome, certified minima per
 cell), claims.json, summary.csv and the figures (i)-(v) beside them
-(lminima.report.write_report). ``scripts/depth_width.py`` calls the same
+(lminima.study.report.write_report). ``scripts/depth_width.py`` calls the same
 function at the end of a sweep; run this one to redo the report, or on a
 workdir that several shard processes filled. With --combined, the claims
 tables of all workdirs go into one markdown file, one section per study.
@@ -18,10 +18,10 @@ import sys
 
 from absl import flags
 
-from lminima import claims
-from lminima import experiment
-from lminima import records
-from lminima import report
+from lminima.study import claims
+from lminima.study import cli
+from lminima.study import records
+from lminima.study import report
 
 _WORKDIRS = flags.DEFINE_list("workdir", None, "Work directories of studies "
                               "(comma-separated).", required=True)
@@ -70,5 +70,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  experiment.run_script(
+  cli.run_script(
       main, interrupted="rerun the same command for the whole report")

@@ -1,69 +1,77 @@
 """Small-batch vs large-batch training: sharpness of the minima reached.
 
 Keskar et al. (ICLR 2017) report that large batches reach sharper minima that
-generalize worse. This trains --num_seeds seeds at batch --small_batch and at
---large_batch_fraction of the training set (one population each) on offline
+generalize worse. This trains num_seeds seeds at batch small_batch and at
+large_batch_fraction of the training set (one population each) on offline
 MNIST, measures train loss, test accuracy, the epsilon-sharpness (full space
 and a random subspace) and lambda_max of every member, and writes
-results.jsonl, interpolation.json, interpolation.png and report.md into
---workdir (lminima.sharpness_study.run; docs/theory.md#sharpness).
+results.jsonl, interpolation.json, interpolation.png and report.md into the
+workdir (lminima.related.sharpness.study.run; docs/theory.md#sharpness).
 
-  python scripts/sharpness.py --workdir=runs/sharpness
-  python scripts/sharpness.py --smoke --workdir=/tmp/sharpness_smoke   # < 1 min
+  python scripts/sharpness.py                        # runs/sharpness
+  python scripts/sharpness.py --config=lminima/configs/sharpness.py:smoke
+  python scripts/sharpness.py --smoke --workdir=/tmp/sharpness_smoke  # < 1 min
+
+A config file (``--config=FILE[:ARG]``; default lminima/configs/sharpness.py)
+has every field overridable as ``--config.FIELD=value``; the short flags
+below apply on top when given.
 """
 
+
 from absl import flags
+from ml_collections import config_flags
 
+from lminima import configs
+from lminima.configs import sharpness as sharpness_file
 from lminima import data as data_lib
-from lminima import experiment
-from lminima import records
-from lminima import sharpness_config
-from lminima import sharpness_study
+from lminima.related.sharpness import config as sharpness_config
+from lminima.related.sharpness import study as sharpness_study
+from lminima.study import cli
+from lminima.study import records
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where results go (default: "
-                               "runs/sharpness, smoke: runs/sharpness_smoke).")
-_SMOKE = flags.DEFINE_bool("smoke", False, "A tiny run (under a minute): few "
-                           "images, seeds and epochs.")
-_DATASET = flags.DEFINE_string("dataset", None, "mnist5k or digits.")
+_DEFAULTS = sharpness_config.get_config()
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "The experiment's config file, FILE[:ARG] (default: "
+    "lminima/configs/sharpness.py); override its fields with "
+    "--config.FIELD=value.", lock_config=True)
+_SMOKE = flags.DEFINE_bool("smoke", False, "The smoke variant's fields "
+                           "(lminima/configs/sharpness.py:smoke: few images, "
+                           "seeds and epochs) on top of --config.")
 _EPS = flags.DEFINE_list("eps", None, "Box scales epsilon of the sharpness.")
-_INTS = {name: flags.DEFINE_integer(name, None, help_text) for name, help_text
-         in (("n_train", "Training images."),
-             ("n_test", "Held-out test images."),
-             ("data_seed", "Seed of the image sample."),
-             ("depth", "Hidden layers."),
-             ("width", "Hidden units per layer."),
-             ("epochs", "Epochs at every batch size."),
-             ("small_batch", "The small batch size."),
-             ("num_seeds", "Seeds per batch size."),
-             ("subspace_dim", "Random subspace dimension (0: full space "
-              "only)."),
-             ("sharpness_iters", "Iterations of the inner maximization."))}
-_FLOATS = {name: flags.DEFINE_float(name, None, help_text) for name, help_text
-           in (("learning_rate", "Learning rate."),
-               ("large_batch_fraction", "Large batch as a share of the "
-                "training set."))}
-_STRINGS = {name: flags.DEFINE_string(name, None, help_text)
-            for name, help_text
-            in (("activation", "Hidden activation."),
-                ("optimizer", "sgd, momentum or adam."),
-                ("sharpness_method", "lbfgsb or projected_gradient."))}
+_FIELDS = cli.define_field_flags(_DEFAULTS, {
+    "workdir": "Where results go.",
+    "dataset": "mnist5k or digits.",
+    "n_train": "Training images.",
+    "n_test": "Held-out test images.",
+    "data_seed": "Seed of the image sample.",
+    "depth": "Hidden layers.",
+    "width": "Hidden units per layer.",
+    "epochs": "Epochs at every batch size.",
+    "small_batch": "The small batch size.",
+    "num_seeds": "Seeds per batch size.",
+    "subspace_dim": "Random subspace dimension (0: full space only).",
+    "sharpness_iters": "Iterations of the inner maximization.",
+    "learning_rate": "Learning rate.",
+    "large_batch_fraction": "Large batch as a share of the training set.",
+    "activation": "Hidden activation.",
+    "optimizer": "sgd, momentum or adam.",
+    "sharpness_method": "lbfgsb or projected_gradient."})
 
 
 def config_from_flags():
-  """The default (or smoke) config with the given flags applied."""
-  config = sharpness_config.get_config("smoke" if _SMOKE.value else "")
-  experiment.set_given(config, {**_INTS, **_FLOATS, **_STRINGS})
-  if _DATASET.value is not None:
-    config.dataset = _DATASET.value
+  """The --config file's config with --smoke and the short flags applied."""
+  config = _CONFIG.value or configs.load("sharpness")
+  if _SMOKE.value:
+    configs.with_variant(config, "sharpness", "smoke", sharpness_file.VARIANTS)
+  cli.set_given(config, _FIELDS)
   if _EPS.value is not None:
-    config.eps = experiment.number_list("eps", _EPS.value, float)
-  if _WORKDIR.value is not None:
-    config.workdir = _WORKDIR.value
+    config.eps = cli.number_list("eps", _EPS.value, float)
   return config
 
 
 def main(argv):
-  experiment.main(
+  cli.main(
       argv, config_from_flags=config_from_flags,
       validate_config=sharpness_config.validate_config,
       run=sharpness_study.run,
@@ -75,6 +83,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  experiment.run_script(
+  cli.run_script(
       main, interrupted="a sharpness run does not resume; rerun with a new "
       "--workdir (or delete that one)")

@@ -13,10 +13,10 @@ import sys
 import jax
 from absl import flags
 
-from lminima import records
-from lminima import experiment
-from lminima import figures
-from lminima import spectrum
+from lminima.critical import spectrum
+from lminima.study import cli
+from lminima.study import figures
+from lminima.study import reload
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/depth_width",
                                "Workdir of a finished depth_width.py run.")
@@ -34,7 +34,7 @@ def main(argv):
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   depth, width, seed = _DEPTH.value, _WIDTH.value, _SEED.value
   try:
-    problem, row = records.load_member(_WORKDIR.value, depth, width, seed)
+    problem, row = reload.load_member(_WORKDIR.value, depth, width, seed)
     result = spectrum.hessian_spectrum(
         problem, key=jax.random.PRNGKey(seed), num_probes=_NUM_PROBES.value,
         num_iters=_NUM_ITERS.value)
@@ -62,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  experiment.run_script(main, interrupted="nothing written")
+  cli.run_script(main, interrupted="nothing written")

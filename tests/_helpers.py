@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lminima.losses import loss_scale  # importing lminima enables float64
+from lminima.core.losses import loss_scale  # importing lminima enables float64
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,7 +99,7 @@ def mlp_problem(widths, activation="tanh", bias=True, m=40, d_in=3, d_out=2,
                 seed=0):
   """(params, loss_fn): a float64 MLP (tuple of layer dicts) with a mean
   squared loss on Gaussian data; self-contained, independent of
-  lminima.models."""
+  lminima.core.models."""
   sizes = (d_in, *widths, d_out)
   keys = jax.random.split(jax.random.PRNGKey(seed), 2 * len(sizes))
   params = tuple(

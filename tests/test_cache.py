@@ -11,7 +11,7 @@ from absl.testing import absltest
 _SCRIPT = """
 import contextlib, sys
 import jax, jax.numpy as jnp
-from lminima import cache
+from lminima.train import cache
 cache.enable_compilation_cache(sys.argv[1])
 hits = []
 jax.monitoring.register_event_listener(

@@ -1,4 +1,4 @@
-"""Tests of lminima.certify (and of Problem's input checks) against
+"""Tests of lminima.critical.certify (and of Problem's input checks) against
 independent references: analytic spectra, numpy linear algebra, closed forms.
 
 Every verdict, index and n_flat below is an exact expectation derived from a
@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import lminima
-from lminima.losses import loss_scale
-from lminima.models import MLP
-from lminima.certify import VERDICTS
-from lminima.tolerances import Tolerances
+from lminima.core.losses import loss_scale
+from lminima.core.models import MLP
+from lminima.core.tolerances import Tolerances
+from lminima.critical.certify import VERDICTS
 
 from _helpers import flax_variables, gaussian_data
 from _helpers import linear_net_spectrum_at_origin
@@ -145,7 +145,7 @@ class DenseResidualsTest(absltest.TestCase):
     np.testing.assert_allclose(hessian, x.T @ x / 12, rtol=1e-12, atol=0)
     np.testing.assert_array_equal(hessian[:3, 3:], 0.0)
     lam, vecs = np.linalg.eigh(hessian)
-    expected = lminima.certify.end_residuals(hessian, lam, vecs)
+    expected = lminima.critical.certify.end_residuals(hessian, lam, vecs)
     self.assertLess(lam[2], 1e-5)  # the small block's three
     self.assertGreater(lam[3], 1e-2)
     # Clearly different, so a residual of the other pair fails the pin.

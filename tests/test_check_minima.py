@@ -11,7 +11,7 @@ import tempfile
 from absl.testing import absltest
 import numpy as np
 
-from lminima import sweep
+from lminima.study import sweep
 
 from _helpers import run_script
 

@@ -1,14 +1,14 @@
-"""lminima.claims on hand-built rows whose answers are known, including rows
-where a claim fails and where its test is uninformative."""
+"""lminima.study.claims on hand-built rows whose answers are known, including
+rows where a claim fails and where its test is uninformative."""
 
 import re
 
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from lminima import claims
-from lminima import fate
-from lminima.tolerances import DEFAULT, Tolerances
+from lminima.core.tolerances import DEFAULT, Tolerances
+from lminima.critical import outcomes
+from lminima.study import claims
 
 LINEAR = 0.5
 REFERENCE = 1.0  # the zero predictor's loss: zero loss is L <= 1e-28 here
@@ -57,7 +57,7 @@ class OutcomeTest(parameterized.TestCase):
     self.assertIn(expected, claims.OUTCOMES)
 
   def test_outcomes_are_the_members_and_uncertified(self):
-    self.assertEqual(claims.OUTCOMES, fate.OUTCOMES + ("uncertified",))
+    self.assertEqual(claims.OUTCOMES, outcomes.OUTCOMES + ("uncertified",))
     self.assertLen(set(claims.OUTCOMES), len(claims.OUTCOMES))
     self.assertNotIn("not_critical", claims.OUTCOMES)
 
@@ -261,7 +261,7 @@ class ClaimsTableTest(absltest.TestCase):
     self.assertEqual([(a, b, ok) for a, b, *_, ok in comparisons],
                      [((1, 2), (1, 4), True), ((1, 4), (1, 8), False),
                       ((1, 2), (2, 2), True)])
-    # The values themselves are tested as statistics (lminima.trend); the
+    # The values themselves are tested as statistics (lminima.study.trend); the
     # table keeps only (E)'s rank row.
     (entry,) = [e for e in claims.claims_table(rows) if e["claim"] == "E"]
     self.assertIn("rank D", entry["test"])

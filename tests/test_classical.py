@@ -1,6 +1,6 @@
 """Classical optima against numpy.linalg.lstsq and scikit-learn.
 
-Kernel regression is tested in test_kernels.py.
+Kernel regression is tested in test_kernel_regression.py.
 """
 
 import json
@@ -14,8 +14,8 @@ from sklearn import linear_model
 from sklearn import preprocessing
 
 import lminima
-from lminima import classical
-from lminima import models
+from lminima.core import models
+from lminima.theory import classical
 
 from _helpers import assert_raises_on_data, assert_sum_is_m_times_mean
 from _helpers import gaussian_data, lstsq_loss
@@ -301,12 +301,12 @@ class BadInputTest(parameterized.TestCase):
       ("hidden_not_mlp", lambda x, y: classical.hidden_features(
           lminima.Problem(_two_layer, {"w1": np.ones((4, 3)),
                                        "w2": np.ones((3, 2))}, x, y)),
-       "needs a problem of an lminima.models.MLP"),
+       "needs a problem of an lminima.core.models.MLP"),
       ("hidden_optimum_not_mlp", lambda x, y:
        classical.hidden_features_optimum(
            lminima.Problem(_two_layer, {"w1": np.ones((4, 3)),
                                         "w2": np.ones((3, 2))}, x, y)),
-       "needs a problem of an lminima.models.MLP"),
+       "needs a problem of an lminima.core.models.MLP"),
   )
   def test_raises(self, call, message):
     assert_raises_on_data(self, call, message)

@@ -9,16 +9,16 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import tensorflow_datasets as tfds
 
-from lminima import certify
-from lminima import claims
 from lminima import configs
-from lminima import fate
-from lminima import population
-from lminima import records
-from lminima import report
-from lminima import sweep
+from lminima.critical import certify
+from lminima.critical import outcomes
+from lminima.study import claims
+from lminima.study import records
+from lminima.study import report
+from lminima.study import sweep
+from lminima.train import population
 
-from lminima.models import MLP
+from lminima.core.models import MLP
 
 from _helpers import REPO, assert_one_line_error, run_script, start_script
 
@@ -109,8 +109,8 @@ class ConfigFilesTest(parameterized.TestCase):
                        row.get("error"))
       if row.get("diverged"):
         continue
-      self.assertIn(row["outcome"], fate.OUTCOMES)
-      if row["outcome"] in fate.DECIDED_BY_CERTIFICATE:
+      self.assertIn(row["outcome"], outcomes.OUTCOMES)
+      if row["outcome"] in outcomes.DECIDED_BY_CERTIFICATE:
         self.assertEqual(row["verdict"], row["outcome"])
         self.assertIn(row["verdict"], certify.VERDICTS)
       else:

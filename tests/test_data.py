@@ -17,7 +17,7 @@ from sklearn import datasets as sklearn_datasets
 import tensorflow_datasets as tfds
 
 from lminima import data
-from lminima import images
+from lminima.data import images
 
 _MOCK_SIZE = 200
 _TFDS_SHAPES = (("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3)),
@@ -385,7 +385,7 @@ class FromArraysTest(parameterized.TestCase):
     ds = data.from_arrays(np.ones((3, 2)), np.ones(3), name="lab")
     with self.assertRaisesRegex(
         data.DataError, r"arrays 'lab' .* cannot rebuild them; pass the same "
-        r"arrays again, e.g. records.load_member\(.*data="):
+        r"arrays again, e.g. lminima.study.reload.load_member\(.*data="):
       data.load(**json.loads(json.dumps(ds.provenance)))
 
   def test_check_provenance(self):

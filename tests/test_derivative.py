@@ -1,4 +1,4 @@
-"""Tests of lminima.derivative: D(theta) against independent references.
+"""Tests of lminima.core.derivative: D(theta) against independent references.
 
 References: central finite differences of the outputs, jax.grad of a loss
 written out here, closed forms of the blocks from a numpy forward pass.
@@ -12,8 +12,8 @@ from jax.flatten_util import ravel_pytree
 import numpy as np
 
 import lminima
-from lminima import derivative
-from lminima.models import ACTIVATIONS, MLP
+from lminima.core import derivative
+from lminima.core.models import ACTIVATIONS, MLP
 
 NUMPY_ACTIVATIONS = {
     "relu": lambda z: np.maximum(z, 0),
@@ -26,7 +26,7 @@ NUMPY_ACTIVATIONS = {
 
 
 def _c(normalization, m):
-  """The loss constant, written out (not lminima.losses.loss_scale)."""
+  """The loss constant, written out (not lminima.core.losses.loss_scale)."""
   return {"sum": 0.5, "mean": 0.5 / m}[normalization]
 
 

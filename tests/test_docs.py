@@ -11,7 +11,7 @@ from absl.testing import parameterized
 
 import lminima
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(lminima.__path__,
+MODULES = sorted(m.name for m in pkgutil.walk_packages(lminima.__path__,
                                                        "lminima."))
 
 
@@ -19,11 +19,12 @@ class DocstringExamplesTest(parameterized.TestCase):
 
   def test_every_module_is_listed(self):
     self.assertContainsSubset(
-        {"lminima.problem", "lminima.refinement", "lminima.certify",
-         "lminima.theory", "lminima.derivative", "lminima.classical",
-         "lminima.kernels", "lminima.hessian", "lminima.lanczos",
-         "lminima.stochastic", "lminima.train", "lminima.records",
-         "lminima.sweep"}, MODULES)
+        {"lminima.core.problem", "lminima.critical.refinement",
+         "lminima.critical.certify", "lminima.theory.identities",
+         "lminima.core.derivative", "lminima.theory.classical",
+         "lminima.theory.kernel_regression", "lminima.core.hessian",
+         "lminima.linalg.lanczos", "lminima.linalg.slq", "lminima.train.driver",
+         "lminima.study.records", "lminima.study.sweep"}, MODULES)
 
   def test_docstrings_point_to_the_projects_own_docs(self):
     theory_md = os.path.join(os.path.dirname(os.path.dirname(__file__)),

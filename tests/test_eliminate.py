@@ -10,17 +10,19 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 
-import lminima
-from lminima import certify
+from lminima import configs
 from lminima import data as data_lib
-from lminima import eliminate
-from lminima import eliminate_report
-from lminima import eliminate_study
-from lminima import models
-from lminima import records
-from lminima.problem import ModuleMethod, Objective
+import lminima
+from lminima.core import models
+from lminima.core.problem import ModuleMethod, Objective
+from lminima.critical import certify
+from lminima.related.eliminate import augmented as eliminate
+from lminima.related.eliminate import report as eliminate_report
+from lminima.related.eliminate import study as eliminate_study
+from lminima.related.eliminate import training
+from lminima.study import records
 
-from _helpers import assert_one_line_error, run_script
+from _helpers import REPO, assert_one_line_error, run_script
 
 
 def _random_point(loss, seed=0, m=7, d_x=3, d_y=2):
@@ -116,18 +118,18 @@ class TransformTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "not an augmented problem"):
       eliminate.a_bound(plain)
     with self.assertRaisesRegex(ValueError, "need steps > 0"):
-      eliminate.train(plain.objective, variables, x, y, steps=0)
+      training.train(plain.objective, variables, x, y, steps=0)
     for change, message in ((("widths", ()), "--widths"),
                             (("losses", ("hinge",)), "--losses"),
                             (("lam", 0.0), "--lam"),
                             (("escape_ratio", 1.0), "--escape_ratio"),
                             (("num_seeds", 0), "--num_seeds")):
-      config = eliminate_study.get_config("smoke")
+      config = configs.load("eliminate", "smoke")
       config[change[0]] = change[1]
       with self.assertRaisesRegex(ValueError, message):
         eliminate_study.validate_config(config)
     with self.assertRaisesRegex(ValueError, "variant"):
-      eliminate_study.get_config("huge")
+      configs.load("eliminate", "huge")
 
 
 class CriticalPointsTest(absltest.TestCase):
@@ -144,7 +146,7 @@ class CriticalPointsTest(absltest.TestCase):
       problem = eliminate.augmented_problem(
           model, model.init_params(key), ds.x, ds.y, lam=0.1,
           key=jax.random.fold_in(key, 1))
-      trained = eliminate.train(problem.objective, problem.params, ds.x, ds.y,
+      trained = training.train(problem.objective, problem.params, ds.x, ds.y,
                                 steps=500)
       result = lminima.refine(problem.at(trained.params), max_iters=100)
       refined = problem.at(result.params)
@@ -174,7 +176,7 @@ class EscapeTest(absltest.TestCase):
     objective = Objective(ModuleMethod(cls.model))
     cls.certified = []  # (value, refined params)
     for seed in range(6):
-      trained = eliminate.train(
+      trained = training.train(
           objective, cls.model.init_params(jax.random.PRNGKey(seed)),
           cls.ds.x, cls.ds.y, steps=2000)
       problem = lminima.Problem.for_module(cls.model, trained.params,
@@ -233,16 +235,19 @@ class ScriptTest(absltest.TestCase):
 
   def test_smoke_run_writes_rows_and_report(self):
     workdir = tempfile.mkdtemp()
-    result = run_script("eliminate.py", "--smoke", f"--workdir={workdir}")
+    # The config-file form; test_sharpness.py runs the short --smoke form.
+    config_file = os.path.join(REPO, "lminima", "configs", "eliminate.py")
+    result = run_script("eliminate.py", f"--config={config_file}:smoke",
+                        f"--config.workdir={workdir}")
     self.assertEqual(result.returncode, 0, result.stderr)
     rows = records.read_rows(os.path.join(workdir, records.RESULTS_FILE))
-    config = eliminate_study.get_config("smoke")
+    config = configs.load("eliminate", "smoke")
     self.assertLen(rows, len(config.losses) * len(config.widths)
                    * config.num_seeds * len(eliminate_study.VARIANTS))
     for row in rows:
       self.assertContainsSubset(set(row), eliminate_study.ROW_FIELDS)
       self.assertEqual(row["versions"]["jax"],
-                       lminima.provenance.library_versions()["jax"])
+                       lminima.core.provenance.library_versions()["jax"])
       self.assertIn(row["verdict"], certify.VERDICTS)
       # LM only accepts steps that decrease the objective.
       self.assertLessEqual(row["loss_refined"], row["loss_start"])

@@ -1,4 +1,5 @@
-"""lminima.eta: the remaining-time model, and its error on a small study."""
+"""lminima.study.eta: the remaining-time model, and its error on a small
+study."""
 
 import tempfile
 import time
@@ -8,10 +9,10 @@ import jax
 import numpy as np
 
 from lminima import data as data_lib
-from lminima import eta
-from lminima import models
-from lminima import sweep
-from lminima.problem import Problem
+from lminima.core import models
+from lminima.core.problem import Problem
+from lminima.study import eta
+from lminima.study import sweep
 
 
 class EtaModelTest(absltest.TestCase):

@@ -1,4 +1,4 @@
-"""Tests for lminima.hessian against independent references.
+"""Tests for lminima.core.hessian against independent references.
 
 References: central finite differences of jax.grad and dense products with
 the finite-difference-checked dense Hessian.
@@ -11,7 +11,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import lminima  # noqa: F401  (enables float64)
-from lminima import hessian
+from lminima.core import hessian
 
 from _helpers import mlp_problem
 

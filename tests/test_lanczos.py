@@ -1,4 +1,4 @@
-"""Tests for lminima.lanczos against independent references.
+"""Tests for lminima.linalg.lanczos against independent references.
 
 References: dense numpy.linalg.eigh / eigvalsh, synthetic matrices with
 prescribed spectra, and the Lanczos relations checked with the dense matrix.
@@ -12,8 +12,8 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import lminima  # noqa: F401  (enables float64)
-from lminima import hessian
-from lminima import lanczos
+from lminima.core import hessian
+from lminima.linalg import lanczos
 
 from _helpers import dense_matvec, matrix_with_spectrum, mlp_problem
 

@@ -1,5 +1,5 @@
-"""Tests for lminima.minres against numpy.linalg.solve and lstsq, and SciPy's
-minres."""
+"""Tests for lminima.linalg.minres against numpy.linalg.solve and lstsq, and
+SciPy's minres."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import lminima  # noqa: F401  (enables float64)
-from lminima.minres import STOPS, minres
+from lminima.linalg.minres import STOPS, minres
 
 from _helpers import dense_matvec, matrix_with_spectrum
 

@@ -7,9 +7,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import lminima
-from lminima import linalg
-from lminima import losses
-from lminima import models
+from lminima.core import losses
+from lminima.core import models
+from lminima.linalg import projections
 
 
 class MLPTest(parameterized.TestCase):
@@ -229,7 +229,7 @@ class ProjectTest(parameterized.TestCase):
     rng = np.random.default_rng(0)
     m = rng.standard_normal((20, 6)) @ rng.standard_normal((6, 9))  # rank 6
     y = rng.standard_normal((20, 2))
-    proj = linalg.project(m, y, scale=0.25)
+    proj = projections.project(m, y, scale=0.25)
     coef = np.linalg.lstsq(m, y, rcond=None)[0]
     self.assertEqual(proj.rank, 6)
     np.testing.assert_allclose(proj.fitted, m @ coef, atol=1e-10)
@@ -238,9 +238,9 @@ class ProjectTest(parameterized.TestCase):
 
   def test_bad_input(self):
     with self.assertRaisesRegex(ValueError, "rows"):
-      linalg.project(np.ones((3, 2)), np.ones(4))
+      projections.project(np.ones((3, 2)), np.ones(4))
     with self.assertRaisesRegex(ValueError, "NaN"):
-      linalg.project(np.full((3, 2), np.nan), np.ones(3))
+      projections.project(np.full((3, 2), np.nan), np.ones(3))
 
 
 if __name__ == "__main__":

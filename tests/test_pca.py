@@ -15,9 +15,9 @@ from sklearn import decomposition
 import tensorflow_datasets as tfds
 
 from lminima import data
-from lminima import images
-from lminima import records
-from lminima import sweep
+from lminima.data import images
+from lminima.study import records
+from lminima.study import sweep
 
 from _helpers import REPO, assert_one_line_error, run_script
 
@@ -156,7 +156,7 @@ class PcaConfigTest(absltest.TestCase):
       f.write("import sys\n"
               "from absl import flags\n"
               "from ml_collections import config_flags\n"
-              "from lminima import sweep\n"
+              "from lminima.study import sweep\n"
               "holder = config_flags.DEFINE_config_file('config', None, "
               "lock_config=True)\n"
               "flags.FLAGS(sys.argv)\n"

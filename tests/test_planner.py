@@ -1,4 +1,4 @@
-"""Tests for lminima.planner (program groups and their cost model)."""
+"""Tests for lminima.train.planner (program groups and their cost model)."""
 
 import dataclasses
 import itertools
@@ -10,9 +10,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from lminima import models
-from lminima import planner
-from lminima.population import Member, TrainConfig, training_flops
+from lminima.core import models
+from lminima.train import planner
+from lminima.train.population import Member, TrainConfig, training_flops
 
 
 class PlanGroupsTest(parameterized.TestCase):
@@ -155,8 +155,8 @@ class PlanGroupsTest(parameterized.TestCase):
 
   def test_planner_does_not_import_the_program(self):
     """The planner predicts from a CostModel; it never runs programs."""
-    code = ("import sys, lminima.planner; "
-            "print('lminima.program' in sys.modules)")
+    code = ("import sys, lminima.train.planner; "
+            "print('lminima.train.compiled' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], check=True,
                          capture_output=True, text=True).stdout
     self.assertEqual(out.strip(), "False")

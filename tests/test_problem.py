@@ -12,14 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import lminima
 from lminima import data
-from lminima import problem as problem_lib
-from lminima import sweep
-from lminima import euler
-from lminima import explain
-from lminima import theory
-from lminima.models import MLP
+import lminima
+from lminima.core import problem as problem_lib
+from lminima.core.models import MLP
+from lminima.study import sweep
+from lminima.theory import euler
+from lminima.theory import identities
+from lminima.theory import quantities
 
 
 class SmallCNN(nn.Module):
@@ -91,7 +91,7 @@ class AnyModelTest(parameterized.TestCase):
     hess = _finite_difference_hessian(refined)
     np.testing.assert_allclose(cert.lambda_min, np.linalg.eigvalsh(hess)[0],
                                atol=1e-5 * cert.lambda_max)
-    identity = theory.critical_point_identity(refined)
+    identity = identities.critical_point_identity(refined)
     self.assertGreater(identity.loss, 1e-5)
     # Identity (A) in both forms against numpy: L = c||(I - F F^+) Y||^2 with
     # F the features entering the output layer, and c||P_N[D] vec Y||^2.
@@ -110,7 +110,7 @@ class AnyModelTest(parameterized.TestCase):
         model, model.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 1))), x, y)
     with self.assertRaisesRegex(ValueError, "MLP family only"):
       euler.euler_identity(problem)
-    self.assertIsNone(explain.theory_record(problem)["euler_residual_max"])
+    self.assertIsNone(quantities.theory_record(problem)["euler_residual_max"])
 
 
 def _finite_difference_hessian(problem, step=1e-5):
@@ -234,7 +234,7 @@ class ProblemTest(parameterized.TestCase):
     np.testing.assert_allclose(problem.dense_hessian(),
                                _finite_difference_hessian(problem), atol=1e-7)
     with self.assertRaisesRegex(ValueError, "plain squared loss"):
-      theory.critical_point_identity(problem)
+      identities.critical_point_identity(problem)
     with self.assertRaisesRegex(ValueError, "unknown loss"):
       self._problem(loss="hinge")
 
@@ -242,7 +242,7 @@ class ProblemTest(parameterized.TestCase):
     problem = self._problem(memory_budget_bytes=100)
     with self.assertRaisesRegex(ValueError, "memory budget"):
       problem.dense_hessian()
-    record = explain.theory_record(problem)
+    record = quantities.theory_record(problem)
     self.assertIn("memory budget", record["full_D_skipped"])
 
 
@@ -254,7 +254,7 @@ class RegressionTest(absltest.TestCase):
   3554b8e) to these tolerances; they were recorded again when training began
   to start a whole depth in one program, whose compiled rounding moved some
   initial weights by 1 ulp and evaluates the first gradient in the depth's
-  widest network (BUILD_NOTES.md, "Fifth session"), and again when training
+  widest network (docs/design.md, "Training"), and again when training
   began to compute its layers features-major (float32 summation order; same
   verdicts and stop reasons), and when the certificate became relative to
   the loss with a descent probe and members got one outcome (the refined

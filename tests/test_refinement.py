@@ -1,4 +1,4 @@
-"""Tests of lminima.refinement against independent references.
+"""Tests of lminima.critical.refinement against independent references.
 
 References are closed forms (least squares, the spectrum of a linear network
 at its origin) or numpy recomputations (forward passes, finite differences),
@@ -15,11 +15,11 @@ import numpy as np
 import threadpoolctl
 
 import lminima
-from lminima import problem as problem_lib
-from lminima import refinement
-from lminima.losses import loss_scale
-from lminima.models import MLP
-from lminima.tolerances import Tolerances
+from lminima.core import problem as problem_lib
+from lminima.core.losses import loss_scale
+from lminima.core.models import MLP
+from lminima.core.tolerances import Tolerances
+from lminima.critical import refinement
 
 from _helpers import flax_variables, gaussian_data
 from _helpers import linear_net_spectrum_at_origin

@@ -1,7 +1,7 @@
 """report.summarize on hand-built rows: certified-minimum statistics use only
 local_min members, and zero-loss minima are counted apart; every count of
 members by outcome (report.md, summary.csv, claims.json, the sweep's totals)
-comes from lminima.claims.outcome."""
+comes from lminima.study.claims.outcome."""
 
 import collections
 import csv
@@ -12,11 +12,11 @@ import tempfile
 
 from absl.testing import absltest
 
-from lminima import claims
-from lminima import records
-from lminima import report
-from lminima import sweep
-from lminima.tolerances import DEFAULT, Tolerances
+from lminima.core.tolerances import DEFAULT, Tolerances
+from lminima.study import claims
+from lminima.study import records
+from lminima.study import report
+from lminima.study import sweep
 
 LINEAR = 0.5
 

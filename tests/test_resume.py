@@ -16,8 +16,8 @@ from unittest import mock
 import jax
 from absl.testing import absltest
 
-from lminima import records
-from lminima import sweep
+from lminima.study import records
+from lminima.study import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "depth_width.py")

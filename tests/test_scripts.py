@@ -12,8 +12,8 @@ import tempfile
 
 from absl.testing import absltest
 
-from lminima import experiment
-from lminima import records
+from lminima.study import cli
+from lminima.study import records
 
 from _helpers import REPO, run_script, script_command
 
@@ -40,7 +40,7 @@ class ScriptsTest(absltest.TestCase):
     for name in SCRIPTS:
       with open(os.path.join(REPO, "scripts", name)) as f:
         source = f.read()
-      self.assertIn("experiment.run_script(", source, name)
+      self.assertIn("cli.run_script(", source, name)
       self.assertNotIn("app.run(", source, name)
 
   def test_backend_probing_is_not_logged(self):
@@ -68,17 +68,17 @@ class ScriptsTest(absltest.TestCase):
     finally:
       process.kill()
       process.wait()
-    self.assertEqual(process.returncode, experiment.INTERRUPTED_STATUS,
+    self.assertEqual(process.returncode, cli.INTERRUPTED_STATUS,
                      stderr)
     self.assertEqual(stderr, "interrupted: rerun the same command to resume; "
                      "finished members are kept\n")
 
   def test_run_script_turns_keyboard_interrupt_into_one_line(self):
     # The helper alone, in a fresh Python (it ends the process).
-    program = ("from lminima import experiment\n"
+    program = ("from lminima.study import cli\n"
                "def main(argv):\n"
                "  raise KeyboardInterrupt\n"
-               "experiment.run_script(main, interrupted='nothing lost')\n")
+               "cli.run_script(main, interrupted='nothing lost')\n")
     result = subprocess.run([sys.executable, "-c", program],
                             capture_output=True, text=True, timeout=120,
                             check=False)

@@ -12,21 +12,22 @@ import numpy as np
 _SCRIPT = """
 import json, sys
 import jax
+from lminima import data
 import lminima
-from lminima import data, train
-from lminima.population import Member, TrainConfig
+from lminima.train import compiled, driver
+from lminima.train.population import Member, TrainConfig
 ds = data.synthetic(m=40, d_x=3, d_y=2, seed=0)
 members = [Member(d, w, s) for d in (1, 2) for w in (2, 5) for s in range(3)]
 config = TrainConfig(optimizer="adam", learning_rate=0.01, steps=60,
                      chunk_steps=20, batch_size=%s)
 used = set()
-run_chunk = train.program.run_chunk
+run_chunk = compiled.run_chunk
 def spy(state, *args, **kwargs):
   for leaf in jax.tree_util.tree_leaves(state.params):
     used.add(len(leaf.sharding.device_set))
   return run_chunk(state, *args, **kwargs)
-train.program.run_chunk = spy
-out = train.train_population(ds, members, config, width_strategy="masked")
+compiled.run_chunk = spy
+out = driver.train_population(ds, members, config, width_strategy="masked")
 print(json.dumps({"devices": sorted(used),
                   "loss": [r.loss for r in out],
                   "history": [r.loss_history.tolist() for r in out],

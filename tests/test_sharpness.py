@@ -10,10 +10,11 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import lminima
-from lminima import records
-from lminima import sharpness
-from lminima import sharpness_config
-from lminima import sharpness_study
+from lminima import configs
+from lminima.related.sharpness import config as sharpness_config
+from lminima.related.sharpness import measures as sharpness
+from lminima.related.sharpness import study as sharpness_study
+from lminima.study import records
 
 from _helpers import assert_one_line_error, assert_png_has_content
 from _helpers import run_script
@@ -158,7 +159,7 @@ class ExperimentTest(absltest.TestCase):
     cls.workdir = os.path.join(tempfile.mkdtemp(), "run")
     cls.result = run_script("sharpness.py", "--smoke",
                             f"--workdir={cls.workdir}")
-    cls.config = sharpness_config.get_config("smoke")
+    cls.config = configs.load("sharpness", "smoke")
     cls.rows = records.read_rows(os.path.join(cls.workdir,
                                               sharpness_config.RESULTS_FILE))
 
@@ -218,7 +219,7 @@ class ExperimentTest(absltest.TestCase):
     self.assertIn("interpolation.png", report)
 
   def test_a_used_workdir_is_refused(self):
-    config = sharpness_config.get_config("smoke")
+    config = configs.load("sharpness", "smoke")
     config.workdir = self.workdir
     with self.assertRaisesRegex(records.WorkdirError, "already holds"):
       sharpness_study.run(config, log=lambda _: None)
@@ -243,12 +244,12 @@ class ExperimentTest(absltest.TestCase):
                         ("sharpness_method", "newton"), ("activation", "x"),
                         ("learning_rate", -1.0), ("subspace_dim", -1),
                         ("small_batch", 10_000)):
-      config = sharpness_config.get_config("smoke")
+      config = configs.load("sharpness", "smoke")
       config[name] = value
       with self.assertRaises(ValueError, msg=name):
         sharpness_config.validate_config(config)
     with self.assertRaisesRegex(ValueError, "variant"):
-      sharpness_config.get_config("huge")
+      configs.load("sharpness", "huge")
 
 
 if __name__ == "__main__":

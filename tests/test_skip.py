@@ -17,16 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from lminima import data as data_lib
-from lminima import euler
-from lminima import models
-from lminima import population
-from lminima import records
-from lminima import refinement
-from lminima import sweep
-from lminima import sweep_config
-from lminima import theory
-from lminima import train
-from lminima.problem import Problem
+from lminima.core import models
+from lminima.core.problem import Problem
+from lminima.critical import refinement
+from lminima.study import records
+from lminima.study import reload
+from lminima.study import sweep
+from lminima.study import config as study_config
+from lminima.theory import euler
+from lminima.theory import identities
+from lminima.train import population
+from lminima.train import driver
 
 from _helpers import REPO, gaussian_data, run_script
 
@@ -139,13 +140,13 @@ class SkipTheoryTest(parameterized.TestCase):
     # n_params = 3*2 + 2 + 2*2 + 2 + 6 = 20 < m d_y = 60: not by full rank.
     problem = _skip_problem(activation=activation, bias=bias)
     self.assertLess(problem.n_params, problem.m * problem.d_y)
-    design = theory.design_matrix(problem, None, None)
+    design = identities.design_matrix(problem, None, None)
     self.assertEqual(design.shape[1], 3 + bias)
-    self.assertLess(theory.inclusion_residual(problem, design), 1e-10)
+    self.assertLess(identities.inclusion_residual(problem, design), 1e-10)
     # The control: the same network without the skip misses the inclusion.
     plain = _skip_problem(activation=activation, bias=bias, skip=False)
-    self.assertGreater(theory.inclusion_residual(
-        plain, theory.design_matrix(plain, None, None)), 1e-3)
+    self.assertGreater(identities.inclusion_residual(
+        plain, identities.design_matrix(plain, None, None)), 1e-3)
 
   # Small skip nets on teacher data mostly escape to infinity (the skip fits
   # the linear trend, saturated units the rest); these points converge.
@@ -165,7 +166,7 @@ class SkipTheoryTest(parameterized.TestCase):
     loss = problem.loss
     self.assertGreater(loss, 1e-3)  # under-parameterised: L > 0
     # (A): L = c ||P_N[D] vec Y||^2 = c ||(I - F F^+) Y||^2, F = [h, X, 1].
-    out = theory.critical_point_identity(problem)
+    out = identities.critical_point_identity(problem)
     self.assertLess(out.gap_full, 1e-9 * (1 + loss))
     self.assertLess(out.gap_last, 1e-9 * (1 + loss))
     features = problem.features()
@@ -173,7 +174,7 @@ class SkipTheoryTest(parameterized.TestCase):
     fitted = features @ np.linalg.lstsq(features, y, rcond=None)[0]
     self.assertAlmostEqual(loss, c * np.sum((y - fitted) ** 2), delta=1e-9)
     # (C) with the linear features: the inclusion holds, so does the bound.
-    bound = theory.subspace_bound(problem)
+    bound = identities.subspace_bound(problem)
     self.assertLess(bound.inclusion_residual, 1e-10)
     self.assertTrue(bound.holds)
     self.assertLessEqual(loss, bound.bound + 1e-10)
@@ -209,10 +210,10 @@ class SkipPopulationTest(parameterized.TestCase):
     config = TrainConfig(skip=True, optimizer="adam", steps=40, chunk_steps=20,
                          learning_rate=0.02)
     members = [Member(2, 2, 0), Member(2, 5, 1), Member(2, 3, 2)]
-    together = train.train_population(ds, members, config,
+    together = driver.train_population(ds, members, config,
                                       width_strategy=strategy)
     for member, result in zip(members, together):
-      (alone,) = train.train_population(ds, [member], config,
+      (alone,) = driver.train_population(ds, [member], config,
                                         width_strategy=strategy)
       self.assertTrue(result.model.skip)
       result.model.check_params(result.params)
@@ -277,15 +278,15 @@ class SkipSweepTest(parameterized.TestCase):
 
   def test_load_member_rebuilds_the_skip_model(self):
     row = self.rows[0]
-    problem, loaded = records.load_member(self.workdir, row["depth"],
+    problem, loaded = reload.load_member(self.workdir, row["depth"],
                                           row["width"], row["seed"])
     self.assertTrue(problem.module.skip)
     self.assertAlmostEqual(problem.loss, loaded["loss_refined"], delta=1e-12)
 
   def test_rows_without_skip_load_as_plain_models(self):
     row = {"depth": 2, "width": 3, "activation": "tanh", "bias": True}
-    self.assertFalse(records.member_model(row, 4, 1).skip)
-    self.assertTrue(records.member_model(dict(row, skip=True), 4, 1).skip)
+    self.assertFalse(reload.member_model(row, 4, 1).skip)
+    self.assertTrue(reload.member_model(dict(row, skip=True), 4, 1).skip)
 
   def test_config_field(self):
     config = sweep.get_config()
@@ -305,7 +306,7 @@ class SkipSweepTest(parameterized.TestCase):
     resumable."""
     config = sweep.get_config()
     fields = {k: v for k, v in config.to_dict().items()
-              if k not in sweep_config._NOT_IN_FINGERPRINT and
+              if k not in study_config._NOT_IN_FINGERPRINT and
               k not in ("skip", "train_workers")}
     text = json.dumps(fields, sort_keys=True, default=str)
     self.assertEqual(sweep.config_fingerprint(config),
@@ -316,8 +317,8 @@ class SkipSweepTest(parameterized.TestCase):
 
   def test_memory_estimate_counts_the_skip(self):
     ds = data_lib.synthetic(m=60, d_x=3, d_y=2, seed=3)
-    plain = sweep_config.memory_estimate(_tiny_config("w", skip=False), ds)
-    skip = sweep_config.memory_estimate(_tiny_config("w"), ds)
+    plain = study_config.memory_estimate(_tiny_config("w", skip=False), ds)
+    skip = study_config.memory_estimate(_tiny_config("w"), ds)
     self.assertEqual(skip[0]["n_params"] - plain[0]["n_params"], 3 * 2)
 
 

@@ -12,16 +12,17 @@ import jax
 import numpy as np
 from absl.testing import absltest
 
-import lminima
-from lminima import claims
 from lminima import data as data_lib
-from lminima import fate as fate_lib
-from lminima import planner
-from lminima import records
-from lminima import report
-from lminima import sweep
-from lminima import train
-from lminima.tolerances import DEFAULT
+import lminima
+from lminima.core.tolerances import DEFAULT
+from lminima.critical import outcomes as outcomes_lib
+from lminima.study import claims
+from lminima.study import records
+from lminima.study import reload
+from lminima.study import report
+from lminima.study import sweep
+from lminima.train import calibration
+from lminima.train import planner
 
 from _helpers import assert_one_line_error, assert_png_has_content
 from _helpers import run_script, start_script
@@ -98,7 +99,7 @@ class SweepTest(absltest.TestCase):
       for field in ROW_FIELDS:
         self.assertIn(field, row)
       self.assertEqual(row["versions"]["jax"],
-                       lminima.provenance.library_versions()["jax"])
+                       lminima.core.provenance.library_versions()["jax"])
       self.assertEqual(row["dataset"]["name"], "synthetic")
       # The certificate is stored once, as flat fields of the schema.
       self.assertContainsSubset(set(row), records.ROW_FIELDS)
@@ -110,7 +111,7 @@ class SweepTest(absltest.TestCase):
   def test_saved_params_reproduce_the_certified_loss(self):
     ds = data_lib.load(**self.rows[0]["dataset"])
     for row in self.rows:
-      problem, loaded = records.load_member(self.workdir, row["depth"],
+      problem, loaded = reload.load_member(self.workdir, row["depth"],
                                             row["width"], row["seed"])
       self.assertEqual(loaded, row)
       # Independent of the Problem: numpy forward pass of the saved arrays.
@@ -130,7 +131,7 @@ class SweepTest(absltest.TestCase):
                              delta=1e-12 * row["loss_reference"])
 
   def test_every_member_is_accounted_for(self):
-    decided = set(fate_lib.OUTCOMES) - {"diverged", "failed"}
+    decided = set(outcomes_lib.OUTCOMES) - {"diverged", "failed"}
     for row in self.rows:
       if row.get("diverged"):
         self.assertEqual(claims.outcome(row), "diverged")
@@ -139,7 +140,7 @@ class SweepTest(absltest.TestCase):
       self.assertIn(row["outcome"], decided, row)
       self.assertEqual(claims.outcome(row), row["outcome"])
       self.assertTrue(row["outcome_reason"])
-      by_certificate = row["outcome"] in fate_lib.DECIDED_BY_CERTIFICATE
+      by_certificate = row["outcome"] in outcomes_lib.DECIDED_BY_CERTIFICATE
       # The certificate's fields are there exactly when it decided, and its
       # verdict is the outcome: the two cannot disagree.
       for field in CERTIFICATE_FIELDS:
@@ -298,7 +299,7 @@ class SweepTest(absltest.TestCase):
     workdir = tempfile.mkdtemp()
     config = tiny_config(workdir)
     config.depths, config.widths = (1,), (2, 8)
-    decide = fate_lib.decide_member
+    decide = outcomes_lib.decide_member
     calls = []
 
     def failing_decide(problem, **kwargs):
@@ -322,7 +323,7 @@ class SweepTest(absltest.TestCase):
     self.assertEqual(row["tolerances"], DEFAULT.to_dict())  # and those before
     for other in rows:
       if other is not row:
-        self.assertIn(other["outcome"], fate_lib.OUTCOMES)
+        self.assertIn(other["outcome"], outcomes_lib.OUTCOMES)
         self.assertNotIn(claims.outcome(other), ("failed", "uncertified"))
     text = "\n".join(log)
     self.assertIn("FloatingPointError: boom", text)
@@ -362,22 +363,22 @@ class SweepTest(absltest.TestCase):
     self.assertLen(rows, 2)
     for row in rows:
       self.assertEqual(row["dataset"], ds.provenance)
-      self.assertIn(row["outcome"], fate_lib.OUTCOMES)
+      self.assertIn(row["outcome"], outcomes_lib.OUTCOMES)
       self.assertEqual(row.get("verdict"), row["outcome"] if row["outcome"]
-                       in fate_lib.DECIDED_BY_CERTIFICATE else None)
+                       in outcomes_lib.DECIDED_BY_CERTIFICATE else None)
     with open(os.path.join(workdir, records.CONFIG_FILE)) as f:
       saved = json.load(f)
     self.assertEqual(saved["data"], ds.provenance)
     self.assertNotIn("dataset", saved)
     # The rows identify the arrays; reloading a member needs them back.
     with self.assertRaisesRegex(data_lib.DataError, "pass the same arrays"):
-      records.load_member(workdir, 1, 4, 0)
-    problem, row = records.load_member(
+      reload.load_member(workdir, 1, 4, 0)
+    problem, row = reload.load_member(
         workdir, 1, 4, 0, data=data_lib.from_arrays(x, y, name="sines"))
     self.assertAlmostEqual(problem.loss, row["loss_refined"], delta=1e-12)
     with self.assertRaisesRegex(data_lib.DataError, "not the data of these "
                                 "results"):
-      records.load_member(workdir, 1, 4, 0,
+      reload.load_member(workdir, 1, 4, 0,
                           data=data_lib.from_arrays(x, 2 * y, name="sines"))
     # Same arrays: the rerun skips; other arrays: another configuration.
     self.assertEqual(sweep.run(config, log=lambda _: None, data=ds), rows)
@@ -422,18 +423,18 @@ class WorkdirCostModelTest(absltest.TestCase):
     backend = jax.default_backend()
     measured = planner.CostModel(compile_s=0.5, step_s=1e-5,
                                  flops_per_s=1e11, unit_s=3e-9)
-    with mock.patch.object(train, "backend_cost_model", lambda: measured):
+    with mock.patch.object(calibration, "backend_cost_model", lambda: measured):
       self.assertEqual(sweep._cost_model(workdir, print), measured)
     # A later run reads the workdir's model, whatever this machine measures.
     other = dataclasses.replace(measured, unit_s=9e-9)
-    with mock.patch.object(train, "backend_cost_model", lambda: other):
+    with mock.patch.object(calibration, "backend_cost_model", lambda: other):
       self.assertEqual(sweep._cost_model(workdir, print), measured)
     # Written before unit_s existed: it planned without it.
     path = os.path.join(workdir, records.COST_MODEL_FILE)
     with open(path, "w") as f:
       json.dump({"backend": backend, "compile_s": 0.5, "step_s": 1e-5,
                  "flops_per_s": 1e11}, f)
-    with mock.patch.object(train, "backend_cost_model", lambda: other):
+    with mock.patch.object(calibration, "backend_cost_model", lambda: other):
       self.assertEqual(sweep._cost_model(workdir, print),
                        dataclasses.replace(measured, unit_s=0.0))
 
@@ -482,6 +483,100 @@ class ScriptTest(absltest.TestCase):
     self.assertAlmostEqual(float(entry["loss_median"]), row["loss"])
     assert_png_has_content(self, os.path.join(workdir, records.FIGURE_FILE))
     self.assertIn(workdir, result.stdout)
+
+
+class CoverageTest(absltest.TestCase):
+  """Cells short of certified minima get more seeds, up to a cap."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    # A recorded study, then the same workdir extended by coverage rounds
+    # (the coverage fields are not part of the fingerprint).
+    cls.config = tiny_config(tempfile.mkdtemp())
+    cls.plain_rows = sweep.run(cls.config, log=lambda _: None)
+    cls.config.min_certified, cls.config.max_members = 2, 4
+    cls.log = []
+    cls.rows = sweep.run(cls.config, log=cls.log.append)
+
+  def _cells(self, rows, below):
+    by_cell = collections.defaultdict(list)
+    for row in rows:
+      if row["seed"] < below:
+        by_cell[(row["depth"], row["width"])].append(claims.outcome(row))
+    return by_cell
+
+  def test_short_cells_and_only_they_get_the_next_seeds(self):
+    grid = self._cells(self.rows, 2)
+    self.assertEqual(grid, self._cells(self.plain_rows, 2))
+    short = {cell for cell, outcomes in grid.items()
+             if outcomes.count("local_min") < 2}
+    # Informative only if some cells were short and some were not.
+    self.assertNotEmpty(short)
+    self.assertNotEqual(short, set(grid))
+    seeds = collections.defaultdict(set)
+    for row in self.rows:
+      seeds[(row["depth"], row["width"])].add(row["seed"])
+    for cell in grid:
+      # Cap 4 = two rounds of num_seeds: a cell still short after round 1
+      # would ask for seeds 4-5, which the cap refuses.
+      want = {0, 1, 2, 3} if cell in short else {0, 1}
+      self.assertEqual(seeds[cell], want, cell)
+    self.assertTrue(any(line.startswith("coverage round 1:")
+                        for line in self.log), self.log)
+    self.assertTrue(any(line.startswith("coverage: ") for line in self.log))
+
+  def test_the_report_says_what_each_cell_became(self):
+    with open(os.path.join(self.config.workdir, report.REPORT_FILE)) as f:
+      text = f.read()
+    self.assertIn("## Coverage", text)
+    full = self._cells(self.rows, 4)
+    for (depth, width), outcomes in full.items():
+      if outcomes.count("local_min") >= 2:
+        status = "reached 2"
+      else:
+        self.assertLen(outcomes, 4)
+        status = "stopped at 4 members: "
+      self.assertRegex(text, rf"\| {depth} \| {width} \| {len(outcomes)} \| "
+                       rf"{outcomes.count('local_min')} \| {status}")
+
+  def test_a_rerun_repeats_an_interrupted_round_exactly(self):
+    path = records.results_path(self.config.workdir)
+    with open(path) as f:
+      lines = f.readlines()
+    last = json.loads(lines[-1])
+    self.assertGreaterEqual(last["seed"], 2)  # a coverage member
+    with open(path, "w") as f:
+      f.writelines(lines[:-1])
+    rows = sweep.run(self.config, log=lambda _: None)
+    strip = lambda r: {k: v for k, v in r.items()
+                       if k not in ("wall_s", "train_wall_s")}
+    self.assertEqual([strip(r) for r in rows],
+                     [strip(r) for r in self.rows])
+    # Nothing left to do: a second rerun records nothing.
+    log = []
+    self.assertLen(sweep.run(self.config, log=log.append), len(rows))
+    self.assertFalse(any("training" in line for line in log), log)
+
+  def test_bad_coverage_settings_are_one_line_errors(self):
+    for fields, name in (({"max_members": 1}, "max_members"),
+                         ({"max_members": 4, "shard": "0/2"},
+                          "min_certified")):
+      config = tiny_config(tempfile.mkdtemp())
+      config.min_certified = 2
+      for key, value in fields.items():
+        setattr(config, key, value)
+      with self.assertRaisesRegex(sweep.ConfigError, name):
+        sweep.validate_config(config)
+
+  def test_off_by_default_and_the_fingerprint_unchanged(self):
+    config = sweep.get_config()
+    self.assertEqual((config.min_certified, config.max_members), (0, 0))
+    # The fingerprint of the default config before these fields existed:
+    # workdirs recorded then stay resumable, and can be extended.
+    self.assertEqual(sweep.config_fingerprint(config), "96149db0a8e04b3e")
+    config.min_certified, config.max_members = 5, 30
+    self.assertEqual(sweep.config_fingerprint(config), "96149db0a8e04b3e")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Tests for lminima.train (the driver) and lminima.population."""
+"""Tests for lminima.train.driver (the driver) and lminima.train.population."""
 
 import dataclasses
 import itertools
@@ -14,14 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lminima import cache
 from lminima import data
-from lminima import losses
-from lminima import models
-from lminima import planner
-from lminima import population
-from lminima import program
-from lminima import train
+from lminima.core import losses
+from lminima.core import models
+from lminima.train import cache
+from lminima.train import compiled
+from lminima.train import calibration
+from lminima.train import driver
+from lminima.train import planner
+from lminima.train import population
 
 DS = data.synthetic(m=40, d_x=3, d_y=2, seed=7, noise=0.1)
 TrainConfig = population.TrainConfig
@@ -100,12 +101,12 @@ class TrainPopulationTest(parameterized.TestCase):
   def test_bad_population_raises(self):
     config = TrainConfig(steps=2)
     with self.assertRaisesRegex(ValueError, "width_strategy"):
-      train.train_population(DS, [Member(1, 2, 0)], config,
+      driver.train_population(DS, [Member(1, 2, 0)], config,
                              width_strategy="padded")
     with self.assertRaisesRegex(ValueError, "empty"):
-      train.train_population(DS, [], config)
+      driver.train_population(DS, [], config)
     with self.assertRaisesRegex(ValueError, "batch_size"):
-      train.train_population(DS, [Member(1, 2, 0)],
+      driver.train_population(DS, [Member(1, 2, 0)],
                              dataclasses.replace(config, batch_size=DS.m + 1))
 
   def test_linear_sgd_matches_numpy_gradient_descent(self):
@@ -117,7 +118,7 @@ class TrainPopulationTest(parameterized.TestCase):
       member = Member(depth=0, width=1, seed=3)
       lr_used = lr / DS.m if normalization == "sum" else lr
       member = dataclasses.replace(member, learning_rate=lr_used)
-      (result,) = train.train_population(DS, [member], config)
+      (result,) = driver.train_population(DS, [member], config)
       model = population.member_model(DS.d_x, DS.d_y, member, config)
       w, b = (np.asarray(a, np.float64) for a in _layer(
           model.init_params(jax.random.PRNGKey(3), jnp.float32), 1))
@@ -141,7 +142,7 @@ class TrainPopulationTest(parameterized.TestCase):
     config = TrainConfig(optimizer=optimizer, steps=25, chunk_steps=10,
                          learning_rate=0.02, momentum=0.8)
     member = Member(depth=2, width=5, seed=11)
-    (result,) = train.train_population(DS, [member], config)
+    (result,) = driver.train_population(DS, [member], config)
     model = population.member_model(DS.d_x, DS.d_y, member, config)
     params = model.init_params(jax.random.PRNGKey(11), jnp.float32)
     tx = {"sgd": optax.sgd(0.02), "momentum": optax.sgd(0.02, momentum=0.8),
@@ -159,7 +160,7 @@ class TrainPopulationTest(parameterized.TestCase):
     config = TrainConfig(steps=40, chunk_steps=15, optimizer="sgd",
                          learning_rate=0.1)
     members = [Member(2, 4, 0), Member(1, 6, 1)]
-    for result in train.train_population(DS, members, config):
+    for result in driver.train_population(DS, members, config):
       loss, norm = _reference_loss_and_grad_norm(result.model, result.params,
                                                  DS, "mean")
       self.assertAlmostEqual(result.loss / loss, 1.0, places=5)
@@ -179,9 +180,9 @@ class TrainPopulationTest(parameterized.TestCase):
                          skip=skip)
     members = [Member(2, width, seed)
                for width, seed in itertools.product((2, 3, 6), (0, 1))]
-    per_width = train.train_population(DS, members, config,
+    per_width = driver.train_population(DS, members, config,
                                        width_strategy="per_width")
-    masked = train.train_population(DS, members, config,
+    masked = driver.train_population(DS, members, config,
                                     width_strategy="masked")
     for a, b in zip(per_width, masked):
       self.assertEqual(a.model, b.model)
@@ -198,9 +199,9 @@ class TrainPopulationTest(parameterized.TestCase):
     wild = list(sane)
     wild[2] = dataclasses.replace(sane[2], learning_rate=1e6)
     for strategy in ("per_width", "masked"):
-      baseline = train.train_population(DS, sane, config,
+      baseline = driver.train_population(DS, sane, config,
                                         width_strategy=strategy)
-      results = train.train_population(DS, wild, config,
+      results = driver.train_population(DS, wild, config,
                                        width_strategy=strategy)
       self.assertTrue(results[2].diverged)
       self.assertLess(results[2].steps, config.steps)
@@ -215,8 +216,8 @@ class TrainPopulationTest(parameterized.TestCase):
     config = TrainConfig(optimizer="adam", steps=15, chunk_steps=5,
                          batch_size=8, learning_rate=0.01)
     members = [Member(1, 3, 5), Member(2, 4, 6)]
-    first = train.train_population(DS, members, config)
-    second = train.train_population(DS, members, config)
+    first = driver.train_population(DS, members, config)
+    second = driver.train_population(DS, members, config)
     for a, b in zip(first, second):
       chex.assert_trees_all_equal(a.params, b.params)
       np.testing.assert_array_equal(a.loss_history, b.loss_history)
@@ -227,8 +228,8 @@ class TrainPopulationTest(parameterized.TestCase):
     config = TrainConfig(steps=steps, batch_size=batch, optimizer="sgd",
                          learning_rate=lr, chunk_steps=5)
     member = Member(depth=0, width=1, seed=4)
-    (mini,) = train.train_population(DS, [member], config)
-    (full,) = train.train_population(
+    (mini,) = driver.train_population(DS, [member], config)
+    (full,) = driver.train_population(
         DS, [member], dataclasses.replace(config, batch_size=None))
     self.assertGreater(
         np.abs(_layer(mini.params, 1)[0] - _layer(full.params, 1)[0]).max(),
@@ -255,7 +256,7 @@ class TrainPopulationTest(parameterized.TestCase):
     members = [Member(2, 3, 9), Member(0, 1, 2),
                Member(1, 5, 0), Member(2, 6, 9),
                Member(1, 2, 4)]
-    results = train.train_population(DS, members, config,
+    results = driver.train_population(DS, members, config,
                                      width_strategy="masked")
     self.assertEqual([r.member for r in results], members)
     for result, member in zip(results, members):
@@ -265,7 +266,7 @@ class TrainPopulationTest(parameterized.TestCase):
   def test_results_are_float32(self):
     config = TrainConfig(optimizer="adam", steps=4, batch_size=10)
     members = [Member(1, 2, 0), Member(1, 4, 1)]
-    for result in train.train_population(DS, members, config,
+    for result in driver.train_population(DS, members, config,
                                          width_strategy="masked"):
       chex.assert_type(jax.tree_util.tree_leaves(result.params), np.float32)
       self.assertEqual(result.loss_history.dtype, np.float32)
@@ -276,10 +277,10 @@ class TrainPopulationTest(parameterized.TestCase):
     calls = {1: [], 2: []}
     for workers in (1, 2):  # two blocks of one member share the program
       chex.clear_trace_counter()
-      counted = jax.jit(chex.assert_max_traces(program.chunk, n=1),
+      counted = jax.jit(chex.assert_max_traces(compiled.chunk, n=1),
                         static_argnames="spec", donate_argnames="state")
-      with mock.patch.object(program, "run_chunk", counted):
-        train.train_population(
+      with mock.patch.object(compiled, "run_chunk", counted):
+        driver.train_population(
             DS, members, config, workers=workers,
             progress=lambda *a, w=workers: calls[w].append(a))
     # 10 steps in chunks of at most 3: four chunks of 3 (2 no-op slots).
@@ -294,7 +295,7 @@ class TrainPopulationTest(parameterized.TestCase):
     config = TrainConfig(optimizer="adam", steps=60, chunk_steps=25)
     members = [Member(d, w, s) for d in (1, 2) for w in (2, 5)
                for s in range(3)]
-    one, three = (train.train_population(DS, members, config, workers=k,
+    one, three = (driver.train_population(DS, members, config, workers=k,
                                          width_strategy="masked")
                   for k in (1, 3))
     for a, b in zip(one, three):
@@ -309,17 +310,17 @@ class TrainPopulationTest(parameterized.TestCase):
     config = TrainConfig(optimizer="adam", steps=30, chunk_steps=15)
     members = [Member(d, w, s) for d in (1, 2) for w in (2, 5)
                for s in range(2)]
-    together = train.train_population(DS, members, config, workers=1,
+    together = driver.train_population(DS, members, config, workers=1,
                                       width_strategy="per_width")
     with mock.patch.object(planner, "START_TOGETHER_BYTES", 0):
-      apart = train.train_population(DS, members, config, workers=1,
+      apart = driver.train_population(DS, members, config, workers=1,
                                      width_strategy="per_width")
     for a, b in zip(together, apart):
       self.assertEqual((a.member, a.steps), (b.member, b.steps))
       np.testing.assert_allclose(b.loss_history, a.loss_history, rtol=1e-5)
 
   def test_a_failing_program_raises_instead_of_hanging(self):
-    calls, run_chunk = [], program.run_chunk
+    calls, run_chunk = [], compiled.run_chunk
 
     def failing(state, *args, spec, **kwargs):
       calls.append(spec)
@@ -328,16 +329,16 @@ class TrainPopulationTest(parameterized.TestCase):
       return run_chunk(state, *args, spec=spec, **kwargs)
 
     members = [Member(1, w, s) for w in (2, 3) for s in range(2)]
-    with mock.patch.object(program, "run_chunk", side_effect=failing):
+    with mock.patch.object(compiled, "run_chunk", side_effect=failing):
       with self.assertRaisesRegex(RuntimeError, "chunk failed"):
-        train.train_population(DS, members, TrainConfig(steps=4),
+        driver.train_population(DS, members, TrainConfig(steps=4),
                                workers=2, width_strategy="per_width")
 
   def test_default_workers_and_bad_workers(self):
-    self.assertEqual(train.default_workers(), len(os.sched_getaffinity(0)))
+    self.assertEqual(driver.default_workers(), len(os.sched_getaffinity(0)))
     for bad in (0, -1, 1.5, True):
       with self.assertRaisesRegex(ValueError, "workers must be"):
-        train.train_population(DS, [Member(1, 2, 0)], TrainConfig(steps=2),
+        driver.train_population(DS, [Member(1, 2, 0)], TrainConfig(steps=2),
                                workers=bad)
 
 
@@ -349,18 +350,18 @@ class MachineCostModelTest(absltest.TestCase):
 
   def test_calibrated_once_per_machine_and_cached(self):
     calls = []
-    fake = train.CostModel(compile_s=0.5, step_s=1e-5, flops_per_s=1e10)
+    fake = driver.CostModel(compile_s=0.5, step_s=1e-5, flops_per_s=1e10)
     with mock.patch.dict(os.environ,
                          {"LMINIMA_CACHE_DIR": tempfile.mkdtemp()}
                          ), mock.patch.object(
-                             train, "calibrate_cost_model",
+                             calibration, "calibrate_cost_model",
                              lambda: calls.append(1) or fake):
-      train._machine_cost_model.cache_clear()
-      self.assertEqual(train.backend_cost_model(), fake)
-      train._machine_cost_model.cache_clear()  # a new process
-      self.assertEqual(train.backend_cost_model(), fake)
+      calibration._machine_cost_model.cache_clear()
+      self.assertEqual(calibration.backend_cost_model(), fake)
+      calibration._machine_cost_model.cache_clear()  # a new process
+      self.assertEqual(calibration.backend_cost_model(), fake)
       stored = cache.read_json("cost_models.json")
-    train._machine_cost_model.cache_clear()
+    calibration._machine_cost_model.cache_clear()
     self.assertLen(calls, 1)
     (key,) = stored
     self.assertIn(jax.default_backend(), key)

@@ -1,4 +1,4 @@
-"""lminima.trend: (E1)-(E3) as statistics, each piece against an
+"""lminima.study.trend: (E1)-(E3) as statistics, each piece against an
 independent reference (scipy.stats, exact enumeration, closed forms)."""
 
 import itertools
@@ -8,7 +8,7 @@ from absl.testing import absltest
 import numpy as np
 import scipy.stats
 
-from lminima import trend
+from lminima.study import trend
 
 
 def _rows(values_by_width, depth=1, outcome="local_min", linear=1.0):

@@ -1,12 +1,21 @@
-"""Studies as ``ml_collections`` config files, one per data set.
+"""Every experiment as ``ml_collections`` config files.
 
-Each module here (``synthetic``, ``digits``, ``mnist5k``, ``mnist``,
-``cifar10``, ``svhn``) has ``get_config(arg=None)``: the study with no
-argument, a ``smoke`` variant (``arg="smoke"``) that runs in seconds, and
-the named variants of its ``VARIANTS`` dict (``variants(name)`` lists them).
-They are built on the one source of defaults, ``lminima.sweep.get_config``
-(training defaults from ``lminima.population.TrainConfig``), and set only
-what differs. Select one with
+Each module here has ``get_config(arg=None)``: the experiment with no
+argument, a ``smoke`` variant (``arg="smoke"``) that runs in seconds, and the
+named variants of its ``VARIANTS`` dict (``variants(name)`` lists them).
+
+* The depth-width studies, one per data set (``STUDIES``: ``synthetic``,
+  ``digits``, ``mnist5k``, ``mnist``, ``cifar10``, ``svhn``), are built on
+  the one source of defaults, ``lminima.study.sweep.get_config`` (training
+  defaults from ``lminima.train.population.TrainConfig``), and set only
+  what differs.
+* The related experiments (``EXPERIMENTS``: ``eliminate``, ``sharpness``)
+  are built on ``lminima.related.eliminate.study.get_config`` and
+  ``lminima.related.sharpness.config.get_config``.
+
+Each experiment's ``run(config, workdir)`` runs it, and its script
+(``scripts/depth_width.py``, ``scripts/eliminate.py``,
+``scripts/sharpness.py``) takes ``--config=FILE[:ARG]``. Select one with
 
   python scripts/depth_width.py --config=lminima/configs/digits.py:smoke \\
       --config.steps=500
@@ -23,10 +32,14 @@ from typing import Any
 
 import ml_collections
 
-from lminima import sweep
+from lminima.study import sweep
 
 STUDIES = ("synthetic", "digits", "mnist5k", "mnist", "cifar10", "svhn")
-"""The config modules of this package."""
+"""The depth-width studies' config modules (``scripts/depth_width.py``)."""
+
+EXPERIMENTS = ("eliminate", "sharpness")
+"""The related experiments' config modules (``scripts/eliminate.py``,
+``scripts/sharpness.py``)."""
 
 def study(name: str, arg: str | None, *, dataset: str,
           data_options: dict[str, Any], full: dict[str, Any],
@@ -50,23 +63,44 @@ def study(name: str, arg: str | None, *, dataset: str,
     ValueError: for an unknown variant.
   """
   variant = arg or ""
-  named = {"": {}, "smoke": smoke, **(variants or {})}
-  if variant not in named:
-    raise ValueError(
-        f"config {name}: unknown variant {arg!r}; choose {name}.py (the "
-        "study) or " + ", ".join(f"{name}.py:{v}" for v in named if v))
+  chosen = variant_fields(name, variant, {"smoke": smoke, **(variants or {})})
   config = sweep.get_config()
   config.dataset = dataset
   options = dict(data_options)
   fields = dict(full)
-  options.update(named[variant].get("data_options", {}))
-  fields.update({k: v for k, v in named[variant].items()
-                 if k != "data_options"})
+  options.update(chosen.get("data_options", {}))
+  fields.update({k: v for k, v in chosen.items() if k != "data_options"})
   config.data_options = options
   for key, value in fields.items():
     setattr(config, key, value)  # the config is locked: typos raise
   config.workdir = f"runs/{name}" + (f"_{variant}" if variant else "")
   config.progress = variant != "smoke"
+  return config
+
+
+def variant_fields(name: str, arg: str | None,
+                   variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+  """The fields of variant ``arg`` of config file ``name`` (None or "": the
+  file's own config, no fields).
+
+  Raises:
+    ValueError: for an unknown variant, naming the ones there are.
+  """
+  named = {"": {}, **variants}
+  if (arg or "") not in named:
+    raise ValueError(
+        f"config {name}: unknown variant {arg!r}; choose {name}.py or "
+        + ", ".join(f"{name}.py:{v}" for v in named if v))
+  return named[arg or ""]
+
+
+def with_variant(config: ml_collections.ConfigDict, name: str,
+                 arg: str | None, variants: dict[str, dict[str, Any]]
+                 ) -> ml_collections.ConfigDict:
+  """``config`` with the fields of variant ``arg`` of config file ``name``
+  set (``variant_fields``); returns it."""
+  for key, value in variant_fields(name, arg, variants).items():
+    setattr(config, key, value)
   return config
 
 
@@ -140,8 +174,9 @@ def _optional_int(value: int | None) -> Any:
 
 
 def _check(name: str) -> str:
-  if name not in STUDIES:
-    raise ValueError(f"unknown study {name!r}; choose one of {STUDIES}")
+  if name not in STUDIES + EXPERIMENTS:
+    raise ValueError(f"unknown study or experiment {name!r}; choose one of "
+                     f"{STUDIES + EXPERIMENTS}")
   return name
 
 

@@ -2,7 +2,7 @@
 
 Grayscale keeps the input at 1,024 features (3,072 in colour:
 ``--config.data_options.grayscale=False``). Needs the prepared tfds files
-(see lminima.data.tfds_images).
+(see lminima.data.images.tfds_images).
 
   python scripts/depth_width.py --config=lminima/configs/cifar10.py
   python scripts/depth_width.py --config=lminima/configs/cifar10.py:smoke

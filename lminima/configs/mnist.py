@@ -1,7 +1,7 @@
 """MNIST through TensorFlow Datasets: a 2,000-image class-stratified subset.
 
 Needs the prepared tfds files (internet on first use, or --config.data_dir
-pointing at a copy; see lminima.data.tfds_images).
+pointing at a copy; see lminima.data.images.tfds_images).
 
   python scripts/depth_width.py --config=lminima/configs/mnist.py
   python scripts/depth_width.py --config=lminima/configs/mnist.py:smoke

@@ -1,7 +1,7 @@
 """SVHN (cropped digits) through TensorFlow Datasets: 2,000 images, grayscale.
 
 Needs the prepared tfds files of ``svhn_cropped`` (see
-lminima.data.tfds_images).
+lminima.data.images.tfds_images).
 
   python scripts/depth_width.py --config=lminima/configs/svhn.py
   python scripts/depth_width.py --config=lminima/configs/svhn.py:smoke

@@ -11,6 +11,8 @@ Variants for the subspace bound (C), on a nearly linear target (linear part
 * ``skip``: the same nets with a linear skip from the input to the output,
   so col(D) contains [X 1] kron I and L <= L*_linear must hold.
 * ``relu``: the study with relu units (kinks detected, the Euler identity (B)).
+* ``coverage``: the study, with every cell short of 5 certified minima given
+  12 more seeds (``lminima.study.coverage``; at most 24 members a cell).
 
   python scripts/depth_width.py --config=lminima/configs/synthetic.py
   python scripts/depth_width.py --config=lminima/configs/synthetic.py:skip
@@ -26,6 +28,7 @@ VARIANTS = {
     "bottleneck": _BOUND,
     "skip": {**_BOUND, "skip": True},
     "relu": {"activation": "relu", "depths": (1, 2), "num_seeds": 8},
+    "coverage": {"min_certified": 5, "max_members": 24},
 }
 
 

@@ -1,0 +1,295 @@
+"""One outcome per member, decided once: refine, certify, continue.
+
+``decide_member(problem)`` is what the sweep does with every trained member
+that did not diverge (docs/theory.md#escape-to-infinity):
+
+1. Refine (``lminima.refine``, with the escape stop) to the shared
+   criticality test of ``lminima.core.tolerances``.
+2. If refinement converged, certify there (``lminima.certificate``, with its
+   second-order proof or descent probe). ``local_min``, ``saddle`` and
+   ``non_differentiable`` are outcomes. A ``not_minimum`` point (the probe
+   went lower) or a point that did not converge is continued:
+3. The continuation: Levenberg-Marquardt without the escape stop and
+   without the gradient stop (the probe's lesson: a small gradient can
+   mislead) for up to ``fate_iters`` iterations from where step 2 left off
+   (the probe's lowest point). It ends in exactly one of
+   * the certificate's verdict where LM stopped because no step went lower,
+     when that is ``local_min``, ``saddle`` or ``non_differentiable``;
+   * ``escaping``: along the whole path (refinement, then continuation) L
+     never rose (beyond roundoff) while ``||theta||`` grew by
+     ``tol.growth``: L decreases along a path to infinity. Its limit
+     ``L_inf`` is bracketed above by the last value reached
+     (``fate_loss``); ``fate_asymptotic_loss`` is an extrapolation of
+     ``L = L_inf + s / ||theta||`` over the second half of the path, labelled
+     as such, not a bound. A member whose L tends to 0 this way is
+     escaping, never a local minimum and never zero-loss;
+   * ``undecided``, with the reason (the norm grew too little, the loss rose,
+     or LM stopped where the certificate decided nothing).
+
+Verdict and outcome cannot disagree: the outcome is the verdict of the point
+the member's row records whenever a certificate decided it.
+
+Example:
+  >>> import jax, numpy as np
+  >>> from lminima import Problem
+  >>> # One tanh unit fitting the sign of x: the loss decreases forever as the
+  >>> # weight grows (the infimum is approached only at infinity).
+  >>> x = np.linspace(-1, 1, 8)[:, None]; y = np.sign(x)
+  >>> problem = Problem(lambda p, x: jax.numpy.tanh(x @ p["w"]),
+  ...                   {"w": np.ones((1, 1))}, x, y)
+  >>> decision = decide_member(problem, max_iters=20, fate_iters=60)
+  >>> decision.outcome, decision.param_norm_end > 2 * decision.param_norm_start
+  ('escaping', True)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from lminima.core.models import MLP
+from lminima.core.problem import Problem
+from lminima.core.tolerances import DEFAULT, Tolerances
+from lminima.critical import certify
+from lminima.critical.refinement import RefineResult, refine
+
+OUTCOMES = ("local_min", "saddle", "non_differentiable", "escaping",
+            "undecided", "diverged", "failed")
+"""Every member's outcome, in the report's order (``diverged`` and
+``failed`` are the sweep's: training diverged, or the analysis raised)."""
+
+DECIDED_BY_CERTIFICATE = ("local_min", "saddle", "non_differentiable")
+
+# Relative rise of L along an accepted LM step that is float64 roundoff.
+_LOSS_NOISE = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+  """The outcome of one member.
+
+  Attributes:
+    outcome: one of ``OUTCOMES`` (not ``diverged`` / ``failed``).
+    reason: one line saying what decided it.
+    params: the member's final point (float64): the certified one, or where
+      the continuation stopped.
+    refined: the refinement's result.
+    certificate: the certificate that decided the outcome (or the last one
+      taken), else None.
+    continued: whether the continuation ran.
+    iters: iterations along the path (refinement and continuation).
+    loss_start, loss_end: L at the path's start (the trained point) and end.
+    param_norm_start, param_norm_end: ``||theta||`` there.
+    grad_norm_end: ``||g||`` at the end.
+    loss_monotone: L never rose (beyond roundoff) along the path.
+    asymptotic_loss: for ``escaping``, the extrapolated L_inf (not a bound).
+    max_abs_preactivation_start, max_abs_preactivation_end: the largest
+      hidden |Z| over samples at both ends (MLPs only, else None).
+  """
+  outcome: str
+  reason: str
+  params: Any
+  refined: RefineResult
+  certificate: certify.Certificate | None
+  continued: bool
+  iters: int
+  loss_start: float
+  loss_end: float
+  param_norm_start: float
+  param_norm_end: float
+  grad_norm_end: float
+  loss_monotone: bool
+  asymptotic_loss: float | None
+  max_abs_preactivation_start: float | None
+  max_abs_preactivation_end: float | None
+
+  def to_row(self) -> dict[str, Any]:
+    """The row fields of the sweep (``lminima.study.records.ROW_FIELDS``)."""
+    row = {"outcome": self.outcome, "outcome_reason": self.reason,
+           "refine_iters": self.refined.iters,
+           "refine_stop_reason": self.refined.stop_reason,
+           "refine_method": self.refined.method,
+           "param_norm_start": self.refined.param_norm_start}
+    if self.continued:
+      row.update(fate_iters=self.iters, fate_loss=self.loss_end,
+                 fate_param_norm=self.param_norm_end,
+                 fate_grad_norm=self.grad_norm_end,
+                 fate_asymptotic_loss=self.asymptotic_loss,
+                 fate_max_abs_preactivation=[
+                     self.max_abs_preactivation_start,
+                     self.max_abs_preactivation_end])
+    if self.outcome in DECIDED_BY_CERTIFICATE:
+      row.update(self.certificate.to_dict())
+      row["cert_method"] = row.pop("method")
+      for key in ("loss", "grad_norm", "n_params"):
+        row.pop(key)  # the row's refined values, recorded by the sweep
+    return row
+
+
+def _max_abs_preactivation(problem: Problem, params: Any) -> float | None:
+  if not isinstance(problem.module, MLP) or not problem.module.widths:
+    return None
+  _, pre, _ = problem.module.apply(params, problem.x, method="forward")
+  return float(max(np.max(np.abs(np.asarray(z))) for z in pre))
+
+
+def _asymptotic_loss(losses: np.ndarray, norms: np.ndarray) -> float:
+  """Intercept of L ~ L_inf + s / ||theta|| over the second half, clipped."""
+  half = slice(len(losses) // 2, None)
+  design = np.stack([np.ones_like(norms[half]), 1.0 / norms[half]], axis=1)
+  intercept = np.linalg.lstsq(design, losses[half], rcond=None)[0][0]
+  return float(np.clip(intercept, 0.0, losses[-1]))
+
+
+def decide_member(problem: Problem, *, tol: Tolerances | None = None,
+                  method: str = "auto", max_iters: int = 200,
+                  fate_iters: int = 200, dense_max_params: int = 3000,
+                  lm_max_params: int = 5000, key: jax.Array | None = None
+                  ) -> Decision:
+  """Refines, certifies and, where needed, continues one member.
+
+  Args:
+    problem: the member's problem at its trained point.
+    tol: the shared tolerances (``lminima.core.tolerances.DEFAULT``).
+    method: refinement method (``lminima.refine``).
+    max_iters: refinement iterations.
+    fate_iters: continuation iterations (0: no continuation; a member not
+      decided by its certificate is then ``undecided``).
+    dense_max_params, lm_max_params, key: as in ``lminima.certificate``.
+
+  Returns:
+    A ``Decision``.
+
+  Raises:
+    ValueError: on ``fate_iters < 0``.
+  """
+  if fate_iters < 0:
+    raise ValueError(f"decide_member: need fate_iters >= 0, got {fate_iters}")
+  tol = DEFAULT if tol is None else tol
+  cert_options = dict(tol=tol, dense_max_params=dense_max_params,
+                      lm_max_params=lm_max_params, key=key)
+  refined = refine(problem, method=method, tol=tol, max_iters=max_iters,
+                   lm_max_params=lm_max_params)
+  start = problem.at(refined.params)
+  cert = None
+  if refined.converged:
+    cert = certify.certificate(start, **cert_options)
+    if cert.verdict in DECIDED_BY_CERTIFICATE:
+      return _decided(cert, refined, start, continued=False)
+    if cert.probe is not None:  # went lower: continue from there
+      start = start.at(cert.probe.params)
+  what = (f"refinement stopped ({refined.stop_reason})" if cert is None
+          else f"the certificate found {cert.verdict}")
+  if not fate_iters:
+    return _at_point("undecided", f"{what}; no continuation (fate_iters=0)",
+                     refined, cert, start)
+  if start.n_params > lm_max_params:
+    return _at_point("undecided", f"{what}; the continuation needs the dense "
+                     f"Hessian (n_params {start.n_params} > lm_max_params "
+                     f"{lm_max_params})", refined, cert, start)
+  run = refine(start, method="lm", tol=tol, stop_on_grad=False,
+               max_iters=fate_iters, escape_ratio=None,
+               lm_max_params=lm_max_params)
+  # The path from the trained point: refinement, then the continuation.
+  losses = np.asarray(refined.loss_history + run.loss_history[1:])
+  norms = np.asarray(refined.param_norm_history
+                     + run.param_norm_history[1:])
+  iters = refined.iters + run.iters
+  end = start.at(run.params)
+  rises = np.diff(losses) > _LOSS_NOISE * np.abs(losses[:-1])
+  monotone = not bool(np.any(rises))
+  ratio = norms[-1] / max(norms[0], 1e-300)
+  evidence = dict(refined=refined, iters=iters, losses=losses, norms=norms,
+                  monotone=monotone, begin=problem,
+                  end=end)
+  escaping = monotone and ratio >= tol.growth
+  settled = run.stop_reason in ("stalled", "grad_tol")
+  if settled:  # no LM step goes lower: certify where it stopped
+    cert = certify.certificate(end, **cert_options)
+    # L reaching rounding on a path to infinity is an escape, not a minimum.
+    at_zero_far_out = escaping and tol.is_zero_loss(cert.loss,
+                                                    end.reference_loss)
+    if cert.verdict in DECIDED_BY_CERTIFICATE and not at_zero_far_out:
+      return _decided(cert, refined, end, continued=True, **{
+          k: v for k, v in evidence.items() if k not in ("refined", "end")})
+  if escaping:
+    asymptotic = _asymptotic_loss(losses, norms)
+    return _continued(
+        "escaping", f"L fell monotonically from {losses[0]:.6g} to "
+        f"{losses[-1]:.6g} while ||theta|| grew {ratio:.1f}x in {iters} "
+        f"iterations (||g|| = {run.grad_norm:.1e}); L_inf <= {losses[-1]:.3g}"
+        f", extrapolated {asymptotic:.3g}", cert=cert,
+        asymptotic=asymptotic, **evidence)
+  if settled:
+    reason = (f"{what}; the continuation stopped after {run.iters} steps "
+              f"(no LM step went lower) where the certificate found "
+              f"{cert.verdict} (||g|| = {cert.grad_norm:.1e}, tolerance "
+              f"{cert.grad_tol:.1e}), and ||theta|| grew only {ratio:.2f}x")
+  elif not monotone:
+    reason = (f"{what}; L rose on {int(np.sum(rises))} of {iters} "
+              f"continuation steps")
+  else:
+    reason = (f"{what}; ||theta|| grew only {ratio:.2f}x (< {tol.growth}x) "
+              f"in {iters} iterations while ||g|| = {run.grad_norm:.1e}")
+  return _continued("undecided", reason, cert=cert, asymptotic=None,
+                    **evidence)
+
+
+def certificate_reason(cert: certify.Certificate, ref_loss: float) -> str:
+  """One line saying why a certificate decided what it decided."""
+  if cert.verdict == "saddle":
+    return f"index {cert.index} (lambda_min {cert.lambda_min:.2e})"
+  if cert.verdict == "non_differentiable":
+    return (f"on a kink (min |pre-activation| "
+            f"{cert.min_abs_preactivation:.1e})")
+  if cert.verdict != "local_min":
+    return f"certificate: {cert.verdict}"
+  if cert.tolerances.is_zero_loss(cert.loss, ref_loss):
+    return "zero loss (the global minimum value, up to rounding)"
+  if cert.proof:
+    return (f"second-order sufficiency (relative decrease <= "
+            f"{cert.decrease_bound:.1e} in a ball of radius "
+            f"{cert.proof_radius:.1e})")
+  return (f"the descent probe found no lower value (relative decrease "
+          f"{cert.probe.decrease:.1e} in {cert.probe.iters} "
+          f"{cert.probe.method} steps, moved {cert.probe.displacement:.1e})")
+
+
+def _decided(cert: certify.Certificate, refined: RefineResult,
+             point: Problem, *, continued: bool, **evidence) -> Decision:
+  text = certificate_reason(cert, point.reference_loss)
+  if continued:
+    text = f"after the continuation: {text}"
+    return _continued(cert.verdict, text, cert=cert, asymptotic=None,
+                      refined=refined, end=point, **evidence)
+  return _at_point(cert.verdict, text, refined, cert, point)
+
+
+def _at_point(outcome: str, reason: str, refined: RefineResult,
+              cert: certify.Certificate | None, point: Problem) -> Decision:
+  """A decision taken where refinement left the member (no continuation)."""
+  norm = float(np.linalg.norm(point.flat))
+  return Decision(
+      outcome=outcome, reason=reason, params=point.params,
+      refined=refined, certificate=cert, continued=False, iters=0,
+      loss_start=point.loss, loss_end=point.loss, param_norm_start=norm,
+      param_norm_end=norm, grad_norm_end=point.grad_norm, loss_monotone=True,
+      asymptotic_loss=None, max_abs_preactivation_start=None,
+      max_abs_preactivation_end=None)
+
+
+def _continued(outcome: str, reason: str, *, cert, asymptotic, refined,
+               iters, losses, norms, monotone, begin: Problem, end: Problem
+               ) -> Decision:
+  return Decision(
+      outcome=outcome, reason=reason, params=end.params, refined=refined,
+      certificate=cert, continued=True, iters=iters,
+      loss_start=float(losses[0]), loss_end=float(losses[-1]),
+      param_norm_start=float(norms[0]), param_norm_end=float(norms[-1]),
+      grad_norm_end=end.grad_norm, loss_monotone=monotone,
+      asymptotic_loss=asymptotic,
+      max_abs_preactivation_start=_max_abs_preactivation(begin, begin.params),
+      max_abs_preactivation_end=_max_abs_preactivation(end, end.params))
