@@ -12,6 +12,8 @@ import tensorflow_datasets as tfds
 from lminima import configs
 from lminima.critical import certify
 from lminima.critical import outcomes
+from lminima.related.eliminate import study as eliminate_study
+from lminima.related.sharpness import config as sharpness_config
 from lminima.study import claims
 from lminima.study import records
 from lminima.study import report
@@ -68,7 +70,35 @@ class ConfigFilesTest(parameterized.TestCase):
     self.assertEqual(control.data_options, skip.data_options)
     self.assertLess(max(control.widths), control.data_options.d_y)
     self.assertEqual(configs.variants("synthetic"),
-                     ("smoke", "bottleneck", "skip", "relu"))
+                     ("smoke", "bottleneck", "skip", "relu", "coverage"))
+
+  def test_the_coverage_variant_is_the_study_with_coverage(self):
+    study, covered = configs.load("synthetic"), configs.load("synthetic",
+                                                             "coverage")
+    self.assertEqual((covered.min_certified, covered.max_members), (5, 24))
+    self.assertEqual(study.min_certified, 0)
+    # The same members and numbers: a recorded study can be extended.
+    self.assertEqual(sweep.config_fingerprint(study),
+                     sweep.config_fingerprint(covered))
+
+  @parameterized.parameters(
+      ("eliminate", eliminate_study.validate_config),
+      ("sharpness", sharpness_config.validate_config))
+  def test_the_related_experiments_follow_the_same_convention(
+      self, name, validate):
+    self.assertIn(name, configs.EXPERIMENTS)
+    self.assertTrue(os.path.exists(os.path.join(
+        REPO, "lminima", "configs", f"{name}.py")))
+    config, smoke = configs.load(name), configs.load(name, "smoke")
+    validate(config)
+    validate(smoke)
+    self.assertEqual((config.workdir, smoke.workdir),
+                     (f"runs/{name}", f"runs/{name}_smoke"))
+    self.assertLess(smoke.num_seeds, config.num_seeds)
+    self.assertEqual(configs.variants(name), ("smoke",))
+    with self.assertRaisesRegex(ValueError, f"choose {name}.py or "
+                                f"{name}.py:smoke"):
+      configs.load(name, "huge")
 
   def test_studies_are_under_parameterised(self):
     for name in ("synthetic", "digits", "mnist5k"):

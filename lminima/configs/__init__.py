@@ -108,7 +108,7 @@ def variants(name: str) -> tuple[str, ...]:
   """The variants of study ``name`` beyond the study itself: "smoke" and the
   keys of the config module's ``VARIANTS`` dict, if it has one."""
   module = importlib.import_module(f"lminima.configs.{_check(name)}")
-  return ("smoke", *getattr(module, "VARIANTS", {}))
+  return tuple(dict.fromkeys(("smoke", *getattr(module, "VARIANTS", {}))))
 
 
 def image_study(name: str, arg: str | None, *, n: int,
