@@ -20,23 +20,16 @@ below apply on top when given.
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from lminima import configs
-from lminima.configs import eliminate as eliminate_file
 from lminima.related.eliminate import study as eliminate_study
 from lminima.study import cli
 from lminima.study import records
 
 _DEFAULTS = eliminate_study.get_config()
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The experiment's config file, FILE[:ARG] (default: "
-    "lminima/configs/eliminate.py); override its fields with "
-    "--config.FIELD=value.", lock_config=True)
-_SMOKE = flags.DEFINE_bool("smoke", False, "The smoke variant's fields "
-                           "(lminima/configs/eliminate.py:smoke: one width, "
-                           "two seeds, short training) on top of --config.")
+_CONFIG, _SMOKE = cli.define_experiment_flags(
+    "eliminate", "one width, two seeds, short training")
 _LOSSES = flags.DEFINE_list("losses", None, "squared and/or cross_entropy "
                             f"(default {','.join(_DEFAULTS.losses)}).")
 _WIDTHS = flags.DEFINE_list("widths", None, "Hidden widths (default "
@@ -54,9 +47,7 @@ _FIELDS = cli.define_field_flags(_DEFAULTS, {
 
 def config_from_flags():
   """The --config file's config with --smoke and the short flags applied."""
-  config = _CONFIG.value or configs.load("eliminate")
-  if _SMOKE.value:
-    configs.with_variant(config, "eliminate", "smoke", eliminate_file.VARIANTS)
+  config = configs.from_flags("eliminate", _CONFIG.value, _SMOKE.value)
   if _LOSSES.value is not None:
     config.losses = tuple(_LOSSES.value)
   if _WIDTHS.value is not None:

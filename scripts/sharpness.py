@@ -19,10 +19,8 @@ below apply on top when given.
 
 
 from absl import flags
-from ml_collections import config_flags
 
 from lminima import configs
-from lminima.configs import sharpness as sharpness_file
 from lminima import data as data_lib
 from lminima.related.sharpness import config as sharpness_config
 from lminima.related.sharpness import study as sharpness_study
@@ -31,13 +29,8 @@ from lminima.study import records
 
 _DEFAULTS = sharpness_config.get_config()
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The experiment's config file, FILE[:ARG] (default: "
-    "lminima/configs/sharpness.py); override its fields with "
-    "--config.FIELD=value.", lock_config=True)
-_SMOKE = flags.DEFINE_bool("smoke", False, "The smoke variant's fields "
-                           "(lminima/configs/sharpness.py:smoke: few images, "
-                           "seeds and epochs) on top of --config.")
+_CONFIG, _SMOKE = cli.define_experiment_flags(
+    "sharpness", "few images, seeds and epochs")
 _EPS = flags.DEFINE_list("eps", None, "Box scales epsilon of the sharpness.")
 _FIELDS = cli.define_field_flags(_DEFAULTS, {
     "workdir": "Where results go.",
@@ -61,9 +54,7 @@ _FIELDS = cli.define_field_flags(_DEFAULTS, {
 
 def config_from_flags():
   """The --config file's config with --smoke and the short flags applied."""
-  config = _CONFIG.value or configs.load("sharpness")
-  if _SMOKE.value:
-    configs.with_variant(config, "sharpness", "smoke", sharpness_file.VARIANTS)
+  config = configs.from_flags("sharpness", _CONFIG.value, _SMOKE.value)
   cli.set_given(config, _FIELDS)
   if _EPS.value is not None:
     config.eps = cli.number_list("eps", _EPS.value, float)

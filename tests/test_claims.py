@@ -211,6 +211,22 @@ class ClaimsTableTest(absltest.TestCase):
     control = _by_test(table, "C", "control")
     self.assertEqual((control["tested"], control["holds"]), (2, 1))
 
+  def test_bound_through_a_linear_skip_checks_the_instrument(self):
+    # Members above L*_lin, tested points without full row rank: informative
+    # for a plain net, not where a linear skip makes the bound follow from
+    # criticality.
+    rows = [_minimum(loss=0.3, inclusion=1e-12, rank_frac=0.4),
+            _minimum(outcome="escaping", loss=0.9)]
+    must = _by_test(claims.claims_table(rows), "C", "=> L <= L*_linear")
+    self.assertTrue(must["informative"].startswith("yes"))
+    for row in rows:
+      row["skip"] = True
+    must = _by_test(claims.claims_table(rows), "C", "=> L <= L*_linear")
+    self.assertEqual((must["tested"], must["holds"]), (1, 1))
+    self.assertTrue(must["informative"].startswith(
+        "no: with a linear skip, criticality alone gives it"),
+                    must["informative"])
+
   def test_bound_is_trivial_when_every_member_is_below_linear(self):
     rows = [_minimum(loss=0.3, inclusion=1e-12, rank_frac=0.4),
             _minimum(loss=0.2, inclusion=0.4),

@@ -104,6 +104,17 @@ def with_variant(config: ml_collections.ConfigDict, name: str,
   return config
 
 
+def from_flags(name: str, config: ml_collections.ConfigDict | None,
+               smoke: bool) -> ml_collections.ConfigDict:
+  """A script's config: the ``--config`` file's (``config``; None: the file
+  ``name``'s own), with the file's smoke variant on top when ``smoke``."""
+  config = load(name) if config is None else config
+  if smoke:
+    module = importlib.import_module(f"lminima.configs.{_check(name)}")
+    with_variant(config, name, "smoke", module.VARIANTS)
+  return config
+
+
 def variants(name: str) -> tuple[str, ...]:
   """The variants of study ``name`` beyond the study itself: "smoke" and the
   keys of the config module's ``VARIANTS`` dict, if it has one."""

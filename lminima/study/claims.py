@@ -14,7 +14,10 @@ minima counted apart, and whether the test was informative on these data
 * (C) is split: points where col(I kron [X 1]) is in col(D) (the bound must
   hold) and points where it is not (a control: the bound may fail). It is
   informative only where some member lies above L*_linear and where the
-  inclusion is not implied by full row rank of D.
+  inclusion is not implied by full row rank of D. With a linear skip X S the
+  inclusion holds by construction and a zero gradient already makes the
+  residual orthogonal to [X 1], so the bound follows from criticality: it
+  checks the instrument, like (A).
 * (E): the values of minima are tested as statistics in ``lminima.study.trend``
   (its ``claim_entry`` joins this table in the report); here only the rank
   of D, compared between neighbouring cells of at least ``MIN_POINTS``
@@ -203,6 +206,9 @@ def _bound_claims(rows: Sequence[dict], minima: list[dict], tol: Tolerances
     informative = trivial
   elif not points:
     informative = "no points with the inclusion"
+  elif all(r.get("skip") for r in points):
+    informative = ("no: with a linear skip, criticality alone gives it (a "
+                   "zero gradient makes the residual orthogonal to [X 1])")
   elif not not_full:
     informative = "no: the inclusion holds only where D has full row rank"
   else:

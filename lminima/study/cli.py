@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from lminima.study import records
 from lminima.study.config import UnknownFieldError
@@ -63,6 +64,21 @@ def number_list(flag: str, values: Iterable[str],
     noun = "integers" if kind is int else "numbers"
     raise ValueError(f"--{flag} must be a comma-separated list of {noun}, "
                      f"got {','.join(values)!r}") from None
+
+
+def define_experiment_flags(name: str, smoke: str
+                            ) -> tuple[flags.FlagHolder, flags.FlagHolder]:
+  """``--config``, a config file (``FILE[:ARG]``, None until given: the
+  script then loads ``lminima/configs/<name>.py``) whose fields are
+  overridable as ``--config.FIELD=value``, and ``--smoke``, the file's smoke
+  variant (described by ``smoke``) on top of it."""
+  return (config_flags.DEFINE_config_file(
+      "config", None, "The experiment's config file, FILE[:ARG] (default: "
+      f"lminima/configs/{name}.py); override its fields with "
+      "--config.FIELD=value.", lock_config=True),
+          flags.DEFINE_bool("smoke", False, "The smoke variant's fields "
+                            f"(lminima/configs/{name}.py:smoke: {smoke}) on "
+                            "top of --config."))
 
 
 def define_field_flags(defaults: Any, help_texts: Mapping[str, str]

@@ -1,6 +1,7 @@
 """The depth x width x seed grid: train, refine, certify, explain, record.
 
-``run(config)`` is the library function behind ``scripts/depth_width.py``:
+``run(config, workdir)`` is the library function behind
+``scripts/depth_width.py``:
 
 1. validate the config (``study_config.validate_config``: one-line errors
    naming the field), take the workdir's lock (``records.lock_workdir``: a
@@ -31,7 +32,10 @@
 5. append the member's row (``lminima.study.records``) at once (flushed), so a
    killed run loses at most the member in progress; a rerun with the same
    workdir skips the members already recorded;
-6. write the report (``lminima.study.report.write_report``: report.md with the
+6. with ``min_certified`` set, run coverage rounds
+   (``lminima.study.coverage``): the cells short of certified minima get
+   more seeds, trained and recorded as in 3-5, round after round;
+7. write the report (``lminima.study.report.write_report``: report.md with the
    claims table, summary.csv, claims.json and the figures) from the rows of
    every results file of the workdir.
 
@@ -90,7 +94,8 @@ from lminima.train import calibration
 from lminima.train import driver
 from lminima.train import planner
 from lminima.train import population
-# The configuration lives in sweep_config; its public names are the sweep's.
+# The configuration lives in lminima.study.config; its public names are the
+# sweep's.
 from lminima.study.config import (ConfigError, DATA_FIELDS, check_against_data,
                                   config_fingerprint, get_config, grid,
                                   load_data, parse_shard, process_shard,
