@@ -144,8 +144,10 @@ def _describe(rows: Sequence[dict[str, Any]]) -> list[str]:
   first = rows[0]
   data = first.get("dataset") or {}
   label = data.get("label") or data.get("name")
+  per_cell = collections.Counter((r["depth"], r["width"]) for r in rows)
+  fewest, most = min(per_cell.values()), max(per_cell.values())
   grid = (sorted({r["depth"] for r in rows}), sorted({r["width"] for r in rows}),
-          len({r["seed"] for r in rows}))
+          str(most) if fewest == most else f"{fewest} to {most}")
   optimizer = first.get("optimizer") or {}
   versions = first.get("versions") or {}
   return [
@@ -156,7 +158,7 @@ def _describe(rows: Sequence[dict[str, Any]]) -> list[str]:
       f"- training: {optimizer.get('name')}, learning rate "
       f"{optimizer.get('learning_rate')}, {optimizer.get('steps')} steps, "
       f"batch {optimizer.get('batch_size') or 'full'}",
-      f"- grid: depths {grid[0]}, widths {grid[1]}, {grid[2]} seeds: "
+      f"- grid: depths {grid[0]}, widths {grid[1]}, {grid[2]} seeds a cell: "
       f"{len(rows)} members recorded",
       f"- library versions: {', '.join(f'{k} {v}' for k, v in sorted(versions.items()))}",
   ]
