@@ -21,7 +21,7 @@ from lminima.critical.batched import newton_mr as batched_newton_mr
 from lminima.linalg import lanczos
 
 from _helpers import gaussian_data
-from test_batched_lm import _assert_close_loss
+from test_batched_refine import _assert_close_loss
 
 
 # Seeds whose width-2 members LM refines to grad_tol (the others escape).

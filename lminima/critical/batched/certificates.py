@@ -7,7 +7,8 @@ the same code (``certify.decide``, which runs the second-order proof or the
 descent probe member by member). Above ``dense_max_params``,
 ``extreme_eigs_many``: Lanczos runs of blocks of members stepped together,
 their Hessian-vector products one vmapped call. Results equal the sequential
-ones up to the summation order of batched kernels (tests/test_batched_lm.py).
+ones up to the summation order of batched kernels
+(tests/test_batched_refine.py).
 
 Example:
   >>> import jax, numpy as np

@@ -29,7 +29,7 @@ go through ONE jitted float64 program per call (the lane queue of
 Results equal the sequential ones up to float64 roundoff (members never
 interact; only the summation order of batched kernels differs): same stop
 reasons and, on converged members, the same refined losses
-(tests/test_batched_lm.py). A program compiles once per (objective,
+(tests/test_batched_refine.py). A program compiles once per (objective,
 shapes, population size, ``max_iters``, ``lanes``).
 
 Example:

@@ -1,4 +1,5 @@
-"""Tests of lminima.critical.batched.lm against the sequential path.
+"""Tests of lminima.critical.batched (refine, certificates, lanes) against
+the sequential path.
 
 The reference is ``refinement.refine(method="lm")`` and
 ``certify.certificate`` member by member (themselves tested against closed
