@@ -558,6 +558,23 @@ class CoverageTest(absltest.TestCase):
     self.assertLen(sweep.run(self.config, log=log.append), len(rows))
     self.assertFalse(any("training" in line for line in log), log)
 
+  def test_a_run_with_rounds_estimates_the_time_they_add(self):
+    # From scratch: the grid, then the rounds, one estimate throughout.
+    config = tiny_config(tempfile.mkdtemp())
+    config.min_certified, config.max_members = 2, 4
+    seen = []
+    rows = sweep.run(config, log=lambda _: None,
+                     on_member=lambda done, left: seen.append((done, left)))
+    self.assertEqual([done for done, _ in seen], list(range(1, len(rows) + 1)))
+    self.assertGreater(len(rows), 8)  # some rounds ran
+    lefts = [left for _, left in seen]
+    self.assertTrue(all(np.isfinite(left) and left >= 0 for left in lefts))
+    self.assertEqual(lefts[-1], 0.0)
+    # The first round's estimate is made when the round starts: after the
+    # grid's last member (nothing left then), time is left again.
+    self.assertEqual(lefts[7], 0.0)
+    self.assertGreater(lefts[8], 0.0)
+
   def test_bad_coverage_settings_are_one_line_errors(self):
     for fields, name in (({"max_members": 1}, "max_members"),
                          ({"max_members": 4, "shard": "0/2"},
