@@ -63,9 +63,9 @@ class ScriptsTest(absltest.TestCase):
           break
       else:
         self.fail(f"no training line: {process.communicate()[1]}")
-      # Ctrl-C again if one is lost: a signal that lands while compiled code
-      # holds the process can go unseen (rarely, on a loaded machine); a
-      # process that ends by itself (status 0) still fails the test.
+      # Ctrl-C again if the first goes unseen (once, in a full suite on a
+      # loaded machine, the script ran to its end; the cause is not known);
+      # a process that ends by itself (status 0) still fails the test.
       for _ in range(12):
         process.send_signal(signal.SIGINT)
         try:
