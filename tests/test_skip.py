@@ -24,6 +24,7 @@ from lminima.study import records
 from lminima.study import reload
 from lminima.study import sweep
 from lminima.study import config as study_config
+from lminima.study import memory
 from lminima.theory import euler
 from lminima.theory import identities
 from lminima.train import population
@@ -317,8 +318,8 @@ class SkipSweepTest(parameterized.TestCase):
 
   def test_memory_estimate_counts_the_skip(self):
     ds = data_lib.synthetic(m=60, d_x=3, d_y=2, seed=3)
-    plain = study_config.memory_estimate(_tiny_config("w", skip=False), ds)
-    skip = study_config.memory_estimate(_tiny_config("w"), ds)
+    plain = memory.memory_estimate(_tiny_config("w", skip=False), ds)
+    skip = memory.memory_estimate(_tiny_config("w"), ds)
     self.assertEqual(skip[0]["n_params"] - plain[0]["n_params"], 3 * 2)
 
 

@@ -424,18 +424,18 @@ class WorkdirCostModelTest(absltest.TestCase):
     measured = planner.CostModel(compile_s=0.5, step_s=1e-5,
                                  flops_per_s=1e11, unit_s=3e-9)
     with mock.patch.object(calibration, "backend_cost_model", lambda: measured):
-      self.assertEqual(sweep._cost_model(workdir, print), measured)
+      self.assertEqual(records.workdir_cost_model(workdir, print), measured)
     # A later run reads the workdir's model, whatever this machine measures.
     other = dataclasses.replace(measured, unit_s=9e-9)
     with mock.patch.object(calibration, "backend_cost_model", lambda: other):
-      self.assertEqual(sweep._cost_model(workdir, print), measured)
+      self.assertEqual(records.workdir_cost_model(workdir, print), measured)
     # Written before unit_s existed: it planned without it.
     path = os.path.join(workdir, records.COST_MODEL_FILE)
     with open(path, "w") as f:
       json.dump({"backend": backend, "compile_s": 0.5, "step_s": 1e-5,
                  "flops_per_s": 1e11}, f)
     with mock.patch.object(calibration, "backend_cost_model", lambda: other):
-      self.assertEqual(sweep._cost_model(workdir, print),
+      self.assertEqual(records.workdir_cost_model(workdir, print),
                        dataclasses.replace(measured, unit_s=0.0))
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 from typing import Any
 
 import jax
@@ -35,6 +34,7 @@ from lminima.core import losses
 from lminima.core import models
 from lminima.core import tolerances as tolerances_lib
 from lminima.critical import refinement
+from lminima.study import memory
 from lminima.train import planner
 from lminima.train import population
 
@@ -171,7 +171,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.theory = True
   config.memory_budget_bytes = 2**30
   # Refuse grids whose estimated memory exceeds this (0: the accelerator's
-  # memory, or the host's on CPU); see memory_estimate.
+  # memory, or the host's on CPU); see lminima.study.memory.
   config.memory_limit_bytes = 0
   config.workdir = "runs/depth_width"
   config.shard = "0/1"  # "i/N": this process runs shard i of N.
@@ -379,108 +379,17 @@ def shard_members(config: ml_collections.ConfigDict
   return grid(config)[index::count]
 
 
-# Bytes per trained parameter: float32 parameters, gradient, two Adam moments,
-# the frozen copy of divergence and slack.
-_TRAIN_BYTES_PER_PARAM = 4 * 6
-# Bytes per activation of one sample in one hidden unit: float32
-# pre-activation, activation and their cotangents.
-_TRAIN_BYTES_PER_UNIT = 4 * 4
-# float64 vectors of n_params that refinement and the certificate keep alive.
-_ANALYSIS_VECTORS = 40
-
-
-def _n_params(d_x: int, d_y: int, depth: int, width: int,
-              skip: bool = False) -> int:
-  sizes = (d_x,) + (width,) * depth + (d_y,)
-  return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:])) + (
-      d_x * d_y if skip else 0)
-
-
-def memory_estimate(config: ml_collections.ConfigDict, data: data_lib.Dataset
-                    ) -> list[dict[str, Any]]:
-  """Estimated peak bytes per depth: training its population, analysing one.
-
-  Training (float32): the whole population's state counts as alive at once
-  (a bound: only ``train_workers`` programs run at a time); per member
-  ``_TRAIN_BYTES_PER_PARAM`` bytes per parameter (at the widest width for
-  ``width_strategy="masked"``) plus ``_TRAIN_BYTES_PER_UNIT`` bytes per
-  sample and hidden unit of a batch, plus the host copy of a depth's initial
-  state when its members start together (``planner.start_groups``; at most
-  ``planner.START_TOGETHER_BYTES``). Analysis (float64, one member at a
-  time): ``_ANALYSIS_VECTORS`` parameter vectors plus the dense objects
-  (Hessian, D(theta)), each capped by ``memory_budget_bytes``.
-
-  Returns one dict per depth: depth, widest width, n_params of the widest
-  member, train_bytes, analysis_bytes.
-  """
-  batch = config.batch_size or data.m
-  estimates = []
-  for depth in config.depths:
-    widest = max(config.widths)
-    train_bytes = 0
-    for width in config.widths:
-      shaped = widest if config.width_strategy == "masked" else width
-      per_member = (_n_params(data.d_x, data.d_y, depth, shaped, config.skip)
-                    * _TRAIN_BYTES_PER_PARAM
-                    + batch * shaped * depth * _TRAIN_BYTES_PER_UNIT)
-      train_bytes += per_member * config.num_seeds
-    n_params = _n_params(data.d_x, data.d_y, depth, widest, config.skip)
-    train_bytes += planner.shared_start_bytes(
-        len(config.widths) * config.num_seeds, n_params)
-    dense = min(config.memory_budget_bytes,
-                8 * n_params * max(n_params, data.m * data.d_y))
-    analysis_bytes = (8 * n_params * _ANALYSIS_VECTORS
-                      + (2 * dense if config.certify or config.theory else 0))
-    estimates.append(dict(depth=depth, width=widest, n_params=n_params,
-                          train_bytes=train_bytes,
-                          analysis_bytes=analysis_bytes))
-  return estimates
-
-
-def memory_limit(config: ml_collections.ConfigDict) -> tuple[int, str]:
-  """``(bytes, where the number comes from)`` that a grid may use."""
-  if config.memory_limit_bytes:
-    return int(config.memory_limit_bytes), "memory_limit_bytes"
-  try:
-    stats = jax.local_devices()[0].memory_stats() or {}
-  except Exception:  # pylint: disable=broad-except  # backends differ
-    stats = {}
-  if stats.get("bytes_limit"):
-    return (int(stats["bytes_limit"]),
-            f"{jax.local_devices()[0].platform} memory")
-  try:
-    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  except (ValueError, OSError, AttributeError):
-    return 2**63 - 1, "unknown"
-  return int(host), "host memory"
-
-
-def _gb(n: float) -> str:
-  return f"{n / 1e9:.3g} GB"
-
-
 def check_against_data(config: ml_collections.ConfigDict,
                        data: data_lib.Dataset) -> None:
   """What ``validate_config`` cannot check without the data; ``ConfigError``.
 
   The batch size must not exceed the samples, and the grid must fit the
-  memory limit (``memory_estimate``, ``memory_limit``).
+  memory limit (``lminima.study.memory``).
   """
   if config.batch_size > data.m:
     raise _field_error("batch_size", f"{config.batch_size} exceeds the "
                        f"{data.m} samples of the data; use batch_size <= "
                        f"{data.m} (0 = full batch)")
-  limit, source = memory_limit(config)
-  for estimate in memory_estimate(config, data):
-    for key, what in (("train_bytes", f"to train its "
-                       f"{len(config.widths) * config.num_seeds} members "
-                       "(float32)"),
-                      ("analysis_bytes", "to refine and certify a member "
-                       "(float64)")):
-      if estimate[key] > limit:
-        raise _field_error(
-            "widths", f"too large: depth {estimate['depth']} x width "
-            f"{estimate['width']} ({estimate['n_params']:.3g} parameters per "
-            f"member) needs about {_gb(estimate[key])} {what}, above the "
-            f"{_gb(limit)} limit ({source}; memory_limit_bytes overrides); use "
-            f"smaller widths or depths")
+  excess = memory.excess(config, data)
+  if excess:
+    raise _field_error("widths", excess)

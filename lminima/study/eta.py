@@ -43,11 +43,16 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+import jax
+import ml_collections
 import numpy as np
 
+from lminima import data as data_lib
 from lminima.core.problem import Problem
 from lminima.core.tolerances import Tolerances
 from lminima.critical.refinement import serial_blas
+from lminima.study import config as study_config
+from lminima.train import population
 
 ITERATIONS_PRIOR = 150.0
 """Effective LM iterations per member before any member is measured, when
@@ -109,6 +114,25 @@ def iteration_seconds(problem: Problem, lm_max_params: int = 5000) -> float:
     work()
     best = min(best, time.perf_counter() - start)
   return repeats * best
+
+
+def iteration_seconds_by_cell(config: ml_collections.ConfigDict,
+                              data: data_lib.Dataset,
+                              members: Sequence[population.Member]
+                              ) -> dict[tuple[int, int], float]:
+  """``iteration_seconds`` of each (depth, width) of ``members``, at
+  the member model's initial point (the dense work does not depend on it)."""
+  tconfig = study_config.train_config(config)
+  seconds = {}
+  for member in members:
+    cell = (member.depth, member.width)
+    if cell not in seconds:
+      model = population.member_model(data.d_x, data.d_y, member, tconfig)
+      seconds[cell] = iteration_seconds(Problem.for_module(
+          model, model.init_params(jax.random.PRNGKey(0)), data.x, data.y,
+          normalization=config.normalization,
+          memory_budget_bytes=config.memory_budget_bytes))
+  return seconds
 
 
 class Eta:

@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import json
@@ -42,10 +43,13 @@ import logging
 import math
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
+
+from lminima.train import calibration
+from lminima.train import planner
 
 
 RESULTS_FILE = "results.jsonl"
@@ -399,3 +403,35 @@ def _salvage(line: str) -> dict[str, Any] | None:
       pass
     start = line.find("{", start + 1)
   return None
+
+
+def workdir_cost_model(workdir: str, log: Callable[[str], None]
+                       ) -> planner.CostModel:
+  """The workdir's stored cost model for this backend, else this process's
+  (stored when the workdir has none), so that every run plans alike."""
+  backend = jax.default_backend()
+  path = os.path.join(workdir, COST_MODEL_FILE)
+  stored = read_json(path)
+  if stored is not None and stored.get("backend") == backend:
+    return _stored_cost_model(stored)
+  model = calibration.backend_cost_model()
+  if stored is None:
+    write_json_once(path, {"backend": backend,
+                                   **dataclasses.asdict(model)})
+    again = read_json(path)
+    if again is not None and again.get("backend") == backend:
+      return _stored_cost_model(again)
+  else:
+    log(f"warning: {path} is for backend {stored.get('backend')!r}, this run "
+        f"uses {backend!r}: members trained here may round differently")
+  return model
+
+
+def _stored_cost_model(stored: dict[str, Any]) -> planner.CostModel:
+  """A workdir's cost model; one written before ``unit_s`` existed planned
+  without it (0), and keeps doing so."""
+  return planner.CostModel(**{
+      field.name: float(stored[field.name] if field.default is
+                        dataclasses.MISSING else stored.get(field.name,
+                                                            field.default))
+      for field in dataclasses.fields(planner.CostModel)})

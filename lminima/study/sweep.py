@@ -11,7 +11,7 @@
 2. load the data set (``lminima.data.load``, or the ``data`` passed, e.g. a
    user's arrays from ``lminima.data.from_arrays``) and check what needs the
    data (batch size, the memory the grid needs:
-   ``study_config.memory_estimate``) before any training;
+   ``lminima.study.memory``) before any training;
 3. for each depth with members still to record, train the depth's whole
    population, i.e. every (width, seed) of the grid at that depth, as one
    population (``lminima.train.driver.train_population``, float32), and keep the
@@ -66,16 +66,13 @@ Example (a tiny grid):
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import os
 import time
 from typing import Any, Callable, Sequence
 
-import jax
 import ml_collections
 import numpy as np
-import tqdm
 
 from lminima import data as data_lib
 from lminima.core import files
@@ -87,12 +84,11 @@ from lminima.study import claims
 from lminima.study import config as study_config
 from lminima.study.coverage import coverage_round
 from lminima.study import eta as eta_lib
+from lminima.study.progress import Progress
 from lminima.study import records
 from lminima.study import report
 from lminima.theory import quantities
-from lminima.train import calibration
 from lminima.train import driver
-from lminima.train import planner
 from lminima.train import population
 # The configuration lives in lminima.study.config; its public names are the
 # sweep's.
@@ -178,105 +174,6 @@ def analyse_member(result: population.MemberResult, data: data_lib.Dataset,
 def _error_text(error: BaseException, limit: int = 500) -> str:
   text = " ".join(f"{type(error).__name__}: {error}".split())
   return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _cost_model(workdir: str, log: Callable[[str], None]
-                ) -> planner.CostModel:
-  """The workdir's stored cost model for this backend, else this process's
-  (stored when the workdir has none), so that every run plans alike."""
-  backend = jax.default_backend()
-  path = os.path.join(workdir, records.COST_MODEL_FILE)
-  stored = records.read_json(path)
-  if stored is not None and stored.get("backend") == backend:
-    return _stored_cost_model(stored)
-  model = calibration.backend_cost_model()
-  if stored is None:
-    records.write_json_once(path, {"backend": backend,
-                                   **dataclasses.asdict(model)})
-    again = records.read_json(path)
-    if again is not None and again.get("backend") == backend:
-      return _stored_cost_model(again)
-  else:
-    log(f"warning: {path} is for backend {stored.get('backend')!r}, this run "
-        f"uses {backend!r}: members trained here may round differently")
-  return model
-
-
-def _stored_cost_model(stored: dict[str, Any]) -> planner.CostModel:
-  """A workdir's cost model; one written before ``unit_s`` existed planned
-  without it (0), and keeps doing so."""
-  return planner.CostModel(**{
-      field.name: float(stored[field.name] if field.default is
-                        dataclasses.MISSING else stored.get(field.name,
-                                                            field.default))
-      for field in dataclasses.fields(planner.CostModel)})
-
-
-class _Progress:
-  """One bar over the whole grid: each member counts 1 for training (split
-  over the steps of its depth's population) and 1 for its certificate; the
-  time left is ``lminima.study.eta``'s estimate (absent without one)."""
-
-  def __init__(self, total_members: int, enabled: bool,
-               log: Callable[[str], None], estimate: eta_lib.Eta | None):
-    self.bar = tqdm.tqdm(
-        total=2 * total_members, disable=not enabled, unit="",
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}{postfix}]")
-    self._log = log
-    self.base = 0.0
-    self.estimate = estimate
-
-  def say(self, message: str) -> None:
-    if self.bar.disable:
-      self._log(message)
-    else:
-      with tqdm.tqdm.external_write_mode():
-        self._log(message)
-
-  def set(self, value: float, desc: str | None = None) -> None:
-    if self.bar.disable:
-      return
-    if desc is not None:
-      self.bar.set_description_str(desc, refresh=False)
-    if self.estimate is not None:
-      self.bar.set_postfix_str("< " + tqdm.tqdm.format_interval(
-          self.estimate.remaining_s()) + " left", refresh=False)
-    self.bar.n = min(value, self.bar.total)
-    self.bar.refresh()
-
-  def extend(self, members: Sequence[population.Member],
-             config: ml_collections.ConfigDict,
-             data: data_lib.Dataset) -> None:
-    """Adds the members of a coverage round to the bar, and a new estimate
-    of their time (training measured per member so far, analysis by the
-    member model fitted so far)."""
-    self.bar.total += 2 * len(members)
-    if self.estimate is not None:
-      self.estimate = self.estimate.for_more(
-          iteration_seconds_by_cell(config, data, members),
-          [(m.depth, m.width) for m in members])
-
-  def close(self) -> None:
-    self.bar.close()
-
-
-def iteration_seconds_by_cell(config: ml_collections.ConfigDict,
-                              data: data_lib.Dataset,
-                              members: Sequence[population.Member]
-                              ) -> dict[tuple[int, int], float]:
-  """``eta.iteration_seconds`` of each (depth, width) of ``members``, at
-  the member model's initial point (the dense work does not depend on it)."""
-  tconfig = train_config(config)
-  seconds = {}
-  for member in members:
-    cell = (member.depth, member.width)
-    if cell not in seconds:
-      model = population.member_model(data.d_x, data.d_y, member, tconfig)
-      seconds[cell] = eta_lib.iteration_seconds(Problem.for_module(
-          model, model.init_params(jax.random.PRNGKey(0)), data.x, data.y,
-          normalization=config.normalization,
-          memory_budget_bytes=config.memory_budget_bytes))
-  return seconds
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | None = None,
@@ -365,7 +262,7 @@ def _run_locked(config: ml_collections.ConfigDict,
   if shard[1] > 1:
     log(f"shard {shard[0]}/{shard[1]}: {len(mine)} of "
         f"{len(grid(config))} members, rows in {results_path}")
-  cost_model = (_cost_model(workdir, log)
+  cost_model = (records.workdir_cost_model(workdir, log)
                 if todo and config.width_strategy == "auto" else None)
   rows_by_cell = collections.defaultdict(list)
   for row in existing:
@@ -380,12 +277,12 @@ def _run_locked(config: ml_collections.ConfigDict,
             workers=config.train_workers or None)
         for depth in {m.depth for m in todo}}
     estimate = eta_lib.Eta(
-        iteration_seconds_by_cell(config, data, todo),
+        eta_lib.iteration_seconds_by_cell(config, data, todo),
         [(m.depth, m.width) for m in todo], training_s,
         k0=eta_lib.budget_iterations(config.refine_max_iters,
                                      config.fate_iters,
                                      study_config.tolerances(config)))
-  progress = _Progress(len(todo), config.progress, log, estimate)
+  progress = Progress(len(todo), config.progress, log, estimate)
   recorded = 0
 
   def record(depth: int, members: list[population.Member],
