@@ -20,7 +20,7 @@ import argparse
 import datetime
 import os
 import sys
-import time
+import timeit
 
 import jax
 import jax.numpy as jnp
@@ -50,11 +50,8 @@ def member_step_us(model: MLP, apply, m: int, members: int, steps: int,
     return jax.lax.scan(step, params, None, length=steps)
 
   jax.block_until_ready(run(params))
-  best = np.inf
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(run(params))
-    best = min(best, time.perf_counter() - start)
+  best = min(timeit.repeat(lambda: jax.block_until_ready(run(params)),
+                           number=1, repeat=reps))
   return 1e6 * best / (steps * members)
 
 

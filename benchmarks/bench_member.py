@@ -25,6 +25,7 @@ import os
 import platform
 import tempfile
 import time
+import timeit
 
 from absl import app
 from absl import flags
@@ -74,12 +75,7 @@ def _timed(module, name, seconds, calls):
 
 def _least(work, repeats=3):
   work()  # compiles
-  best = np.inf
-  for _ in range(repeats):
-    start = time.perf_counter()
-    work()
-    best = min(best, time.perf_counter() - start)
-  return best
+  return min(timeit.repeat(work, number=1, repeat=repeats))
 
 
 def _matmul_flops_per_s(n=1500):

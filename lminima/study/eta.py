@@ -40,7 +40,7 @@ Example:
 
 from __future__ import annotations
 
-import time
+import timeit
 from typing import Sequence
 
 import jax
@@ -108,12 +108,7 @@ def iteration_seconds(problem: Problem, lm_max_params: int = 5000) -> float:
   # The least of a few timings: a busy core (another job, a test worker)
   # only ever adds time, and one inflated sample would inflate every
   # estimate of the sweep.
-  best = np.inf
-  for _ in range(_TIMINGS):
-    start = time.perf_counter()
-    work()
-    best = min(best, time.perf_counter() - start)
-  return repeats * best
+  return repeats * min(timeit.repeat(work, number=1, repeat=_TIMINGS))
 
 
 def iteration_seconds_by_cell(config: ml_collections.ConfigDict,
