@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-class Problem(Protocol):
+class ProblemLike(Protocol):
   """What D needs of a ``lminima.Problem`` (named structurally, so that this
   module does not import the one that calls it)."""
   m: int
@@ -49,12 +49,12 @@ class Problem(Protocol):
   def column_slices(self) -> dict[str, slice]: ...
 
 
-def derivative_matrix_nbytes(problem: Problem) -> int:
+def derivative_matrix_nbytes(problem: ProblemLike) -> int:
   """Bytes of the float64 D: ``m * d_y * n_params * 8``."""
   return problem.m * problem.d_y * problem.n_params * 8
 
 
-def skip_reason(problem: Problem) -> str | None:
+def skip_reason(problem: ProblemLike) -> str | None:
   """Why D would not be built (over the memory budget), or None."""
   nbytes = derivative_matrix_nbytes(problem)
   if nbytes <= problem.memory_budget_bytes:
@@ -86,7 +86,7 @@ class DerivativeMatrix:
                        f"{list(self.column_slices)}") from None
 
 
-def derivative_matrix(problem: Problem) -> DerivativeMatrix:
+def derivative_matrix(problem: ProblemLike) -> DerivativeMatrix:
   """D(theta) of ``problem`` (prefer the cached ``problem.derivative()``).
 
   Raises:
