@@ -197,8 +197,9 @@ def check_writable(workdir: str) -> None:
 
 def with_workdir(config: Any, workdir: str | None) -> Any:
   """``config`` with ``config.workdir = workdir``: a copy, so the caller's
-  config is left as it was; ``config`` itself when ``workdir`` is None."""
-  if workdir is None:
+  config is left as it was; ``config`` itself when ``workdir`` is None or
+  already its workdir."""
+  if workdir is None or workdir == config.workdir:
     return config
   config = config.copy_and_resolve_references()
   config.workdir = workdir
