@@ -3,7 +3,8 @@ r"""Rechecks a workdir's certified minima with code independent of lminima.
 Usage:
   python scripts/check_minima.py --workdir=runs/synthetic [--iters=300]
 
-Every member whose outcome is ``local_min`` is reloaded (lminima is used only
+Every member whose outcome is ``local_min`` or ``kink_min`` (a nonsmooth minimum
+on relu kinks) is reloaded (lminima is used only
 to read its row, its saved parameters and its data) and its loss is written
 again here, in jax.numpy, from the MLP's definition: ``c ||f(theta; X) -
 Y||_F^2`` with ``f`` the tanh / relu / leaky_relu / identity network with
@@ -100,7 +101,8 @@ def check(workdir: str, iters: int = 300, log=print) -> list[dict]:
   """One dict per certified minimum: member, L, lowest L found, relative
   decrease, the row's descent tolerance and whether it was lowered."""
   rows = [r for r in records.read_workdir_rows(workdir)
-          if r.get("outcome") == "local_min" and not r.get("error")]
+          if r.get("outcome") in ("local_min", "kink_min")
+          and not r.get("error")]
   data_cache: dict[str, data_lib.Dataset] = {}
   found = []
   for row in rows:
@@ -128,7 +130,7 @@ def check(workdir: str, iters: int = 300, log=print) -> list[dict]:
             f" (zero loss: L <= {floor:.1e}, the rounding floor)" if zero
             else "")
     log(f"depth {entry['member'][0]} width {entry['member'][1]} seed "
-        f"{entry['member'][2]}: L {value:.6g}, lowest {lowest:.6g}, relative "
+        f"{entry['member'][2]} ({row['outcome']}): L {value:.6g}, lowest {lowest:.6g}, relative "
         f"decrease {decrease:.1e}{note}")
   return found
 

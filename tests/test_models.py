@@ -66,11 +66,40 @@ class MLPTest(parameterized.TestCase):
     kinks = model.apply(variables, x, method="kink_inputs")
     if activation in models.KINKED_ACTIVATIONS:
       pre = np.concatenate([
-          (hidden[l] @ np.asarray(layers[l]["kernel"])
-           + np.asarray(layers[l]["bias"])).reshape(-1) for l in (0, 1)])
+          hidden[l] @ np.asarray(layers[l]["kernel"])
+          + np.asarray(layers[l]["bias"]) for l in (0, 1)], axis=1)
       np.testing.assert_allclose(kinks, pre, rtol=1e-12)
     else:
-      self.assertEqual(kinks.shape, (0,))
+      self.assertEqual(kinks.shape, (6, 0))
+
+  @parameterized.parameters("relu", "leaky_relu")
+  def test_smooth_piece_is_the_network_of_its_pattern(self, activation):
+    model = models.MLP(3, (5, 4), 2, activation, bias=True)
+    variables = model.init_params(jax.random.PRNGKey(2), jnp.float64)
+    x = np.random.default_rng(1).standard_normal((6, 3))
+    below, above = model.kink_slopes
+    z = np.asarray(model.apply(variables, x, method="kink_inputs"))
+    pattern = np.where(z > 0, above, below)
+    xs = np.hstack([x, pattern])
+    # At its own pattern the piece is the network.
+    np.testing.assert_allclose(model.apply(variables, xs, method="piece"),
+                               model.apply(variables, x), rtol=1e-12)
+    np.testing.assert_allclose(
+        model.apply(variables, xs, method="piece_kink_inputs"), z, rtol=1e-12)
+    # Another pattern: numpy with the given slopes, layer by layer.
+    flipped = pattern.copy()
+    flipped[:, [0, 6]] = above + below - flipped[:, [0, 6]]
+    layers = [variables["params"][f"layer_{l}"] for l in (1, 2, 3)]
+    h = x
+    for layer, cols in zip(layers[:-1], (slice(0, 5), slice(5, 9))):
+      h = (h @ np.asarray(layer["kernel"]) + np.asarray(layer["bias"])
+           ) * flipped[:, cols]
+    expected = h @ np.asarray(layers[-1]["kernel"]) + np.asarray(
+        layers[-1]["bias"])
+    np.testing.assert_allclose(
+        model.apply(variables, np.hstack([x, flipped]), method="piece"),
+        expected, rtol=1e-12)
+    self.assertIsNone(models.MLP(3, (4,), 2, "tanh").kink_slopes)
 
   def test_init_params_is_a_function_of_the_key_alone(self):
     model = models.MLP(3, (4,), 2, "relu")

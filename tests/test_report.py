@@ -129,7 +129,7 @@ def _every_outcome_rows():
           ("undecided", 0.15), ("diverged", None)],
       4: [("local_min", 0.2), ("local_min", 0.22), ("local_min", 0.24),
           ("saddle", 0.05), ("saddle", 0.3), ("escaping", 0.01),
-          ("escaping", 0.02), ("failed", 0.1), ("uncertified", None),
+          ("kink_min", 0.02), ("failed", 0.1), ("uncertified", None),
           ("diverged", None)]}
   rows = []
   for width, members in cells.items():
@@ -174,8 +174,8 @@ class EveryOutcomeReportTest(absltest.TestCase):
     totals = collections.Counter(map(claims.outcome, rows))
     # The fixture has every outcome, in these numbers.
     self.assertEqual(dict(totals), {
-        "local_min": 8, "saddle": 3, "non_differentiable": 1,
-        "escaping": 3, "undecided": 1, "diverged": 2, "failed": 1,
+        "local_min": 8, "kink_min": 1, "saddle": 3, "non_differentiable": 1,
+        "escaping": 2, "undecided": 1, "diverged": 2, "failed": 1,
         "uncertified": 1})
     self.assertEqual(set(totals), set(claims.OUTCOMES))
 
@@ -194,8 +194,8 @@ class EveryOutcomeReportTest(absltest.TestCase):
                                 for o in claims.OUTCOMES], line)
     self.assertIn(
         "Tested on the 8 certified local minima (1 of them with zero loss, "
-        "counted apart) of 8 local_min, 3 saddle, 1 non_differentiable, "
-        "3 escaping, 1 undecided, 2 diverged, 1 failed, 1 uncertified "
+        "counted apart) of 8 local_min, 1 kink_min, 3 saddle, "
+        "1 non_differentiable, 2 escaping, 1 undecided, 2 diverged, 1 failed, 1 uncertified "
         "members.", text)
 
     # summary.csv: n_<outcome> per cell, summing to the cell's members.
@@ -233,8 +233,8 @@ class EveryOutcomeReportTest(absltest.TestCase):
     log = []
     sweep._totals(config, rows, log.append)
     self.assertEqual(log[0], (
-        "grid: 20 of 20 members recorded: 8 local_min, 3 saddle, "
-        "1 non_differentiable, 3 escaping, 1 undecided, 2 diverged, "
+        "grid: 20 of 20 members recorded: 8 local_min, 1 kink_min, 3 saddle, "
+        "1 non_differentiable, 2 escaping, 1 undecided, 2 diverged, "
         "1 failed, 1 uncertified"))
     counted = dict(
         (o, int(n)) for n, o in re.findall(r"(\d+) (\w+)",

@@ -123,6 +123,14 @@ class TrendTestsTest(absltest.TestCase):
     self.assertEqual(cell["e3_n"], 5)
     self.assertAlmostEqual(cell["e1_ratio_linear"], 1.005)
 
+  def test_minima_on_kinks_count_in_e1_and_e2_saddles_do_not(self):
+    rows = (_rows({2: [1.0, 1.5]}) + _rows({2: [2.0]}, outcome="kink_min")
+            + _rows({2: [0.5]}, outcome="saddle"))
+    self.assertEqual(sorted(v for _, v in trend.e1_points(rows)),
+                     [1.0, 1.5, 2.0])
+    bad = {r["loss_refined"]: b for r, b in trend.e2_points(rows)}
+    self.assertEqual(bad, {1.0: 1.0, 1.5: 1.0, 2.0: 1.0, 0.5: 0.0})
+
   def test_diverged_and_failed_are_not_values(self):
     rows = _rows({2: [1.0]}) + [
         {"depth": 1, "width": 2, "seed": 9, "diverged": True,

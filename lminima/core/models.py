@@ -27,10 +27,17 @@ layer, and the module may define
 * ``features(x)``: the design matrix of that output layer, i.e. the features
   entering it with a column of ones appended when it has a bias, so that
   Yhat = features(x) @ B for some B. Needed for the last-layer identities.
-* ``kink_inputs(x)``: a flat array of the arguments of every
-  non-differentiable activation (the pre-activations of relu units); a
+* ``kink_inputs(x)``: the arguments of every non-differentiable activation
+  (the pre-activations of relu units), shape (m, k): k per sample; a
   certificate calls the point non-differentiable when one is within its
   tolerance of 0.
+* for kink decisions (``lminima.critical.kinks``), a piecewise-linear
+  activation's two slopes ``kink_slopes = (below, above)`` and the smooth
+  pieces of the network: ``piece(xs)`` and ``piece_kink_inputs(xs)``, the
+  output and the kinked arguments when every kinked activation is replaced by
+  the fixed slope given for it, ``xs = [X, S]`` with S (m, k) in the order of
+  ``kink_inputs``. On the closure of the region where S is the activation
+  pattern, the piece's loss equals the loss.
 * ``bias``: a bool attribute, whether the output layer has a bias (default
   True for models without it).
 
@@ -173,20 +180,25 @@ class MLP(nn.Module):
                    self.d_in * self.d_out if self.skip else 0)
 
   @nn.compact
-  def forward(self, x: jax.Array, masks: Sequence[jax.Array] | None = None
+  def forward(self, x: jax.Array, masks: Sequence[jax.Array] | None = None,
+              slopes: jax.Array | None = None
               ) -> tuple[jax.Array, list[jax.Array], list[jax.Array]]:
     """Returns ``(yhat, pre_activations, hidden)``.
 
     ``pre_activations[l-1] = Z^(l)`` and ``hidden[l-1] = h^(l)`` for the hidden
-    layers l = 1..H (after masking when ``masks`` is given).
+    layers l = 1..H (after masking when ``masks`` is given). With ``slopes``
+    (m, d_1 + ... + d_H), h^(l) = Z^(l) * slopes[:, layer l's columns]: the
+    smooth piece of that activation pattern.
     """
     sigma = get_activation(self.activation)
     h, pre, hidden = x, [], []
+    offsets = np.cumsum((0, *self.widths))
     for l, width in enumerate(self.widths, start=1):
       z = nn.Dense(width, use_bias=self.bias, name=layer_name(l),
                    kernel_init=_fan_in_normal(init_gain(self.activation)),
                    param_dtype=TRAIN_DTYPE)(h)
-      h = sigma(z)
+      h = (sigma(z) if slopes is None
+           else z * slopes[:, offsets[l - 1]:offsets[l]].astype(z.dtype))
       if masks is not None:
         h = h * masks[l - 1]
       pre.append(z)
@@ -227,11 +239,32 @@ class MLP(nn.Module):
     return [x, *self.forward(x)[2]]
 
   def kink_inputs(self, x: jax.Array) -> jax.Array:
-    """Every hidden pre-activation for relu/leaky_relu nets, else empty."""
+    """Every hidden pre-activation [Z^(1), ..., Z^(H)], (m, d_1 + ... + d_H),
+    for relu/leaky_relu nets, else (m, 0)."""
     _, pre, _ = self.forward(x)
     if self.activation not in KINKED_ACTIVATIONS or not pre:
-      return jnp.zeros((0,), x.dtype)
-    return jnp.concatenate([z.reshape(-1) for z in pre])
+      return jnp.zeros((x.shape[0], 0), x.dtype)
+    return jnp.concatenate(pre, axis=1)
+
+  @property
+  def kink_slopes(self) -> tuple[float, float] | None:
+    """(slope below, slope above) the kink of a piecewise-linear activation,
+    else None."""
+    return {"relu": (0.0, 1.0),
+            "leaky_relu": (LEAKY_RELU_SLOPE, 1.0)}.get(self.activation)
+
+  def piece(self, xs: jax.Array) -> jax.Array:
+    """Yhat of the smooth piece: ``xs = [X, S]``, every hidden activation
+    replaced by the slope in S (the module docstring)."""
+    return self._piece_forward(xs)[0]
+
+  def piece_kink_inputs(self, xs: jax.Array) -> jax.Array:
+    """[Z^(1), ..., Z^(H)] of the smooth piece ``xs = [X, S]``."""
+    return jnp.concatenate(self._piece_forward(xs)[1], axis=1)
+
+  def _piece_forward(self, xs: jax.Array):
+    k = sum(self.widths)
+    return self.forward(xs[:, :xs.shape[1] - k], slopes=xs[:, xs.shape[1] - k:])
 
   @nn.nowrap
   def apply_features_major(self, variables: Params, x: jax.Array,

@@ -304,14 +304,19 @@ class Problem:
     return self.cached("features", lambda: np.asarray(
         _apply(self.features_fn, self.params, self.x)))
 
-  def min_abs_kink_input(self) -> float | None:
-    """min |z| over the arguments of non-differentiable activations, or None."""
+  def kink_inputs(self) -> np.ndarray | None:
+    """The arguments of non-differentiable activations at theta (cached), or
+    None without ``kinks_fn``."""
     if self.kinks_fn is None:
       return None
-    def compute():
-      values = np.asarray(_apply(self.kinks_fn, self.params, self.x))
-      return float(np.min(np.abs(values))) if values.size else None
-    return self.cached("kinks", compute)
+    return self.cached("kinks", lambda: np.asarray(
+        _apply(self.kinks_fn, self.params, self.x)))
+
+  def min_abs_kink_input(self) -> float | None:
+    """min |z| over the arguments of non-differentiable activations, or None."""
+    values = self.kink_inputs()
+    return (float(np.min(np.abs(values)))
+            if values is not None and values.size else None)
 
   def column_slices(self) -> dict[str, slice]:
     """Flat-vector range of every parameter leaf, named by its path.

@@ -242,6 +242,18 @@ def second_order_proof(problem: Problem, lam_min: float, tol: Tolerances
   return bound <= tol.descent_rtol, radius, bound
 
 
+def probe_starts(problem: Problem, tol: Tolerances,
+                 count: int | None = None) -> list[np.ndarray]:
+  """The descent probe's starts: the point, then ``count - 1`` (default
+  ``tol.probe_starts - 1``) points at distance ``tol.probe_radius_rtol *
+  max(1, ||theta||)`` in fixed random directions (reproducible)."""
+  flat = np.asarray(problem.flat)
+  radius = tol.probe_radius_rtol * max(1.0, float(np.linalg.norm(flat)))
+  directions = np.random.default_rng(0).standard_normal(
+      ((tol.probe_starts if count is None else count) - 1, flat.size))
+  return [flat] + [flat + radius * d / np.linalg.norm(d) for d in directions]
+
+
 def descent_probe(problem: Problem, tol: Tolerances,
                   lm_max_params: int = 5000) -> Probe:
   """Tries to go lower from the problem's point (module docstring, step 5).
@@ -255,12 +267,8 @@ def descent_probe(problem: Problem, tol: Tolerances,
   problem's memory budget). Returns the run that went lowest.
   """
   flat = np.asarray(problem.flat)
-  radius = tol.probe_radius_rtol * max(1.0, float(np.linalg.norm(flat)))
-  directions = np.random.default_rng(0).standard_normal(
-      (tol.probe_starts - 1, flat.size))
-  starts = [flat] + [flat + radius * d / np.linalg.norm(d)
-                     for d in directions]
-  runs = [_probe_run(problem, start, tol, lm_max_params) for start in starts]
+  runs = [_probe_run(problem, start, tol, lm_max_params)
+          for start in probe_starts(problem, tol)]
   method, iters, losses, norms, end = min(
       runs, key=lambda run: np.nanmin(run[2]))
   lowest = float(np.nanmin(losses))

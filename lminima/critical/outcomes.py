@@ -7,14 +7,21 @@ that did not diverge (docs/theory.md#escape-to-infinity):
    criticality test of ``lminima.core.tolerances``.
 2. If refinement converged, certify there (``lminima.certificate``, with its
    second-order proof or descent probe). ``local_min``, ``saddle`` and
-   ``non_differentiable`` are outcomes. A ``not_minimum`` point (the probe
-   went lower) or a point that did not converge is continued:
+   ``non_differentiable`` are outcomes (the last only for models that give no
+   smooth pieces). A ``not_minimum`` point (the probe went lower), a point
+   on a kink, or a point that did not converge is continued:
 3. The continuation: Levenberg-Marquardt without the escape stop and
    without the gradient stop (the probe's lesson: a small gradient can
    mislead) for up to ``fate_iters`` iterations from where step 2 left off
-   (the probe's lowest point). It ends in exactly one of
+   (the probe's lowest point). Where LM stops on a kink (a relu argument at
+   0, where its model breaks), the kink decision (``lminima.critical.kinks``)
+   either finds a side that goes lower, and LM goes on from there (each move
+   one iteration of the budget), or decides the point. It ends in exactly
+   one of
    * the certificate's verdict where LM stopped because no step went lower,
      when that is ``local_min``, ``saddle`` or ``non_differentiable``;
+   * ``kink_min``: on a kink, no side of it goes lower (a nonsmooth local
+     minimum, with the kink decision's evidence);
    * ``escaping``: along the whole path (refinement, then continuation) L
      never rose (beyond roundoff) while ``||theta||`` grew by
      ``tol.growth``: L decreases along a path to infinity. Its limit
@@ -24,7 +31,8 @@ that did not diverge (docs/theory.md#escape-to-infinity):
      as such, not a bound. A member whose L tends to 0 this way is
      escaping, never a local minimum and never zero-loss;
    * ``undecided``, with the reason (the norm grew too little, the loss rose,
-     or LM stopped where the certificate decided nothing).
+     LM stopped where the certificate decided nothing, or the kink decision
+     decided nothing).
 
 Verdict and outcome cannot disagree: the outcome is the verdict of the point
 the member's row records whenever a certificate decided it.
@@ -53,11 +61,11 @@ import numpy as np
 from lminima.core.models import MLP
 from lminima.core.problem import Problem
 from lminima.core.tolerances import DEFAULT, Tolerances
-from lminima.critical import certify
+from lminima.critical import certify, kinks
 from lminima.critical.refinement import RefineResult, refine
 
-OUTCOMES = ("local_min", "saddle", "non_differentiable", "escaping",
-            "undecided", "diverged", "failed")
+OUTCOMES = ("local_min", "kink_min", "saddle", "non_differentiable",
+            "escaping", "undecided", "diverged", "failed")
 """Every member's outcome, in the report's order (``diverged`` and
 ``failed`` are the sweep's: training diverged, or the analysis raised)."""
 
@@ -88,6 +96,8 @@ class Decision:
     asymptotic_loss: for ``escaping``, the extrapolated L_inf (not a bound).
     max_abs_preactivation_start, max_abs_preactivation_end: the largest
       hidden |Z| over samples at both ends (MLPs only, else None).
+    kink: the last kink decision of the continuation
+      (``lminima.critical.kinks``), else None.
   """
   outcome: str
   reason: str
@@ -105,6 +115,7 @@ class Decision:
   asymptotic_loss: float | None
   max_abs_preactivation_start: float | None
   max_abs_preactivation_end: float | None
+  kink: kinks.KinkDecision | None = None
 
   def to_row(self) -> dict[str, Any]:
     """The row fields of the sweep (``lminima.study.records.ROW_FIELDS``)."""
@@ -121,6 +132,8 @@ class Decision:
                  fate_max_abs_preactivation=[
                      self.max_abs_preactivation_start,
                      self.max_abs_preactivation_end])
+    if self.kink is not None:
+      row.update(self.kink.to_dict())
     if self.outcome in DECIDED_BY_CERTIFICATE:
       row.update(self.certificate.to_dict())
       row["cert_method"] = row.pop("method")
@@ -177,7 +190,8 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   cert = None
   if refined.converged:
     cert = certify.certificate(start, **cert_options)
-    if cert.verdict in DECIDED_BY_CERTIFICATE:
+    if cert.verdict in DECIDED_BY_CERTIFICATE and not (
+        cert.verdict == "non_differentiable" and kinks.supports_kinks(start)):
       return _decided(cert, refined, start, continued=False)
     if cert.probe is not None:  # went lower: continue from there
       start = start.at(cert.probe.params)
@@ -190,40 +204,74 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
     return _at_point("undecided", f"{what}; the continuation needs the dense "
                      f"Hessian (n_params {start.n_params} > lm_max_params "
                      f"{lm_max_params})", refined, cert, start)
-  run = refine(start, method="lm", tol=tol, stop_on_grad=False,
-               max_iters=fate_iters, escape_ratio=None,
-               lm_max_params=lm_max_params)
-  # The path from the trained point: refinement, then the continuation.
-  losses = np.asarray(refined.loss_history + run.loss_history[1:])
-  norms = np.asarray(refined.param_norm_history
-                     + run.param_norm_history[1:])
-  iters = refined.iters + run.iters
-  end = start.at(run.params)
+  # The path from the trained point: refinement, then the continuation. For
+  # models with kinks it moves region by region (lminima.critical.kinks),
+  # and LM takes over where no kink is near.
+  losses, norms = (list(refined.loss_history),
+                   list(refined.param_norm_history))
+  iters, kink, end = refined.iters, None, start
+  budget_end = refined.iters + fate_iters
+  kinked = kinks.supports_kinks(start)
+  while True:
+    if kinked and iters < budget_end:
+      kink = kinks.decide_kink(end, tol=tol, lm_max_params=lm_max_params)
+      if kink.verdict == "descends":
+        end, kink = end.at(kink.params), None
+        losses.append(end.loss)
+        norms.append(float(np.linalg.norm(end.flat)))
+        iters += 1
+        continue
+      if kink.verdict != "differentiable":
+        settled = True
+        break
+      # Stationary off kinks (perhaps after a polish): LM and the
+      # certificate decide; the decision counts as an iteration, so the
+      # budget ends every loop.
+      end, kink = end.at(kink.params), None
+      iters += 1
+    run = refine(end, method="lm", tol=tol, stop_on_grad=False,
+                 max_iters=max(budget_end - iters, 0), escape_ratio=None,
+                 lm_max_params=lm_max_params)
+    losses += run.loss_history[1:]
+    norms += run.param_norm_history[1:]
+    iters += run.iters
+    end = end.at(run.params)
+    settled = run.stop_reason in ("stalled", "grad_tol")
+    if not (kinked and settled and kinks.on_kink(end, tol)
+            and iters < budget_end):
+      break
+  losses, norms = np.asarray(losses), np.asarray(norms)
   rises = np.diff(losses) > _LOSS_NOISE * np.abs(losses[:-1])
   monotone = not bool(np.any(rises))
   ratio = norms[-1] / max(norms[0], 1e-300)
   evidence = dict(refined=refined, iters=iters, losses=losses, norms=norms,
                   monotone=monotone, begin=problem,
-                  end=end)
+                  end=end, kink=kink)
   escaping = monotone and ratio >= tol.growth
-  settled = run.stop_reason in ("stalled", "grad_tol")
-  if settled:  # no LM step goes lower: certify where it stopped
+  if kink is not None and kink.verdict == "kink_min" and not escaping:
+    return _continued("kink_min", f"after the continuation: {kink.reason}",
+                      cert=cert, asymptotic=None, **evidence)
+  if settled and kink is None:  # no LM step goes lower: certify there
     cert = certify.certificate(end, **cert_options)
     # L reaching rounding on a path to infinity is an escape, not a minimum.
     at_zero_far_out = escaping and tol.is_zero_loss(cert.loss,
                                                     end.reference_loss)
     if cert.verdict in DECIDED_BY_CERTIFICATE and not at_zero_far_out:
       return _decided(cert, refined, end, continued=True, **{
-          k: v for k, v in evidence.items() if k not in ("refined", "end")})
+          k: v for k, v in evidence.items()
+          if k not in ("refined", "end", "kink")})
   if escaping:
     asymptotic = _asymptotic_loss(losses, norms)
     return _continued(
         "escaping", f"L fell monotonically from {losses[0]:.6g} to "
         f"{losses[-1]:.6g} while ||theta|| grew {ratio:.1f}x in {iters} "
-        f"iterations (||g|| = {run.grad_norm:.1e}); L_inf <= {losses[-1]:.3g}"
+        f"iterations (||g|| = {end.grad_norm:.1e}); L_inf <= {losses[-1]:.3g}"
         f", extrapolated {asymptotic:.3g}", cert=cert,
         asymptotic=asymptotic, **evidence)
-  if settled:
+  if kink is not None:
+    reason = (f"{what}; the continuation ended on a kink after {iters} "
+              f"iterations: {kink.reason}")
+  elif settled:
     reason = (f"{what}; the continuation stopped after {run.iters} steps "
               f"(no LM step went lower) where the certificate found "
               f"{cert.verdict} (||g|| = {cert.grad_norm:.1e}, tolerance "
@@ -282,8 +330,8 @@ def _at_point(outcome: str, reason: str, refined: RefineResult,
 
 
 def _continued(outcome: str, reason: str, *, cert, asymptotic, refined,
-               iters, losses, norms, monotone, begin: Problem, end: Problem
-               ) -> Decision:
+               iters, losses, norms, monotone, begin: Problem, end: Problem,
+               kink: kinks.KinkDecision | None = None) -> Decision:
   return Decision(
       outcome=outcome, reason=reason, params=end.params, refined=refined,
       certificate=cert, continued=True, iters=iters,
@@ -292,4 +340,5 @@ def _continued(outcome: str, reason: str, *, cert, asymptotic, refined,
       grad_norm_end=end.grad_norm, loss_monotone=monotone,
       asymptotic_loss=asymptotic,
       max_abs_preactivation_start=_max_abs_preactivation(begin, begin.params),
-      max_abs_preactivation_end=_max_abs_preactivation(end, end.params))
+      max_abs_preactivation_end=_max_abs_preactivation(end, end.params),
+      kink=kink)

@@ -228,6 +228,13 @@ def power_curvature(hvp, dim: int, steps: int = 30):
   return jnp.linalg.norm(hvp(lax.fori_loop(0, steps, body, start)))
 
 
+def curvature_estimate(problem: Problem) -> float:
+  """``||H||_2`` at the problem's point, from below (``power_curvature``):
+  the scale of the criticality tolerance where no spectrum is at hand."""
+  return float(_power_curvature_at(problem.objective, problem.flat,
+                                   problem.params, problem.x, problem.y))
+
+
 @functools.partial(jax.jit, static_argnames=("objective",))
 def _power_curvature_at(objective, flat, like, x, y):
   hvp = functools.partial(problem_lib._flat_hvp(objective),  # pylint: disable=protected-access

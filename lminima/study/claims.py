@@ -97,10 +97,18 @@ def below_linear(row: dict[str, Any], tol: Tolerances = DEFAULT) -> bool:
       1 + tol.bound_rtol) + zero_floor(row, tol))
 
 
-def certified(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-  """The members whose outcome is ``local_min``, with a finite loss."""
-  return [r for r in rows if outcome(r) == "local_min"
+def certified(rows: Sequence[dict[str, Any]],
+              outcomes_: Sequence[str] = ("local_min",)
+              ) -> list[dict[str, Any]]:
+  """The members whose outcome is in ``outcomes_`` (differentiable local
+  minima, by default; ``MINIMA`` adds the nonsmooth ones), with a finite
+  loss."""
+  return [r for r in rows if outcome(r) in outcomes_
           and _num(r.get("loss_refined")) is not None]
+
+
+MINIMA = ("local_min", "kink_min")
+"""Certified local minima of L: differentiable, and on relu kinks."""
 
 
 OUTCOMES = outcomes.OUTCOMES + ("uncertified",)

@@ -4,8 +4,8 @@ A study's grid gives every cell ``num_seeds`` members; where few of them end
 at a certified local minimum, the trend tests of ``lminima.study.trend`` have
 little to work with. With ``min_certified`` N and ``max_members`` M set, the
 sweep runs rounds after the grid: each round gives every cell still holding
-fewer than N members with outcome ``local_min`` the next ``num_seeds`` seeds,
-until it holds N or has tried M members.
+fewer than N certified local minima (``claims.MINIMA``) the next
+``num_seeds`` seeds, until it holds N or has tried M members.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def coverage_round(config: ml_collections.ConfigDict, round_index: int,
 
   Round r adds the seeds ``num_seeds + (r - 1) num_seeds`` up to (not
   including) ``min(num_seeds + r num_seeds, max_members)`` to every cell that
-  holds fewer than ``min_certified`` members with outcome ``local_min``
-  among its seeds before the round, all of them recorded. Which cells take
+  holds fewer than ``min_certified`` certified local minima
+  (``claims.MINIMA``) among its seeds before the round, all of them recorded. Which cells take
   part is decided by recorded rows alone, so a resumed run repeats the same
   rounds with the same members (and trains the same populations).
 
@@ -57,7 +57,8 @@ def coverage_round(config: ml_collections.ConfigDict, round_index: int,
     for width in config.widths:
       seen = by_cell.get((depth, width), {})
       earlier = [seen.get(seed) for seed in range(start)]
-      if None in earlier or earlier.count("local_min") >= config.min_certified:
+      if None in earlier or sum(o in claims.MINIMA for o in earlier
+                                 ) >= config.min_certified:
         continue
       members += [population.Member(depth=depth, width=width, seed=seed)
                   for seed in range(start, stop)]

@@ -25,7 +25,7 @@ import numpy as np
 from lminima.study import claims
 
 OUTCOME_COLORS = {
-    "local_min": "tab:green", "saddle": "tab:orange",
+    "local_min": "tab:green", "kink_min": "tab:olive", "saddle": "tab:orange",
     "non_differentiable": "tab:purple", "escaping": "tab:red", "undecided": "tab:brown", "diverged": "black",
     "failed": "tab:pink", "uncertified": "lightgray"}
 """Colours of ``lminima.study.claims.OUTCOMES``."""

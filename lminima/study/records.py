@@ -83,6 +83,9 @@ ROW_FIELDS = {
     "eig_tol", "min_abs_preactivation", "proof", "proof_radius",
     "decrease_bound", "probe_method", "probe_iters", "probe_decrease",
     "probe_displacement",
+    # the last kink decision of the continuation (lminima.critical.kinks)
+    "kink_verdict", "kink_n", "kink_sides", "kink_all_sides",
+    "kink_residual_max", "kink_residual_tol", "kink_decrease",
     # every tolerance used (lminima.core.tolerances.Tolerances)
     "tolerances",
     # theory at the refined point (lminima.theory.quantities.theory_record)

@@ -7,7 +7,8 @@ Depth and width trend"). Comparing two medians is an anecdote; here each
 question is a trend test over a whole row (width at a fixed depth) or column
 (depth at a fixed width) of the study's grid:
 
-* (E1) the values of certified local minima with L > 0;
+* (E1) the values of certified local minima with L > 0 (``claims.MINIMA``:
+  differentiable ones and those on relu kinks, ``kink_min``);
 * (E2) whether training ends at a certified *bad* local minimum: one with
   L > 0 (not zero loss) that exceeds the best value any member of the study
   reached in the same (depth, width) cell by more than ``BAD_MARGIN``
@@ -123,7 +124,8 @@ def _finite(value: Any) -> float | None:
 def e1_points(rows: Sequence[dict[str, Any]]) -> list[tuple[dict, float]]:
   """(row, value) of the certified minima with L > 0."""
   tol = claims.tolerances(rows)
-  return [(r, float(r["loss_refined"])) for r in claims.certified(rows)
+  return [(r, float(r["loss_refined"]))
+          for r in claims.certified(rows, claims.MINIMA)
           if not claims.is_zero_loss(r, tol)]
 
 
@@ -145,7 +147,7 @@ def e2_points(rows: Sequence[dict[str, Any]]) -> list[tuple[dict, float]]:
   out = []
   for row, value in e3_points(rows):
     cell = (int(row["depth"]), int(row["width"]))
-    bad = (claims.outcome(row) == "local_min"
+    bad = (claims.outcome(row) in claims.MINIMA
            and not claims.is_zero_loss(row, tol)
            and value > (1 + BAD_MARGIN) * best[cell])
     out.append((row, float(bad)))

@@ -1,0 +1,532 @@
+"""Points on kinks: decided as nonsmooth minima, or shown a way down.
+
+Where arguments z_k, k in K, of piecewise-linear activations (relu,
+leaky_relu) sit at their kink (``|z_k| <= kink_tol``), L is not
+differentiable, and LM, whose model breaks across the kink, stalls there.
+Near such a point theta_0 the loss is piecewise smooth: each side
+``s in {below, above}^K`` gives a smooth piece L_s, the network with every
+activation replaced by its slope in that pattern (``module.piece``,
+lminima.core.models), equal to L on the closure of the region
+``R_s = {s_k z_k(theta) >= 0, k in K}`` (activations off K keep their signs
+nearby). theta_0 is a local minimum of L iff it is one of every L_s on R_s
+(docs/theory.md#kinks).
+
+* First order, every side: theta_0 is a KKT point of ``min L_s on R_s`` iff
+  ``g_s = sum_k mu_k s_k a_k`` with ``mu >= 0`` (``g_s`` the gradient of the
+  piece, ``a_k`` that of z_k under it): nonnegative least squares
+  (``scipy.optimize.nnls``). Its residual r satisfies ``g_s . r = ||r||^2``
+  and ``s_k a_k . r <= 0``, so -r descends into R_s: a side whose ``||r||``
+  exceeds the criticality tolerance (``Tolerances.grad_tolerance`` with
+  ``||H||`` from power iteration) has a way down.
+* Descent: the sides with the largest residuals are followed by SLSQP
+  (scipy) on L_s subject to ``s_k z_k >= 0``, which slides along the kinks
+  where LM stalls.
+* Second order, where every side is first-order stationary: the
+  certificate's descent probe (``certify.descent_probe``) on each side's
+  piece, and L-BFGS-B on L itself from perturbed starts at the probe's
+  radius (``certify.probe_starts``, 8 times as many: kinks make small
+  basins), which cross the kinks.
+
+Every end point counts only by the true L, at its lowest on the segment from
+theta_0 (a piece's minimizer may lie outside its region). Verdicts:
+
+* ``descends``: a side went lower by more than ``descent_rtol`` (relative),
+  or, where one is not first-order stationary, by more than roundoff; the
+  point is returned, and the continuation goes on from it;
+* ``kink_min``: every side was examined (``2^|K| <= max_sides``), is
+  first-order stationary, and its probe found nothing lower than
+  ``descent_rtol`` (no probe where L is zero up to rounding, the global
+  minimum value): a nonsmooth local minimum, with that evidence;
+* ``undecided``: otherwise (more sides than ``max_sides``, of which the
+  sampled ones found no way down; or a side not first-order stationary whose
+  descent gained no more than roundoff);
+* ``differentiable``: on no kink and first-order stationary: the smooth
+  certificate decides.
+
+Off kinks there is one side, the point's own region: a point that is not
+stationary descends by SLSQP over its region, which ends on the region's
+boundary (on kinks) or at a critical point of its piece. Repeated, this is
+the continuation of ``lminima.critical.outcomes`` for kinked models, where
+LM, its model broken at every kink it crosses, crawls.
+
+Example:
+  >>> import jax, numpy as np
+  >>> from lminima.core.models import MLP
+  >>> from lminima.core.problem import Problem
+  >>> # One relu unit with zero weights sits on its kink on every sample, and
+  >>> # turning it on lowers the loss: not a minimum.
+  >>> model = MLP(d_in=1, widths=(1,), d_out=1, activation="relu")
+  >>> x = np.linspace(-1, 1, 6)[:, None]
+  >>> variables = jax.tree_util.tree_map(np.zeros_like, model.init_params(
+  ...     jax.random.PRNGKey(0), np.float64))
+  >>> problem = Problem.for_module(model, variables, x, np.abs(x))
+  >>> decide_kink(problem).verdict
+  'descends'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
+
+from lminima.core import hessian
+from lminima.core.problem import ModuleMethod, Problem
+from lminima.core.tolerances import DEFAULT, Tolerances
+from lminima.critical import certify, refinement
+from lminima.critical.refinement import serial_blas
+
+VERDICTS = ("kink_min", "descends", "undecided", "differentiable")
+
+_DESCENT_SIDES = 3  # sides followed by SLSQP, largest residual first
+_SEGMENT_HALVINGS = 30
+_CONSTRAINT_ROUNDS = 8
+_POLISH_STEPS = 5
+_SLSQP_RTOL = 1e-13
+_SAMPLED_PROBES = 8
+# Kinks make small basins: a perturbed start at the probe's radius may lie in
+# a neighbouring one. The certificate's probe_starts, times this, explore them.
+_KINK_PROBE_STARTS = 8
+_STRUCTURE_RTOL = 1e-8
+_LOSS_NOISE = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class KinkDecision:
+  """What the kink analysis found at a point (module docstring).
+
+  Attributes:
+    verdict: one of ``VERDICTS``.
+    reason: one line saying why.
+    n_kinks: |K|, the kinked arguments within ``kink_tol`` of 0.
+    n_sides: sides examined.
+    all_sides: whether those were all ``2^|K|``.
+    residual_max: the largest first-order residual ``||r||`` over them.
+    residual_tol: the criticality tolerance it is compared with.
+    decrease: the largest relative decrease of L found.
+    loss: L at ``params``.
+    params: the lowest point found (theta_0 when nothing went lower).
+  """
+  verdict: str
+  reason: str
+  n_kinks: int
+  n_sides: int
+  all_sides: bool
+  residual_max: float
+  residual_tol: float
+  decrease: float
+  loss: float
+  params: Any
+
+  def to_dict(self) -> dict[str, Any]:
+    """The ``kink_*`` fields of a sweep row."""
+    return {"kink_verdict": self.verdict, "kink_n": self.n_kinks,
+            "kink_sides": self.n_sides, "kink_all_sides": self.all_sides,
+            "kink_residual_max": self.residual_max,
+            "kink_residual_tol": self.residual_tol,
+            "kink_decrease": self.decrease}
+
+
+def supports_kinks(problem: Problem) -> bool:
+  """Whether the problem's module gives its smooth pieces (lminima.core.models,
+  module docstring): ``kink_slopes``, ``piece`` and ``piece_kink_inputs``."""
+  module = problem.module
+  return (problem.kinks_fn is not None
+          and getattr(module, "kink_slopes", None) is not None
+          and all(callable(getattr(module, name, None))
+                  for name in ("piece", "piece_kink_inputs")))
+
+
+def on_kink(problem: Problem, tol: Tolerances | None = None) -> bool:
+  """Whether some kinked argument is within ``kink_tol`` of its kink."""
+  tol = DEFAULT if tol is None else tol
+  smallest = problem.min_abs_kink_input()
+  return smallest is not None and smallest <= tol.kink_tol
+
+
+def piece_problem(problem: Problem, slopes: np.ndarray) -> Problem:
+  """The problem of the smooth piece with activation slopes ``slopes``
+  (shaped like ``problem.kink_inputs()``), at the problem's point."""
+  xs = np.concatenate([np.asarray(problem.x).reshape(problem.m, -1), slopes],
+                      axis=1)
+  objective = problem.objective
+  return Problem(ModuleMethod(problem.module, "piece"), problem.params, xs,
+                 problem.y, normalization=problem.normalization,
+                 loss=objective.loss, penalty=objective.penalty,
+                 intercept=problem.intercept, module=problem.module,
+                 memory_budget_bytes=problem.memory_budget_bytes)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _kink_args_and_jacobian(module, flat, like, xs):
+  """The piece's kinked arguments (m, k) and their Jacobian (m, k, n_params);
+  forward mode, as n_params is far below m k."""
+  unravel = hessian.flatten_params(like)[1]
+  args = lambda v: module.apply(unravel(v), xs, method="piece_kink_inputs")
+  return args(flat), jax.jacfwd(args)(flat)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Side:
+  piece: Problem
+  signs: np.ndarray  # (m, k): +1 where the piece's slope is above, else -1
+  kinked: np.ndarray  # (m, k) bool: the arguments at their kink
+  residual: float
+  memo: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def arguments(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``s z(theta)`` (m, k) and its Jacobian (m, k, n_params); the last
+    point's are kept, as SLSQP asks for both at each point."""
+    flat = np.asarray(flat)
+    last = self.memo.get("flat")
+    if last is None or not np.array_equal(last, flat):
+      values, jacobian = _kink_args_and_jacobian(
+          self.piece.module, jnp.asarray(flat), self.piece.params,
+          self.piece.x)
+      self.memo.update(flat=flat.copy(), values=(
+          self.signs * np.asarray(values),
+          self.signs[..., None] * np.asarray(jacobian)))
+    return self.memo["values"]
+
+  def constraint(self, active: np.ndarray) -> dict[str, Any]:
+    """``s_k z_k(theta) >= 0`` over ``active`` (m, k) for SLSQP."""
+    return {"type": "ineq", "fun": lambda f: self.arguments(f)[0][active],
+            "jac": lambda f: self.arguments(f)[1][active]}
+
+
+def _sides(mask: np.ndarray, max_sides: int
+           ) -> tuple[list[np.ndarray], bool]:
+  """Bit vectors (True: above) of the sides to examine, and whether they are
+  all of them; beyond ``max_sides``, all below, all above and random ones."""
+  n = int(mask.sum())
+  if n < 63 and 2 ** n <= max_sides:
+    return [np.array(bits, bool)
+            for bits in itertools.product((False, True), repeat=n)], True
+  rng = np.random.default_rng(0)
+  return ([np.zeros(n, bool), np.ones(n, bool)]
+          + list(rng.random((max(max_sides - 2, 0), n)) < 0.5)), False
+
+
+def _side(problem: Problem, base: np.ndarray, kinked: np.ndarray,
+          above: np.ndarray) -> _Side:
+  below_slope, above_slope = problem.module.kink_slopes
+  slopes = base.copy()
+  slopes[kinked] = np.where(above, above_slope, below_slope)
+  piece = piece_problem(problem, slopes)
+  side = _Side(piece, np.where(slopes == above_slope, 1.0, -1.0), kinked, 0.0)
+  normals = side.arguments(piece.flat)[1][kinked]
+  multipliers = (scipy.optimize.nnls(normals.T, piece.grad)[0] if len(normals)
+                 else np.zeros(0))
+  residual = float(np.linalg.norm(piece.grad - normals.T @ multipliers))
+  return dataclasses.replace(side, residual=residual)
+
+
+def _lowest_on_segment(problem: Problem, end: np.ndarray
+                       ) -> tuple[np.ndarray, float]:
+  """The lowest true L on ``theta_0 + 2^-j (end - theta_0)``, j >= 0."""
+  start = np.asarray(problem.flat)
+  best, best_loss = start, problem.loss
+  for j in range(_SEGMENT_HALVINGS):
+    candidate = start + 0.5 ** j * (end - start)
+    loss = problem.loss_and_grad_at(candidate)[0]
+    if loss < best_loss:
+      best, best_loss = candidate, loss
+  return best, best_loss
+
+
+def _slsqp_end(side: _Side, tol: Tolerances) -> np.ndarray:
+  """SLSQP on the piece over its region: constraints on the kinked
+  arguments, and on every other one the run crossed (rerun with them, up to
+  ``_CONSTRAINT_ROUNDS`` times), so the end is where the piece is L."""
+  start = np.asarray(side.piece.flat)
+  active, end = side.kinked.copy(), start
+  # SLSQP's ftol is absolute; far below descent_rtol, the polish goes on.
+  ftol = _SLSQP_RTOL * side.piece.loss
+  for _ in range(_CONSTRAINT_ROUNDS):
+    with serial_blas():
+      result = scipy.optimize.minimize(
+          side.piece.loss_and_grad_at, start, jac=True, method="SLSQP",
+          constraints=[side.constraint(active)],
+          options={"maxiter": 10 * tol.probe_iters, "ftol": ftol})
+    if not np.all(np.isfinite(result.x)):
+      break
+    end = np.asarray(result.x)
+    crossed = (side.arguments(end)[0] < -tol.kink_tol) & ~active
+    if not crossed.any():
+      break
+    active |= crossed
+  return _polish(side, end, tol)
+
+
+def _lbfgs_end(problem: Problem, start: np.ndarray, tol: Tolerances
+               ) -> np.ndarray:
+  """L-BFGS-B on L itself (kinks and all), gradient and loss tolerances 0."""
+  with serial_blas():
+    result = scipy.optimize.minimize(
+        problem.loss_and_grad_at, start, jac=True, method="L-BFGS-B",
+        options={"maxiter": 10 * tol.probe_iters, "gtol": 0.0, "ftol": 0.0})
+  return np.asarray(result.x)
+
+
+def _polish(side: _Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
+  """Newton on the KKT conditions of the piece, the arguments at their kink
+  with a positive multiplier held there (``_POLISH_STEPS`` steps, each kept
+  only if L_s does not rise): SLSQP's quasi-Newton end meets first-order
+  conditions to about 1e-8, the criticality tolerance is about 1e-9 of the
+  gradient's scale."""
+  loss = side.piece.loss_and_grad_at(flat)[0]
+  for _ in range(_POLISH_STEPS):
+    values, jacobian = side.arguments(flat)
+    near = np.abs(values) <= tol.kink_tol
+    grad = side.piece.loss_and_grad_at(flat)[1]
+    # Held: the arguments whose multiplier is positive; the rest leave
+    # their kink into the side.
+    multipliers = (scipy.optimize.nnls(jacobian[near].T, grad)[0]
+                   if near.any() else np.zeros(0))
+    normals = jacobian[near][multipliers > 0]
+    hess = side.piece.dense_hessian_at(flat)
+    # Shifted to positive semidefinite, as LM does: a step toward a minimum.
+    hess = hess + max(0.0, -float(np.linalg.eigvalsh(hess)[0])) * np.eye(
+        flat.size)
+    kkt = np.block([[hess, normals.T],
+                    [normals, np.zeros((len(normals), len(normals)))]])
+    step = np.linalg.lstsq(
+        kkt, -np.concatenate([grad, values[near][multipliers > 0]]),
+        rcond=None)[0][:flat.size]
+    new_loss = side.piece.loss_and_grad_at(flat + step)[0]
+    if not new_loss <= loss * (1 + _LOSS_NOISE):
+      break
+    flat, loss = flat + step, new_loss
+  return flat
+
+
+def decide_kink(problem: Problem, *, tol: Tolerances | None = None,
+                max_sides: int = 256, lm_max_params: int = 5000
+                ) -> KinkDecision:
+  """Decides a point on kinks (module docstring).
+
+  Args:
+    problem: the objective at a point, of a module that gives its pieces
+      (``supports_kinks``).
+    tol: the shared tolerances (``lminima.core.tolerances.DEFAULT``).
+    max_sides: the most sides examined; with more, a sample.
+    lm_max_params: the descent probe's LM bound (``certify.descent_probe``).
+
+  Returns:
+    A ``KinkDecision``.
+
+  Raises:
+    ValueError: the module gives no pieces, or ``max_sides < 2``.
+  """
+  tol = DEFAULT if tol is None else tol
+  if not supports_kinks(problem):
+    raise ValueError("decide_kink: the module gives no smooth pieces "
+                     "(kink_slopes, piece, piece_kink_inputs; see "
+                     "lminima.core.models)")
+  if max_sides < 2:
+    raise ValueError(f"decide_kink: need max_sides >= 2, got {max_sides}")
+  return _decide(problem, tol, max_sides, lm_max_params, polished=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Structure:
+  """Kinks whose arguments are linear in theta, with independent normals
+  a_k and gradient jumps along them: ``g_s = g_below + sum_{k above}
+  delta_k a_k``. With ``g_below = A^T c + r``, side s is stationary iff r = 0
+  and ``c_k <= 0`` (kink k below) or ``c_k + delta_k >= 0`` (above): every
+  one of the 2^|K| sides is decided by |K| intervals."""
+  bound: float  # ||r|| + sum_k ||a_k|| * (largest violation of kink k)
+  worst: np.ndarray  # bits of the side with the largest violations
+  strict: bool  # every multiplier of every side positive
+  tangent: np.ndarray  # (n_params, n_params - |K|): the kinks' manifold
+
+
+def _structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
+               residual_tol: float) -> _Structure | None:
+  """The structure of ``_Structure``, checked (None where it is absent)."""
+  n = int(mask.sum())
+  below = _side(problem, base, mask, np.zeros(n, bool))
+  flat = np.asarray(problem.flat)
+  normals = -below.arguments(flat)[1][mask]  # a_k, unsigned
+  scale = float(np.linalg.norm(normals))
+  direction = np.random.default_rng(1).standard_normal(flat.size)
+  moved = flat + 1e-3 * max(1.0, float(np.linalg.norm(flat))) * (
+      direction / np.linalg.norm(direction))
+  if np.linalg.norm(-below.arguments(moved)[1][mask] - normals) > (
+      _STRUCTURE_RTOL * scale):
+    return None  # arguments not linear in theta
+  singular = np.linalg.svd(normals, compute_uv=False)
+  if singular[-1] <= _STRUCTURE_RTOL * singular[0]:
+    return None  # normals not independent
+  g_below = below.piece.grad
+  jumps = np.empty(n)
+  for k in range(n):
+    side = _side(problem, base, mask, np.arange(n) == k)
+    signed = np.where(np.arange(n) == k, 1.0, -1.0)[:, None] * normals
+    if np.linalg.norm(side.arguments(flat)[1][mask] - signed) > (
+        _STRUCTURE_RTOL * scale):
+      return None  # the normals depend on the side
+    jump = side.piece.grad - g_below
+    jumps[k] = jump @ normals[k] / (normals[k] @ normals[k])
+    if np.linalg.norm(jump - jumps[k] * normals[k]) > _STRUCTURE_RTOL * (
+        np.linalg.norm(jump) + np.linalg.norm(g_below)):
+      return None  # the jump is not along the kink's normal
+  coeffs = np.linalg.lstsq(normals.T, g_below, rcond=None)[0]
+  rest = float(np.linalg.norm(g_below - normals.T @ coeffs))
+  above_violation = np.maximum(-(coeffs + jumps), 0.0)
+  below_violation = np.maximum(coeffs, 0.0)
+  lengths = np.linalg.norm(normals, axis=1)
+  bound = rest + float(lengths @ np.maximum(above_violation, below_violation))
+  margin = np.minimum(-coeffs, coeffs + jumps) * lengths
+  basis = np.linalg.svd(normals)[2][n:].T
+  return _Structure(bound=bound, worst=above_violation > below_violation,
+                    strict=bool(np.all(margin > residual_tol)),
+                    tangent=basis)
+
+
+def _manifold_curvature(problem: Problem, side: _Side, tangent: np.ndarray,
+                        tol: Tolerances) -> tuple[float, float, np.ndarray]:
+  """The smallest eigenvalue of the piece's Hessian on the kinks' manifold,
+  its tolerance, and its direction (in theta)."""
+  hess = side.piece.dense_hessian()
+  values, vectors = np.linalg.eigh(tangent.T @ hess @ tangent)
+  return (float(values[0]), tol.eig_tolerance(values[0], values[-1]),
+          tangent @ vectors[:, 0])
+
+
+def _decide(problem: Problem, tol: Tolerances, max_sides: int,
+            lm_max_params: int, *, polished: bool) -> KinkDecision:
+  z = problem.kink_inputs().reshape(problem.m, -1)
+  mask = np.abs(z) <= tol.kink_tol
+  below_slope, above_slope = problem.module.kink_slopes
+  base = np.where(z > 0, above_slope, below_slope)
+  loss, ref_loss = problem.loss, problem.reference_loss
+  residual_tol = float(tol.grad_tolerance(
+      loss, refinement.curvature_estimate(problem), ref_loss))
+  bit_vectors, all_sides = _sides(mask, max_sides)
+  structure = (None if all_sides
+               else _structure(problem, base, mask, residual_tol))
+  if structure is not None and (structure.strict
+                                or structure.bound > residual_tol):
+    # Every side at once (``_Structure``); the worst one is followed.
+    sides = [_side(problem, base, mask, structure.worst)]
+    facts = dict(n_kinks=int(mask.sum()), n_sides=2 ** int(mask.sum()),
+                 all_sides=True, residual_max=max(structure.bound,
+                                                  sides[0].residual),
+                 residual_tol=residual_tol)
+  else:
+    structure, sides = None, []
+    for bits in bit_vectors:  # enough sides with a way down end the search
+      sides.append(_side(problem, base, mask, bits))
+      if sum(s.residual > residual_tol for s in sides) >= _DESCENT_SIDES:
+        all_sides = False
+        break
+    sides.sort(key=lambda s: -s.residual)
+    facts = dict(n_kinks=int(mask.sum()), n_sides=len(sides),
+                 all_sides=all_sides, residual_max=sides[0].residual,
+                 residual_tol=residual_tol)
+  stationary = facts["residual_max"] <= residual_tol
+  if stationary and not mask.any():
+    return KinkDecision(
+        verdict="differentiable", reason=f"on no kink, ||g|| "
+        f"{sides[0].residual:.1e} <= {residual_tol:.1e}", decrease=0.0,
+        loss=loss, params=problem.params, **facts)
+  at_zero = stationary and tol.is_zero_loss(loss, ref_loss)
+  # A sample of sides cannot make a kink_min: a few probes look for a way
+  # down there, not all of them.
+  followed = ([] if at_zero or (stationary and structure is not None)
+              else sides if stationary and all_sides
+              else sides[:_SAMPLED_PROBES] if stationary
+              else [s for s in sides if s.residual > residual_tol])
+  best, best_loss, how = np.asarray(problem.flat), loss, "a side"
+  curvature = None
+  if stationary and structure is not None and not at_zero:
+    # Strictly complementary on every side: only the manifold where every
+    # kinked argument stays at 0 (where all pieces agree) can lead down.
+    curvature = _manifold_curvature(problem, sides[0], structure.tangent, tol)
+    if curvature[0] < -curvature[1]:
+      radius = tol.probe_radius_rtol * max(1.0, float(np.linalg.norm(best)))
+      for sign in (1.0, -1.0):
+        point, value = _lowest_on_segment(
+            problem, best + sign * radius * curvature[2])
+        if value < best_loss:
+          best, best_loss, how = point, value, "negative curvature"
+  ends = []
+  for side in followed:
+    end = (_slsqp_end(side, tol) if not stationary else np.asarray(
+        problem.at(certify.descent_probe(side.piece, tol,
+                                         lm_max_params).params).flat))
+    ends.append(end)
+    point, value = _lowest_on_segment(problem, end)
+    if value < best_loss:
+      best, best_loss = point, value
+    if tol.relative_decrease(loss, best_loss, ref_loss) > tol.descent_rtol:
+      break
+  if stationary and not at_zero and tol.relative_decrease(
+      loss, best_loss, ref_loss) <= tol.descent_rtol:
+    # Across all sides at once, as the certificate's probe does off kinks:
+    # descent on L itself from the probe's perturbed starts.
+    for start in certify.probe_starts(
+        problem, tol, _KINK_PROBE_STARTS * tol.probe_starts)[1:]:
+      end = _lbfgs_end(problem, start, tol)
+      value = problem.loss_and_grad_at(end)[0]
+      if value < best_loss:
+        best, best_loss, how = end, value, "L-BFGS-B from a perturbed start"
+  decrease = tol.relative_decrease(loss, best_loss, ref_loss)
+  if not stationary and decrease <= _LOSS_NOISE and not polished:
+    # Residuals of a few tolerances, with descent at roundoff: SLSQP and the
+    # polish met the first-order conditions at a point as low as this one
+    # (up to roundoff); it is decided instead, once.
+    end = ends[0]
+    if problem.loss_and_grad_at(end)[0] <= loss + _LOSS_NOISE * abs(loss):
+      return _decide(problem.at(problem.unravel(jnp.asarray(end))), tol,
+                     max_sides, lm_max_params, polished=True)
+  sides_text = (f"{facts['n_sides']} sides of {facts['n_kinks']} kinks"
+                + ("" if facts["all_sides"] else " (a sample)"))
+  # A side not stationary is followed on any decrease above roundoff (the
+  # continuation's progress); a stationary one needs descent_rtol, the
+  # certificate's refutation of a minimum.
+  if decrease > (tol.descent_rtol if stationary else _LOSS_NOISE):
+    verdict, reason = "descends", (
+        f"{how} went lower by {decrease:.1e} ({facts['n_kinks']} kinks, "
+        f"first-order residual {sides[0].residual:.1e}, tolerance "
+        f"{residual_tol:.1e})")
+  elif curvature is not None and curvature[0] < -curvature[1]:
+    verdict, reason = "undecided", (
+        f"all {facts['n_sides']} sides of {facts['n_kinks']} kinks are "
+        f"first-order stationary, but the Hessian on the kinks' manifold has "
+        f"lambda_min {curvature[0]:.1e} < -{curvature[1]:.1e} and no lower "
+        f"value was found along it")
+  elif stationary and facts["all_sides"]:
+    starts = (f"L-BFGS-B on L from {_KINK_PROBE_STARTS * tol.probe_starts - 1}"
+              f" perturbed starts")
+    verdict, reason = "kink_min", (
+        f"all {sides_text} are first-order stationary (residual <= "
+        f"{facts['residual_max']:.1e}, tolerance {residual_tol:.1e}"
+        + (", bounded over every side, every multiplier positive"
+           if structure is not None else "") + ") and "
+        + ("L is zero (up to rounding)" if at_zero else
+           f"the Hessian on the kinks' manifold has lambda_min "
+           f"{curvature[0]:.1e} >= -{curvature[1]:.1e}, and {starts} found "
+           f"no lower value (relative decrease {decrease:.1e})"
+           if structure is not None else
+           f"neither the descent probe on each nor {starts} found a lower "
+           f"value (relative decrease {decrease:.1e})"))
+  elif stationary:
+    verdict, reason = "undecided", (
+        f"{sides_text}: all first-order stationary and no way down found "
+        f"by the probe on {len(followed)}, but not every side was examined")
+  else:
+    verdict, reason = "undecided", (
+        f"a side is not first-order stationary (residual "
+        f"{sides[0].residual:.1e} > {residual_tol:.1e}) but SLSQP along it "
+        f"lowered L by only {decrease:.1e}, roundoff")
+  return KinkDecision(verdict=verdict, reason=reason, decrease=decrease,
+                      loss=float(best_loss),
+                      params=problem.unravel(jnp.asarray(best)), **facts)

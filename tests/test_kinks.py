@@ -1,0 +1,173 @@
+"""Tests of lminima.critical.kinks: decisions at the kinks of relu nets."""
+
+import itertools
+
+import jax
+import numpy as np
+import scipy.optimize
+from absl.testing import absltest, parameterized
+
+from lminima.core.models import MLP
+from lminima.core.problem import Problem
+from lminima.core.tolerances import DEFAULT
+from lminima.critical import kinks
+from lminima.critical.outcomes import decide_member
+
+
+def _one_unit(w, b, v, c, x, y, activation="relu"):
+  """f(x) = v sigma(w x + b) + c, one input, one unit, one output."""
+  model = MLP(1, (1,), 1, activation)
+  params = {"params": {
+      "layer_1": {"kernel": np.array([[w]]), "bias": np.array([b])},
+      "layer_2": {"kernel": np.array([[v]]), "bias": np.array([c])}}}
+  return Problem.for_module(model, params, np.asarray(x, float)[:, None],
+                            np.asarray(y, float)[:, None])
+
+
+def _numpy_loss(flat, x, y, slope_below=0.0):
+  w, b, v, c = flat[1], flat[0], flat[3], flat[2]  # ravel order: bias first
+  z = w * x + b
+  h = np.where(z > 0, z, slope_below * z)
+  return 0.5 * np.mean((v * h + c - y) ** 2)  # L = ||.||^2 / (2m)
+
+
+class KinksTest(parameterized.TestCase):
+
+  def test_layout_of_the_flat_parameters(self):
+    problem = _one_unit(2.0, 3.0, 5.0, 7.0, [1.0], [0.0])
+    np.testing.assert_array_equal(problem.flat, [3.0, 2.0, 7.0, 5.0])
+
+  def test_zero_loss_on_a_kink_is_a_kink_minimum(self):
+    # relu(x) fits (-1, 0), (0, 0), (1, 1) exactly, with the kink at x = 0.
+    x, y = [-1.0, 0.0, 1.0], [0.0, 0.0, 1.0]
+    problem = _one_unit(1.0, 0.0, 1.0, 0.0, x, y)
+    decision = kinks.decide_kink(problem)
+    self.assertEqual(decision.verdict, "kink_min")
+    self.assertEqual((decision.n_kinks, decision.n_sides, decision.all_sides),
+                     (1, 2, True))
+    self.assertEqual(decide_member(problem).outcome, "kink_min")
+
+  def test_first_order_residual_matches_the_projection_onto_the_ray(self):
+    # One kink (x = 0); off it the data pull the unit. Side "above": the
+    # piece's gradient g, the kink's normal a = dz/dtheta; the residual of
+    # g onto the ray {mu a, mu >= 0} in closed form, g from finite
+    # differences of the piece's loss in numpy.
+    x, y = np.array([-1.0, 0.0, 0.5, 1.0]), np.array([0.3, -0.2, 0.9, 0.4])
+    problem = _one_unit(1.0, 0.0, 0.7, 0.1, x, y)
+    flat = np.asarray(problem.flat)
+    residuals = []
+    for slope_at_zero in (0.0, 1.0):
+      def piece_loss(f):
+        z = f[1] * x + f[0]
+        slopes = np.where(x == 0.0, slope_at_zero, (z > 0).astype(float))
+        return 0.5 * np.mean((f[3] * z * slopes + f[2] - y) ** 2)
+      g = np.array([(piece_loss(flat + 1e-6 * e) - piece_loss(flat - 1e-6 * e))
+                    / 2e-6 for e in np.eye(4)])
+      a = np.array([1.0, 0.0, 0.0, 0.0]) * (1 if slope_at_zero else -1)
+      mu = max(0.0, g @ a / (a @ a))
+      residuals.append(np.linalg.norm(g - mu * a))
+    decision = kinks.decide_kink(problem)
+    self.assertEqual(decision.n_kinks, 1)
+    np.testing.assert_allclose(decision.residual_max, max(residuals),
+                               rtol=1e-6)
+
+  @parameterized.parameters("relu", "leaky_relu")
+  def test_a_way_down_is_a_lower_point_of_the_true_loss(self, activation):
+    # A unit with zero weights sits on its kink at every sample; |x| is
+    # fit better with it on.
+    x = np.linspace(-1, 1, 7)
+    problem = _one_unit(0.0, 0.0, 0.0, 0.0, x, np.abs(x), activation)
+    decision = kinks.decide_kink(problem)
+    self.assertEqual(decision.verdict, "descends")
+    slope = 0.0 if activation == "relu" else 0.01
+    lower = _numpy_loss(np.asarray(problem.at(decision.params).flat), x,
+                        np.abs(x), slope)
+    self.assertAlmostEqual(lower, decision.loss, places=12)
+    self.assertLess(lower, problem.loss * (1 - DEFAULT.descent_rtol))
+
+  def test_a_kink_minimum_survives_random_perturbations(self):
+    # From a trained point, the continuation ends on a kink minimum or a
+    # differentiable one; no point nearby, along 2,000 random directions at
+    # radii 1e-6 to 1e-3, is lower than descent_rtol below it.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(40)
+    y = np.maximum(x - 0.3, 0) + 0.1 * rng.standard_normal(40)
+    problem = _one_unit(0.8, -0.1, 1.2, 0.05, x, y)
+    decision = decide_member(problem, fate_iters=100)
+    self.assertIn(decision.outcome, ("kink_min", "local_min"))
+    point = np.asarray(problem.at(decision.params).flat)
+    base = _numpy_loss(point, x, y)
+    for radius in (1e-6, 1e-4, 1e-3):
+      directions = rng.standard_normal((2000, 4))
+      directions *= radius / np.linalg.norm(directions, axis=1)[:, None]
+      lowest = min(_numpy_loss(point + d, x, y) for d in directions)
+      self.assertGreaterEqual(lowest, base * (1 - DEFAULT.descent_rtol))
+
+  def test_off_kinks_a_stationary_point_is_left_to_the_certificate(self):
+    x, y = [-1.0, 0.5, 1.0], [0.0, 0.5, 1.0]  # relu(x) again, no sample at 0
+    decision = kinks.decide_kink(_one_unit(1.0, 0.0, 1.0, 0.0, x, y))
+    self.assertEqual((decision.verdict, decision.n_kinks), ("differentiable", 0))
+
+  def test_without_pieces_a_kink_stays_non_differentiable(self):
+    # The same zero-loss kink point as above, through a plain apply_fn:
+    # no pieces, so the certificate's non_differentiable is the outcome.
+    x = np.array([[-1.0], [0.0], [1.0]])
+    problem = Problem(lambda p, x: jax.nn.relu(x @ p["w"]),
+                      {"w": np.ones((1, 1))}, x, np.maximum(x, 0),
+                      kinks_fn=lambda p, x: x @ p["w"])
+    self.assertEqual(decide_member(problem).outcome, "non_differentiable")
+
+  def test_models_without_pieces_are_refused(self):
+    problem = Problem(lambda p, x: jax.nn.relu(x @ p["w"]),
+                      {"w": np.ones((1, 1))}, np.ones((3, 1)), np.ones((3, 1)),
+                      kinks_fn=lambda p, x: x @ p["w"])
+    self.assertFalse(kinks.supports_kinks(problem))
+    with self.assertRaisesRegex(ValueError, "gives no smooth pieces"):
+      kinks.decide_kink(problem)
+    with self.assertRaisesRegex(ValueError, "max_sides"):
+      kinks.decide_kink(_one_unit(1.0, 0.0, 1.0, 0.0, [0.0], [0.0]),
+                        max_sides=1)
+
+  def test_every_side_at_once_bounds_every_side(self):
+    # A unit with zero weights on 9 samples in 10 dimensions: 9 kinks with
+    # independent normals (1, x_i) in (b1, W1), arguments linear in theta.
+    # Every one of the 512 sides in numpy: the piece's gradient by hand,
+    # its residual by scipy's nnls. The bound over all sides at once is at
+    # least the largest of them, and the way down is found.
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((9, 10)), rng.standard_normal(9)
+    model = MLP(10, (1,), 1, "relu")
+    params = {"params": {
+        "layer_1": {"kernel": np.zeros((10, 1)), "bias": np.zeros(1)},
+        "layer_2": {"kernel": np.full((1, 1), 0.5), "bias": np.zeros(1)}}}
+    problem = Problem.for_module(model, params, x, y[:, None])
+    residual = -y / 9  # dL/dyhat at yhat = 0, L = ||yhat - y||^2 / (2 m)
+    normals = np.hstack([np.ones((9, 1)), x, np.zeros((9, 2))])  # b1 W1 b2 v
+    largest = 0.0
+    for bits in itertools.product((0.0, 1.0), repeat=9):
+      slopes = np.array(bits)
+      grad = np.concatenate([[residual @ (0.5 * slopes)],
+                             x.T @ (residual * 0.5 * slopes),
+                             [residual.sum()], [0.0]])
+      signed = np.where(slopes > 0, 1.0, -1.0)[:, None] * normals
+      multipliers = scipy.optimize.nnls(signed.T, grad)[0]
+      largest = max(largest, np.linalg.norm(grad - signed.T @ multipliers))
+    decision = kinks.decide_kink(problem, max_sides=256)
+    self.assertEqual((decision.n_sides, decision.all_sides), (512, True))
+    self.assertGreaterEqual(decision.residual_max, largest * (1 - 1e-9))
+    self.assertLessEqual(decision.residual_max, 3 * largest)
+    self.assertEqual(decision.verdict, "descends")
+    self.assertLess(decision.loss, problem.loss)
+
+  def test_too_many_kinks_are_sampled_not_enumerated(self):
+    x = np.linspace(-1, 1, 9)  # all 9 samples on the kink: 512 sides
+    problem = _one_unit(0.0, 0.0, 0.0, 0.0, x, np.zeros(9))  # zero loss
+    decision = kinks.decide_kink(problem, max_sides=16)
+    self.assertEqual((decision.verdict, decision.n_sides, decision.all_sides),
+                     ("undecided", 16, False))
+    self.assertEqual(kinks.decide_kink(problem, max_sides=512).verdict,
+                     "kink_min")
+
+
+if __name__ == "__main__":
+  absltest.main()
