@@ -18,14 +18,21 @@ nearby). theta_0 is a local minimum of L iff it is one of every L_s on R_s
   and ``s_k a_k . r <= 0``, so -r descends into R_s: a side whose ``||r||``
   exceeds the criticality tolerance (``Tolerances.grad_tolerance`` with
   ``||H||`` from power iteration) has a way down.
+* Every side at once, beyond ``max_sides``: where the kinked arguments are
+  linear in theta with independent normals and switching a kink changes the
+  gradient along its normal only (all checked; relu units of the first
+  hidden layer), one least-squares fit bounds every side's residual, and
+  with every multiplier positive only the manifold ``z_K = 0`` can lead down
+  (its Hessian is checked for negative curvature). Elsewhere a sample of
+  sides is examined, which can find a way down but decides nothing else.
 * Descent: the sides with the largest residuals are followed by SLSQP
   (scipy) on L_s subject to ``s_k z_k >= 0``, which slides along the kinks
-  where LM stalls.
+  where LM stalls, then a Newton polish of the KKT conditions.
 * Second order, where every side is first-order stationary: the
-  certificate's descent probe (``certify.descent_probe``) on each side's
-  piece, and L-BFGS-B on L itself from perturbed starts at the probe's
-  radius (``certify.probe_starts``, 8 times as many: kinks make small
-  basins), which cross the kinks.
+  certificate's descent probe (``certify.descent_probe``) on each
+  enumerated side's piece, and L-BFGS-B on L itself from perturbed starts at
+  the probe's radius (``certify.probe_starts``, 8 times as many: kinks make
+  small basins), which cross the kinks.
 
 Every end point counts only by the true L, at its lowest on the segment from
 theta_0 (a piece's minimizer may lie outside its region). Verdicts:
@@ -33,13 +40,14 @@ theta_0 (a piece's minimizer may lie outside its region). Verdicts:
 * ``descends``: a side went lower by more than ``descent_rtol`` (relative),
   or, where one is not first-order stationary, by more than roundoff; the
   point is returned, and the continuation goes on from it;
-* ``kink_min``: every side was examined (``2^|K| <= max_sides``), is
-  first-order stationary, and its probe found nothing lower than
-  ``descent_rtol`` (no probe where L is zero up to rounding, the global
-  minimum value): a nonsmooth local minimum, with that evidence;
-* ``undecided``: otherwise (more sides than ``max_sides``, of which the
-  sampled ones found no way down; or a side not first-order stationary whose
-  descent gained no more than roundoff);
+* ``kink_min``: every side (enumerated, or bounded at once) is first-order
+  stationary, and the probes found nothing lower than ``descent_rtol`` (no
+  probe where L is zero up to rounding, the global minimum value): a
+  nonsmooth local minimum, with that evidence;
+* ``undecided``: otherwise (a sample of sides found no way down; negative
+  curvature on the kinks' manifold without a lower value along it; or a
+  side not first-order stationary whose descent gained no more than
+  roundoff, also after one polish of the point);
 * ``differentiable``: on no kink and first-order stationary: the smooth
   certificate decides.
 
@@ -412,10 +420,13 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
   bit_vectors, all_sides = _sides(mask, max_sides)
   structure = (None if all_sides
                else _structure(problem, base, mask, residual_tol))
-  if structure is not None and (structure.strict
-                                or structure.bound > residual_tol):
-    # Every side at once (``_Structure``); the worst one is followed.
-    sides = [_side(problem, base, mask, structure.worst)]
+  sides = [] if structure is None else [
+      _side(problem, base, mask, structure.worst)]
+  if structure is not None and (
+      (structure.strict and structure.bound <= residual_tol)
+      or sides[0].residual > residual_tol):
+    # Every side at once (``_Structure``): all stationary, or the worst one
+    # has a way down and is followed.
     facts = dict(n_kinks=int(mask.sum()), n_sides=2 ** int(mask.sum()),
                  all_sides=True, residual_max=max(structure.bound,
                                                   sides[0].residual),
@@ -483,7 +494,7 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
     # Residuals of a few tolerances, with descent at roundoff: SLSQP and the
     # polish met the first-order conditions at a point as low as this one
     # (up to roundoff); it is decided instead, once.
-    end = ends[0]
+    end = ends[0] if ends else best
     if problem.loss_and_grad_at(end)[0] <= loss + _LOSS_NOISE * abs(loss):
       return _decide(problem.at(problem.unravel(jnp.asarray(end))), tol,
                      max_sides, lm_max_params, polished=True)
