@@ -13,11 +13,14 @@ that did not diverge (docs/theory.md#escape-to-infinity):
 3. The continuation: Levenberg-Marquardt without the escape stop and
    without the gradient stop (the probe's lesson: a small gradient can
    mislead) for up to ``fate_iters`` iterations from where step 2 left off
-   (the probe's lowest point). Where LM stops on a kink (a relu argument at
-   0, where its model breaks), the kink decision (``lminima.critical.kinks``)
-   either finds a side that goes lower, and LM goes on from there (each move
-   one iteration of the budget), or decides the point. It ends in exactly
-   one of
+   (the probe's lowest point). For models that give their smooth pieces
+   (relu and leaky_relu MLPs), where LM's model breaks at every kink it
+   crosses, the continuation moves region by region instead
+   (``lminima.critical.kinks``): from a point on kinks along a side that
+   goes lower, from a point off them by SLSQP over its region, each move one
+   iteration of the budget, until the kink decision decides a point or
+   finds it stationary off kinks, where LM and the certificate take over.
+   It ends in exactly one of
    * the certificate's verdict where LM stopped because no step went lower,
      when that is ``local_min``, ``saddle`` or ``non_differentiable``;
    * ``kink_min``: on a kink, no side of it goes lower (a nonsmooth local
@@ -269,8 +272,8 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
         f", extrapolated {asymptotic:.3g}", cert=cert,
         asymptotic=asymptotic, **evidence)
   if kink is not None:
-    reason = (f"{what}; the continuation ended on a kink after {iters} "
-              f"iterations: {kink.reason}")
+    reason = (f"{what}; the continuation ended after {iters} iterations: "
+              f"{kink.reason}")
   elif settled:
     reason = (f"{what}; the continuation stopped after {run.iters} steps "
               f"(no LM step went lower) where the certificate found "
