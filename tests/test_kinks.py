@@ -10,7 +10,7 @@ from absl.testing import absltest, parameterized
 from lminima.core.models import MLP
 from lminima.core.problem import Problem
 from lminima.core.tolerances import DEFAULT
-from lminima.critical import kinks
+from lminima.critical import kinks, pieces
 from lminima.critical.outcomes import decide_member
 
 
@@ -121,7 +121,7 @@ class KinksTest(parameterized.TestCase):
     problem = Problem(lambda p, x: jax.nn.relu(x @ p["w"]),
                       {"w": np.ones((1, 1))}, np.ones((3, 1)), np.ones((3, 1)),
                       kinks_fn=lambda p, x: x @ p["w"])
-    self.assertFalse(kinks.supports_kinks(problem))
+    self.assertFalse(pieces.supports_kinks(problem))
     with self.assertRaisesRegex(ValueError, "gives no smooth pieces"):
       kinks.decide_kink(problem)
     with self.assertRaisesRegex(ValueError, "max_sides"):

@@ -3,28 +3,16 @@
 Where arguments z_k, k in K, of piecewise-linear activations (relu,
 leaky_relu) sit at their kink (``|z_k| <= kink_tol``), L is not
 differentiable, and LM, whose model breaks across the kink, stalls there.
-Near such a point theta_0 the loss is piecewise smooth: each side
-``s in {below, above}^K`` gives a smooth piece L_s, the network with every
-activation replaced by its slope in that pattern (``module.piece``,
-lminima.core.models), equal to L on the closure of the region
-``R_s = {s_k z_k(theta) >= 0, k in K}`` (activations off K keep their signs
-nearby). theta_0 is a local minimum of L iff it is one of every L_s on R_s
-(docs/theory.md#kinks).
+Near such a point theta_0 the loss is piecewise smooth: each side s of the
+kinks gives a smooth piece L_s, equal to L on the closure of its region R_s
+(``lminima.critical.pieces``), and theta_0 is a local minimum of L iff it is
+one of every L_s on R_s (docs/theory.md#kinks).
 
-* First order, every side: theta_0 is a KKT point of ``min L_s on R_s`` iff
-  ``g_s = sum_k mu_k s_k a_k`` with ``mu >= 0`` (``g_s`` the gradient of the
-  piece, ``a_k`` that of z_k under it): nonnegative least squares
-  (``scipy.optimize.nnls``). Its residual r satisfies ``g_s . r = ||r||^2``
-  and ``s_k a_k . r <= 0``, so -r descends into R_s: a side whose ``||r||``
-  exceeds the criticality tolerance (``Tolerances.grad_tolerance`` with
-  ``||H||`` from power iteration) has a way down.
-* Every side at once, beyond ``max_sides``: where the kinked arguments are
-  linear in theta with independent normals and switching a kink changes the
-  gradient along its normal only (all checked; relu units of the first
-  hidden layer), one least-squares fit bounds every side's residual, and
-  with every multiplier positive only the manifold ``z_K = 0`` can lead down
-  (its Hessian is checked for negative curvature). Elsewhere a sample of
-  sides is examined, which can find a way down but decides nothing else.
+* First order: every side's residual (``lminima.critical.pieces``), against
+  the criticality tolerance (``Tolerances.grad_tolerance`` with ``||H||``
+  from power iteration); each side, or all at once where the kinks are
+  linear with independent normals, or beyond ``max_sides`` without that
+  structure a sample, which can find a way down but decides nothing else.
 * Descent: the sides with the largest residuals are followed by SLSQP
   (scipy) on L_s subject to ``s_k z_k >= 0``, which slides along the kinks
   where LM stalls, then a Newton polish of the KKT conditions.
@@ -75,19 +63,15 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import itertools
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
 
-from lminima.core import hessian
-from lminima.core.problem import ModuleMethod, Problem
+from lminima.core.problem import Problem
 from lminima.core.tolerances import DEFAULT, Tolerances
-from lminima.critical import certify, refinement
+from lminima.critical import certify, pieces, refinement
 from lminima.critical.refinement import serial_blas
 
 VERDICTS = ("kink_min", "descends", "undecided", "differentiable")
@@ -101,7 +85,6 @@ _SAMPLED_PROBES = 8
 # Kinks make small basins: a perturbed start at the probe's radius may lie in
 # a neighbouring one. The certificate's probe_starts, times this, explore them.
 _KINK_PROBE_STARTS = 8
-_STRUCTURE_RTOL = 1e-8
 _LOSS_NOISE = 1e-12
 
 
@@ -141,100 +124,6 @@ class KinkDecision:
             "kink_decrease": self.decrease}
 
 
-def supports_kinks(problem: Problem) -> bool:
-  """Whether the problem's module gives its smooth pieces (lminima.core.models,
-  module docstring): ``kink_slopes``, ``piece`` and ``piece_kink_inputs``."""
-  module = problem.module
-  return (problem.kinks_fn is not None
-          and getattr(module, "kink_slopes", None) is not None
-          and all(callable(getattr(module, name, None))
-                  for name in ("piece", "piece_kink_inputs")))
-
-
-def on_kink(problem: Problem, tol: Tolerances | None = None) -> bool:
-  """Whether some kinked argument is within ``kink_tol`` of its kink."""
-  tol = DEFAULT if tol is None else tol
-  smallest = problem.min_abs_kink_input()
-  return smallest is not None and smallest <= tol.kink_tol
-
-
-def piece_problem(problem: Problem, slopes: np.ndarray) -> Problem:
-  """The problem of the smooth piece with activation slopes ``slopes``
-  (shaped like ``problem.kink_inputs()``), at the problem's point."""
-  xs = np.concatenate([np.asarray(problem.x).reshape(problem.m, -1), slopes],
-                      axis=1)
-  objective = problem.objective
-  return Problem(ModuleMethod(problem.module, "piece"), problem.params, xs,
-                 problem.y, normalization=problem.normalization,
-                 loss=objective.loss, penalty=objective.penalty,
-                 intercept=problem.intercept, module=problem.module,
-                 memory_budget_bytes=problem.memory_budget_bytes)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _kink_args_and_jacobian(module, flat, like, xs):
-  """The piece's kinked arguments (m, k) and their Jacobian (m, k, n_params);
-  forward mode, as n_params is far below m k."""
-  unravel = hessian.flatten_params(like)[1]
-  args = lambda v: module.apply(unravel(v), xs, method="piece_kink_inputs")
-  return args(flat), jax.jacfwd(args)(flat)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Side:
-  piece: Problem
-  signs: np.ndarray  # (m, k): +1 where the piece's slope is above, else -1
-  kinked: np.ndarray  # (m, k) bool: the arguments at their kink
-  residual: float
-  memo: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-  def arguments(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``s z(theta)`` (m, k) and its Jacobian (m, k, n_params); the last
-    point's are kept, as SLSQP asks for both at each point."""
-    flat = np.asarray(flat)
-    last = self.memo.get("flat")
-    if last is None or not np.array_equal(last, flat):
-      values, jacobian = _kink_args_and_jacobian(
-          self.piece.module, jnp.asarray(flat), self.piece.params,
-          self.piece.x)
-      self.memo.update(flat=flat.copy(), values=(
-          self.signs * np.asarray(values),
-          self.signs[..., None] * np.asarray(jacobian)))
-    return self.memo["values"]
-
-  def constraint(self, active: np.ndarray) -> dict[str, Any]:
-    """``s_k z_k(theta) >= 0`` over ``active`` (m, k) for SLSQP."""
-    return {"type": "ineq", "fun": lambda f: self.arguments(f)[0][active],
-            "jac": lambda f: self.arguments(f)[1][active]}
-
-
-def _sides(mask: np.ndarray, max_sides: int
-           ) -> tuple[list[np.ndarray], bool]:
-  """Bit vectors (True: above) of the sides to examine, and whether they are
-  all of them; beyond ``max_sides``, all below, all above and random ones."""
-  n = int(mask.sum())
-  if n < 63 and 2 ** n <= max_sides:
-    return [np.array(bits, bool)
-            for bits in itertools.product((False, True), repeat=n)], True
-  rng = np.random.default_rng(0)
-  return ([np.zeros(n, bool), np.ones(n, bool)]
-          + list(rng.random((max(max_sides - 2, 0), n)) < 0.5)), False
-
-
-def _side(problem: Problem, base: np.ndarray, kinked: np.ndarray,
-          above: np.ndarray) -> _Side:
-  below_slope, above_slope = problem.module.kink_slopes
-  slopes = base.copy()
-  slopes[kinked] = np.where(above, above_slope, below_slope)
-  piece = piece_problem(problem, slopes)
-  side = _Side(piece, np.where(slopes == above_slope, 1.0, -1.0), kinked, 0.0)
-  normals = side.arguments(piece.flat)[1][kinked]
-  multipliers = (scipy.optimize.nnls(normals.T, piece.grad)[0] if len(normals)
-                 else np.zeros(0))
-  residual = float(np.linalg.norm(piece.grad - normals.T @ multipliers))
-  return dataclasses.replace(side, residual=residual)
-
-
 def _lowest_on_segment(problem: Problem, end: np.ndarray
                        ) -> tuple[np.ndarray, float]:
   """The lowest true L on ``theta_0 + 2^-j (end - theta_0)``, j >= 0."""
@@ -248,7 +137,7 @@ def _lowest_on_segment(problem: Problem, end: np.ndarray
   return best, best_loss
 
 
-def _slsqp_end(side: _Side, tol: Tolerances) -> np.ndarray:
+def _slsqp_end(side: pieces.Side, tol: Tolerances) -> np.ndarray:
   """SLSQP on the piece over its region: constraints on the kinked
   arguments, and on every other one the run crossed (rerun with them, up to
   ``_CONSTRAINT_ROUNDS`` times), so the end is where the piece is L."""
@@ -282,7 +171,7 @@ def _lbfgs_end(problem: Problem, start: np.ndarray, tol: Tolerances
   return np.asarray(result.x)
 
 
-def _polish(side: _Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
+def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
   """Newton on the KKT conditions of the piece, the arguments at their kink
   with a positive multiplier held there (``_POLISH_STEPS`` steps, each kept
   only if L_s does not rise): SLSQP's quasi-Newton end meets first-order
@@ -321,7 +210,7 @@ def decide_kink(problem: Problem, *, tol: Tolerances | None = None,
 
   Args:
     problem: the objective at a point, of a module that gives its pieces
-      (``supports_kinks``).
+      (``pieces.supports_kinks``).
     tol: the shared tolerances (``lminima.core.tolerances.DEFAULT``).
     max_sides: the most sides examined; with more, a sample.
     lm_max_params: the descent probe's LM bound (``certify.descent_probe``).
@@ -333,7 +222,7 @@ def decide_kink(problem: Problem, *, tol: Tolerances | None = None,
     ValueError: the module gives no pieces, or ``max_sides < 2``.
   """
   tol = DEFAULT if tol is None else tol
-  if not supports_kinks(problem):
+  if not pieces.supports_kinks(problem):
     raise ValueError("decide_kink: the module gives no smooth pieces "
                      "(kink_slopes, piece, piece_kink_inputs; see "
                      "lminima.core.models)")
@@ -342,70 +231,35 @@ def decide_kink(problem: Problem, *, tol: Tolerances | None = None,
   return _decide(problem, tol, max_sides, lm_max_params, polished=False)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Structure:
-  """Kinks whose arguments are linear in theta, with independent normals
-  a_k and gradient jumps along them: ``g_s = g_below + sum_{k above}
-  delta_k a_k``. With ``g_below = A^T c + r``, side s is stationary iff r = 0
-  and ``c_k <= 0`` (kink k below) or ``c_k + delta_k >= 0`` (above): every
-  one of the 2^|K| sides is decided by |K| intervals."""
-  bound: float  # ||r|| + sum_k ||a_k|| * (largest violation of kink k)
-  worst: np.ndarray  # bits of the side with the largest violations
-  strict: bool  # every multiplier of every side positive
-  tangent: np.ndarray  # (n_params, n_params - |K|): the kinks' manifold
-
-
-def _structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
-               residual_tol: float) -> _Structure | None:
-  """The structure of ``_Structure``, checked (None where it is absent)."""
-  n = int(mask.sum())
-  below = _side(problem, base, mask, np.zeros(n, bool))
-  flat = np.asarray(problem.flat)
-  normals = -below.arguments(flat)[1][mask]  # a_k, unsigned
-  scale = float(np.linalg.norm(normals))
-  direction = np.random.default_rng(1).standard_normal(flat.size)
-  moved = flat + 1e-3 * max(1.0, float(np.linalg.norm(flat))) * (
-      direction / np.linalg.norm(direction))
-  if np.linalg.norm(-below.arguments(moved)[1][mask] - normals) > (
-      _STRUCTURE_RTOL * scale):
-    return None  # arguments not linear in theta
-  singular = np.linalg.svd(normals, compute_uv=False)
-  if singular[-1] <= _STRUCTURE_RTOL * singular[0]:
-    return None  # normals not independent
-  g_below = below.piece.grad
-  jumps = np.empty(n)
-  for k in range(n):
-    side = _side(problem, base, mask, np.arange(n) == k)
-    signed = np.where(np.arange(n) == k, 1.0, -1.0)[:, None] * normals
-    if np.linalg.norm(side.arguments(flat)[1][mask] - signed) > (
-        _STRUCTURE_RTOL * scale):
-      return None  # the normals depend on the side
-    jump = side.piece.grad - g_below
-    jumps[k] = jump @ normals[k] / (normals[k] @ normals[k])
-    if np.linalg.norm(jump - jumps[k] * normals[k]) > _STRUCTURE_RTOL * (
-        np.linalg.norm(jump) + np.linalg.norm(g_below)):
-      return None  # the jump is not along the kink's normal
-  coeffs = np.linalg.lstsq(normals.T, g_below, rcond=None)[0]
-  rest = float(np.linalg.norm(g_below - normals.T @ coeffs))
-  above_violation = np.maximum(-(coeffs + jumps), 0.0)
-  below_violation = np.maximum(coeffs, 0.0)
-  lengths = np.linalg.norm(normals, axis=1)
-  bound = rest + float(lengths @ np.maximum(above_violation, below_violation))
-  margin = np.minimum(-coeffs, coeffs + jumps) * lengths
-  basis = np.linalg.svd(normals)[2][n:].T
-  return _Structure(bound=bound, worst=above_violation > below_violation,
-                    strict=bool(np.all(margin > residual_tol)),
-                    tangent=basis)
-
-
-def _manifold_curvature(problem: Problem, side: _Side, tangent: np.ndarray,
-                        tol: Tolerances) -> tuple[float, float, np.ndarray]:
-  """The smallest eigenvalue of the piece's Hessian on the kinks' manifold,
-  its tolerance, and its direction (in theta)."""
-  hess = side.piece.dense_hessian()
-  values, vectors = np.linalg.eigh(tangent.T @ hess @ tangent)
-  return (float(values[0]), tol.eig_tolerance(values[0], values[-1]),
-          tangent @ vectors[:, 0])
+def _examine(problem: Problem, base: np.ndarray, mask: np.ndarray,
+             max_sides: int, residual_tol: float
+             ) -> tuple[pieces.Structure | None, list[pieces.Side], dict[str, Any]]:
+  """The first-order test of the sides: every side at once where the
+  structure allows it, else each of them (or a sample), stopping once
+  ``_DESCENT_SIDES`` have a way down. Returns the structure (or None), the
+  sides examined (largest residual first) and the decision's facts."""
+  bit_vectors, all_sides = pieces.sides_to_examine(mask, max_sides)
+  structure = (None if all_sides
+               else pieces.linear_structure(problem, base, mask, residual_tol))
+  if structure is not None:
+    worst = pieces.side_at(problem, base, mask, structure.worst)
+    if ((structure.strict and structure.bound <= residual_tol)
+        or worst.residual > residual_tol):
+      # All stationary, or the worst side has a way down and is followed.
+      return structure, [worst], dict(
+          n_kinks=int(mask.sum()), n_sides=2 ** int(mask.sum()),
+          all_sides=True, residual_max=max(structure.bound, worst.residual),
+          residual_tol=residual_tol)
+  sides = []
+  for bits in bit_vectors:
+    sides.append(pieces.side_at(problem, base, mask, bits))
+    if sum(s.residual > residual_tol for s in sides) >= _DESCENT_SIDES:
+      all_sides = False
+      break
+  sides.sort(key=lambda s: -s.residual)
+  return None, sides, dict(
+      n_kinks=int(mask.sum()), n_sides=len(sides), all_sides=all_sides,
+      residual_max=sides[0].residual, residual_tol=residual_tol)
 
 
 def _decide(problem: Problem, tol: Tolerances, max_sides: int,
@@ -417,31 +271,8 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
   loss, ref_loss = problem.loss, problem.reference_loss
   residual_tol = float(tol.grad_tolerance(
       loss, refinement.curvature_estimate(problem), ref_loss))
-  bit_vectors, all_sides = _sides(mask, max_sides)
-  structure = (None if all_sides
-               else _structure(problem, base, mask, residual_tol))
-  sides = [] if structure is None else [
-      _side(problem, base, mask, structure.worst)]
-  if structure is not None and (
-      (structure.strict and structure.bound <= residual_tol)
-      or sides[0].residual > residual_tol):
-    # Every side at once (``_Structure``): all stationary, or the worst one
-    # has a way down and is followed.
-    facts = dict(n_kinks=int(mask.sum()), n_sides=2 ** int(mask.sum()),
-                 all_sides=True, residual_max=max(structure.bound,
-                                                  sides[0].residual),
-                 residual_tol=residual_tol)
-  else:
-    structure, sides = None, []
-    for bits in bit_vectors:  # enough sides with a way down end the search
-      sides.append(_side(problem, base, mask, bits))
-      if sum(s.residual > residual_tol for s in sides) >= _DESCENT_SIDES:
-        all_sides = False
-        break
-    sides.sort(key=lambda s: -s.residual)
-    facts = dict(n_kinks=int(mask.sum()), n_sides=len(sides),
-                 all_sides=all_sides, residual_max=sides[0].residual,
-                 residual_tol=residual_tol)
+  structure, sides, facts = _examine(problem, base, mask, max_sides,
+                                     residual_tol)
   stationary = facts["residual_max"] <= residual_tol
   if stationary and not mask.any():
     return KinkDecision(
@@ -452,7 +283,7 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
   # A sample of sides cannot make a kink_min: a few probes look for a way
   # down there, not all of them.
   followed = ([] if at_zero or (stationary and structure is not None)
-              else sides if stationary and all_sides
+              else sides if stationary and facts["all_sides"]
               else sides[:_SAMPLED_PROBES] if stationary
               else [s for s in sides if s.residual > residual_tol])
   best, best_loss, how = np.asarray(problem.flat), loss, "a side"
@@ -460,7 +291,7 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
   if stationary and structure is not None and not at_zero:
     # Strictly complementary on every side: only the manifold where every
     # kinked argument stays at 0 (where all pieces agree) can lead down.
-    curvature = _manifold_curvature(problem, sides[0], structure.tangent, tol)
+    curvature = pieces.manifold_curvature(sides[0], structure.tangent, tol)
     if curvature[0] < -curvature[1]:
       radius = tol.probe_radius_rtol * max(1.0, float(np.linalg.norm(best)))
       for sign in (1.0, -1.0):

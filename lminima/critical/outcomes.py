@@ -64,7 +64,7 @@ import numpy as np
 from lminima.core.models import MLP
 from lminima.core.problem import Problem
 from lminima.core.tolerances import DEFAULT, Tolerances
-from lminima.critical import certify, kinks
+from lminima.critical import certify, kinks, pieces
 from lminima.critical.refinement import RefineResult, refine
 
 OUTCOMES = ("local_min", "kink_min", "saddle", "non_differentiable",
@@ -194,7 +194,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   if refined.converged:
     cert = certify.certificate(start, **cert_options)
     if cert.verdict in DECIDED_BY_CERTIFICATE and not (
-        cert.verdict == "non_differentiable" and kinks.supports_kinks(start)):
+        cert.verdict == "non_differentiable" and pieces.supports_kinks(start)):
       return _decided(cert, refined, start, continued=False)
     if cert.probe is not None:  # went lower: continue from there
       start = start.at(cert.probe.params)
@@ -214,7 +214,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
                    list(refined.param_norm_history))
   iters, kink, end = refined.iters, None, start
   budget_end = refined.iters + fate_iters
-  kinked = kinks.supports_kinks(start)
+  kinked = pieces.supports_kinks(start)
   while True:
     if kinked and iters < budget_end:
       kink = kinks.decide_kink(end, tol=tol, lm_max_params=lm_max_params)
@@ -240,7 +240,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
     iters += run.iters
     end = end.at(run.params)
     settled = run.stop_reason in ("stalled", "grad_tol")
-    if not (kinked and settled and kinks.on_kink(end, tol)
+    if not (kinked and settled and pieces.on_kink(end, tol)
             and iters < budget_end):
       break
   losses, norms = np.asarray(losses), np.asarray(norms)
