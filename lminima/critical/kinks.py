@@ -76,6 +76,9 @@ from lminima.critical.refinement import serial_blas
 
 VERDICTS = ("kink_min", "descends", "undecided", "differentiable")
 
+MAX_SIDES = 256
+"""The most sides enumerated one by one (``decide_kink``'s default)."""
+
 _DESCENT_SIDES = 3  # sides followed by SLSQP, largest residual first
 _SEGMENT_HALVINGS = 30
 _CONSTRAINT_ROUNDS = 8
@@ -204,7 +207,7 @@ def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
 
 
 def decide_kink(problem: Problem, *, tol: Tolerances | None = None,
-                max_sides: int = 256, lm_max_params: int = 5000
+                max_sides: int = MAX_SIDES, lm_max_params: int = 5000
                 ) -> KinkDecision:
   """Decides a point on kinks (module docstring).
 

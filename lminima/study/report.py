@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from lminima.core import files
+from lminima.critical import kinks
 from lminima.study import claims
 from lminima.study import figures
 from lminima.study import records
@@ -221,6 +222,42 @@ def coverage_markdown(summary: Sequence[dict[str, Any]], min_certified: int,
                          lines)
 
 
+def kinks_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """The kinks section: how the members whose continuation ended with a
+  kink decision ended (none without one).
+
+  Example:
+    >>> rows = [{"outcome": "kink_min", "kink_verdict": "kink_min",
+    ...          "kink_n": 30, "kink_sides": 2 ** 30, "kink_all_sides": True},
+    ...         {"outcome": "undecided", "kink_verdict": "undecided",
+    ...          "kink_n": 12, "kink_sides": 256, "kink_all_sides": False}]
+    >>> print(kinks_markdown(rows)[2])
+    2 members ended with a kink decision: 1 kink_min (1 with more sides than were enumerated, bounded at once), 1 undecided (1 on a sample of the sides). Kinks per member: 12 to 30.
+  """
+  decided = [r for r in rows if r.get("kink_verdict")]
+  if not decided:
+    return []
+  by = collections.Counter(r["kink_verdict"] for r in decided)
+  at_once = sum(r["kink_verdict"] == "kink_min"
+                and r["kink_sides"] > kinks.MAX_SIDES for r in decided)
+  sampled = sum(not r["kink_all_sides"] for r in decided)
+  counts = [f"{by['kink_min']} kink_min" + (
+      f" ({at_once} with more sides than were enumerated, bounded at once)"
+      if at_once else "")] if by["kink_min"] else []
+  if by["undecided"]:
+    counts.append(f"{by['undecided']} undecided" + (
+        f" ({sampled} on a sample of the sides)" if sampled else ""))
+  n_kinks = [r["kink_n"] for r in decided]
+  return ["## Kinks", "",
+          f"{len(decided)} members ended with a kink decision: "
+          + ", ".join(counts) + f". Kinks per member: {min(n_kinks)} to "
+          f"{max(n_kinks)}.", "",
+          "On a kink the loss is not differentiable: a kink_min is a "
+          "nonsmooth local minimum, decided side by side "
+          "(docs/theory.md#kinks). The identities (A)-(D) are tested on "
+          "differentiable local_min points only; (E) counts both.", ""]
+
+
 def report_markdown(rows: Sequence[dict[str, Any]], title: str = "",
                     figure_files: dict[str, str] | None = None, *,
                     summary: Sequence[dict[str, Any]] | None = None,
@@ -269,6 +306,7 @@ def report_markdown(rows: Sequence[dict[str, Any]], title: str = "",
              f"more seeds, up to {coverage[1]} members per cell "
              "(lminima.study.coverage).", "",
              coverage_markdown(summary, *coverage), ""]
+  text += kinks_markdown(rows)
   text += ["## Members by outcome", "", _markdown_table(
       ["depth", "width", *claims.OUTCOMES],
       [[e["depth"], e["width"], *(e[f"n_{o}"] for o in claims.OUTCOMES)]
