@@ -177,7 +177,8 @@ def _lbfgs_end(problem: Problem, start: np.ndarray, tol: Tolerances
 def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
   """Newton on the KKT conditions of the piece, the arguments at their kink
   with a positive multiplier held there (``_POLISH_STEPS`` steps, each kept
-  only if L_s does not rise): SLSQP's quasi-Newton end meets first-order
+  only if L_s does not rise), on the Hessian of the Lagrangian (the kinks of
+  deeper layers are curved): SLSQP's quasi-Newton end meets first-order
   conditions to about 1e-8, the criticality tolerance is about 1e-9 of the
   gradient's scale."""
   loss = side.piece.loss_and_grad_at(flat)[0]
@@ -190,7 +191,12 @@ def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
     multipliers = (scipy.optimize.nnls(jacobian[near].T, grad)[0]
                    if near.any() else np.zeros(0))
     normals = jacobian[near][multipliers > 0]
+    held = near.copy()
+    held[near] = multipliers > 0
     hess = side.piece.dense_hessian_at(flat)
+    if held.any():
+      hess = hess - np.einsum("k,kij->ij", multipliers[multipliers > 0],
+                              side.argument_hessians(flat, held))
     # Shifted to positive semidefinite, as LM does: a step toward a minimum.
     hess = hess + max(0.0, -float(np.linalg.eigvalsh(hess)[0])) * np.eye(
         flat.size)

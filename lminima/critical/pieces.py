@@ -92,6 +92,16 @@ def _kink_args_and_jacobian(module, flat, like, xs):
   return args(flat), jax.jacfwd(args)(flat)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _kink_args_hessians(module, flat, like, xs, rows, cols):
+  """Hessians (h, n_params, n_params) of the piece's arguments at
+  ``(rows, cols)``."""
+  unravel = hessian.flatten_params(like)[1]
+  args = lambda v: module.apply(unravel(v), xs,
+                                method="piece_kink_inputs")[rows, cols]
+  return jax.jacfwd(jax.jacrev(args))(flat)
+
+
 @dataclasses.dataclass(frozen=True)
 class Side:
   """One side of the kinks: its piece, the sign of every argument in it,
@@ -115,6 +125,16 @@ class Side:
           self.signs * np.asarray(values),
           self.signs[..., None] * np.asarray(jacobian)))
     return self.memo["values"]
+
+  def argument_hessians(self, flat: np.ndarray, which: np.ndarray
+                        ) -> np.ndarray:
+    """Hessians of ``s z`` at the arguments ``which`` (m, k) bool: zero for
+    arguments linear in theta (the first hidden layer), the curvature of
+    the kinks' manifold beyond it."""
+    rows, cols = np.nonzero(which)
+    return self.signs[which][:, None, None] * np.asarray(_kink_args_hessians(
+        self.piece.module, jnp.asarray(flat), self.piece.params,
+        self.piece.x, rows, cols))
 
   def constraint(self, active: np.ndarray) -> dict[str, Any]:
     """``s_k z_k(theta) >= 0`` over ``active`` (m, k) for SLSQP."""
