@@ -159,6 +159,29 @@ class KinksTest(parameterized.TestCase):
     self.assertEqual(decision.verdict, "descends")
     self.assertLess(decision.loss, problem.loss)
 
+  def test_argument_hessians_are_finite_differences_of_the_jacobian(self):
+    # Depth 2: the second layer's arguments are curved in theta (the first
+    # layer's are linear, their Hessians zero).
+    model = MLP(2, (3, 2), 1, "relu")
+    variables = model.init_params(jax.random.PRNGKey(3), np.float64)
+    x = np.random.default_rng(0).standard_normal((4, 2))
+    problem = Problem.for_module(model, variables, x, np.ones((4, 1)))
+    z = problem.kink_inputs()
+    side = pieces.side_at(problem, np.where(z > 0, 1.0, 0.0),
+                          np.zeros(z.shape, bool), np.zeros(0, bool))
+    which = np.zeros(z.shape, bool)
+    which[1, 0] = which[2, 4] = True  # layer 1, then layer 2
+    flat = np.asarray(problem.flat)
+    got = side.argument_hessians(flat, which)
+    step = 1e-6
+    expected = np.stack([
+        (side.arguments(flat + step * e)[1][which]
+         - side.arguments(flat - step * e)[1][which]) / (2 * step)
+        for e in np.eye(flat.size)], axis=-1)
+    np.testing.assert_allclose(got, expected, atol=1e-7)
+    self.assertEqual(float(np.abs(got[0]).max()), 0.0)
+    self.assertGreater(float(np.abs(got[1]).max()), 0.1)
+
   def test_too_many_kinks_are_sampled_not_enumerated(self):
     x = np.linspace(-1, 1, 9)  # all 9 samples on the kink: 512 sides
     problem = _one_unit(0.0, 0.0, 0.0, 0.0, x, np.zeros(9))  # zero loss
