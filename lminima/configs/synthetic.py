@@ -10,7 +10,9 @@ Variants for the subspace bound (C), on a nearly linear target (linear part
 * ``bottleneck``: the control, no structure: L may exceed L*_linear.
 * ``skip``: the same nets with a linear skip from the input to the output,
   so col(D) contains [X 1] kron I and L <= L*_linear must hold.
-* ``relu``: the study with relu units (kinks detected, the Euler identity (B)).
+* ``relu``: the study with relu units (kink points decided by
+  ``lminima.critical.kinks``; the Euler identity (B) on differentiable
+  minima).
 * ``coverage``: the study, with every cell short of 5 certified minima given
   12 more seeds (``lminima.study.coverage``; at most 24 members a cell).
 
