@@ -4,6 +4,7 @@ import itertools
 
 import jax
 import numpy as np
+import scipy.linalg
 import scipy.optimize
 from absl.testing import absltest, parameterized
 
@@ -158,6 +159,34 @@ class KinksTest(parameterized.TestCase):
     self.assertLessEqual(decision.residual_max, 3 * largest)
     self.assertEqual(decision.verdict, "descends")
     self.assertLess(decision.loss, problem.loss)
+
+  def test_manifold_curvature_is_the_projected_finite_difference_hessian(self):
+    # The same 9 kinks: the tangent of {z_K = 0} against scipy's null space
+    # of the normals (1, x_i) in (b1, W1), the piece's Hessian against
+    # central differences of its gradient.
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((9, 10)), rng.standard_normal((9, 1))
+    model = MLP(10, (1,), 1, "relu")
+    params = {"params": {
+        "layer_1": {"kernel": np.zeros((10, 1)), "bias": np.zeros(1)},
+        "layer_2": {"kernel": np.full((1, 1), 0.5), "bias": np.full(1, 0.2)}}}
+    problem = Problem.for_module(model, params, x, y)
+    mask = np.ones((9, 1), bool)
+    base = np.zeros((9, 1))
+    structure = pieces.linear_structure(problem, base, mask, 1e-9)
+    side = pieces.side_at(problem, base, mask, np.zeros(9, bool))
+    lam_min, _, direction = pieces.manifold_curvature(
+        side, structure.tangent, DEFAULT)
+    normals = np.hstack([np.ones((9, 1)), x, np.zeros((9, 2))])
+    tangent = scipy.linalg.null_space(normals)
+    flat, step = np.asarray(problem.flat), 1e-5
+    hess = np.stack([(side.piece.loss_and_grad_at(flat + step * e)[1]
+                      - side.piece.loss_and_grad_at(flat - step * e)[1])
+                     / (2 * step) for e in np.eye(flat.size)])
+    expected = np.linalg.eigvalsh(tangent.T @ (hess + hess.T) / 2 @ tangent)
+    self.assertAlmostEqual(lam_min, expected[0], places=7)
+    np.testing.assert_allclose(normals @ direction, 0.0, atol=1e-12)
+    self.assertAlmostEqual(float(np.linalg.norm(direction)), 1.0, places=12)
 
   def test_argument_hessians_are_finite_differences_of_the_jacobian(self):
     # Depth 2: the second layer's arguments are curved in theta (the first

@@ -133,5 +133,10 @@ class Tolerances:
     return self.eig_rtol * max(abs(lam_min), abs(lam_max))
 
 
+LOSS_ROUNDOFF_RTOL = 1e-12
+"""A relative change of L below this is float64 roundoff: a rise along an
+accepted step, or a decrease that is no progress
+(``lminima.critical.outcomes``, ``lminima.critical.kinks``)."""
+
 DEFAULT = Tolerances()
 """The tolerances used wherever none are given."""

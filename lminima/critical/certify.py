@@ -300,12 +300,20 @@ def _probe_run(problem: Problem, start: np.ndarray, tol: Tolerances,
   def record(intermediate_result):
     losses.append(float(intermediate_result.fun))
     norms.append(float(np.linalg.norm(intermediate_result.x)))
-  with serial_blas():
-    result = scipy.optimize.minimize(
-        problem.loss_and_grad_at, start, jac=True, method="L-BFGS-B",
-        callback=record, options={"maxiter": tol.probe_iters, "gtol": 0.0,
-                                  "ftol": 0.0})
+  result = lbfgs_descent(problem, start, tol.probe_iters, callback=record)
   return "lbfgs", int(result.nit), losses, norms, np.asarray(result.x)
+
+
+def lbfgs_descent(problem: Problem, start: np.ndarray, max_iters: int,
+                  callback=None) -> scipy.optimize.OptimizeResult:
+  """L-BFGS-B on the problem's L from the flat point ``start`` for
+  ``max_iters`` iterations (gradient and loss tolerances 0: only the
+  iteration count stops it)."""
+  with serial_blas():
+    return scipy.optimize.minimize(
+        problem.loss_and_grad_at, start, jac=True, method="L-BFGS-B",
+        callback=callback, options={"maxiter": max_iters, "gtol": 0.0,
+                                    "ftol": 0.0})
 
 
 def decide(problem: Problem, spectrum: tuple | None, method: str,

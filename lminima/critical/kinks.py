@@ -70,7 +70,7 @@ import numpy as np
 import scipy.optimize
 
 from lminima.core.problem import Problem
-from lminima.core.tolerances import DEFAULT, Tolerances
+from lminima.core.tolerances import DEFAULT, LOSS_ROUNDOFF_RTOL, Tolerances
 from lminima.critical import certify, pieces, refinement
 from lminima.critical.refinement import serial_blas
 
@@ -88,7 +88,6 @@ _SAMPLED_PROBES = 8
 # Kinks make small basins: a perturbed start at the probe's radius may lie in
 # a neighbouring one. The certificate's probe_starts, times this, explore them.
 _KINK_PROBE_STARTS = 8
-_LOSS_NOISE = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,16 +163,6 @@ def _slsqp_end(side: pieces.Side, tol: Tolerances) -> np.ndarray:
   return _polish(side, end, tol)
 
 
-def _lbfgs_end(problem: Problem, start: np.ndarray, tol: Tolerances
-               ) -> np.ndarray:
-  """L-BFGS-B on L itself (kinks and all), gradient and loss tolerances 0."""
-  with serial_blas():
-    result = scipy.optimize.minimize(
-        problem.loss_and_grad_at, start, jac=True, method="L-BFGS-B",
-        options={"maxiter": 10 * tol.probe_iters, "gtol": 0.0, "ftol": 0.0})
-  return np.asarray(result.x)
-
-
 def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
   """Newton on the KKT conditions of the piece, the arguments at their kink
   with a positive multiplier held there (``_POLISH_STEPS`` steps, each kept
@@ -206,7 +195,7 @@ def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
         kkt, -np.concatenate([grad, values[near][multipliers > 0]]),
         rcond=None)[0][:flat.size]
     new_loss = side.piece.loss_and_grad_at(flat + step)[0]
-    if not new_loss <= loss * (1 + _LOSS_NOISE):
+    if not new_loss <= loss * (1 + LOSS_ROUNDOFF_RTOL):
       break
     flat, loss = flat + step, new_loss
   return flat
@@ -325,17 +314,18 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
     # descent on L itself from the probe's perturbed starts.
     for start in certify.probe_starts(
         problem, tol, _KINK_PROBE_STARTS * tol.probe_starts)[1:]:
-      end = _lbfgs_end(problem, start, tol)
+      end = np.asarray(certify.lbfgs_descent(problem, start,
+                                             10 * tol.probe_iters).x)
       value = problem.loss_and_grad_at(end)[0]
       if value < best_loss:
         best, best_loss, how = end, value, "L-BFGS-B from a perturbed start"
   decrease = tol.relative_decrease(loss, best_loss, ref_loss)
-  if not stationary and decrease <= _LOSS_NOISE and not polished:
+  if not stationary and decrease <= LOSS_ROUNDOFF_RTOL and not polished:
     # Residuals of a few tolerances, with descent at roundoff: SLSQP and the
     # polish met the first-order conditions at a point as low as this one
     # (up to roundoff); it is decided instead, once.
     end = ends[0] if ends else best
-    if problem.loss_and_grad_at(end)[0] <= loss + _LOSS_NOISE * abs(loss):
+    if problem.loss_and_grad_at(end)[0] <= loss * (1 + LOSS_ROUNDOFF_RTOL):
       return _decide(problem.at(problem.unravel(jnp.asarray(end))), tol,
                      max_sides, lm_max_params, polished=True)
   sides_text = (f"{facts['n_sides']} sides of {facts['n_kinks']} kinks"
@@ -343,7 +333,7 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
   # A side not stationary is followed on any decrease above roundoff (the
   # continuation's progress); a stationary one needs descent_rtol, the
   # certificate's refutation of a minimum.
-  if decrease > (tol.descent_rtol if stationary else _LOSS_NOISE):
+  if decrease > (tol.descent_rtol if stationary else LOSS_ROUNDOFF_RTOL):
     verdict, reason = "descends", (
         f"{how} went lower by {decrease:.1e} ({facts['n_kinks']} kinks, "
         f"first-order residual {sides[0].residual:.1e}, tolerance "

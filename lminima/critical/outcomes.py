@@ -63,7 +63,7 @@ import numpy as np
 
 from lminima.core.models import MLP
 from lminima.core.problem import Problem
-from lminima.core.tolerances import DEFAULT, Tolerances
+from lminima.core.tolerances import DEFAULT, LOSS_ROUNDOFF_RTOL, Tolerances
 from lminima.critical import certify, kinks, pieces
 from lminima.critical.refinement import RefineResult, refine
 
@@ -74,8 +74,6 @@ OUTCOMES = ("local_min", "kink_min", "saddle", "non_differentiable",
 
 DECIDED_BY_CERTIFICATE = ("local_min", "saddle", "non_differentiable")
 
-# Relative rise of L along an accepted LM step that is float64 roundoff.
-_LOSS_NOISE = 1e-12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +242,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
             and iters < budget_end):
       break
   losses, norms = np.asarray(losses), np.asarray(norms)
-  rises = np.diff(losses) > _LOSS_NOISE * np.abs(losses[:-1])
+  rises = np.diff(losses) > LOSS_ROUNDOFF_RTOL * np.abs(losses[:-1])
   monotone = not bool(np.any(rises))
   ratio = norms[-1] / max(norms[0], 1e-300)
   evidence = dict(refined=refined, iters=iters, losses=losses, norms=norms,

@@ -98,12 +98,12 @@ def below_linear(row: dict[str, Any], tol: Tolerances = DEFAULT) -> bool:
 
 
 def certified(rows: Sequence[dict[str, Any]],
-              outcomes_: Sequence[str] = ("local_min",)
+              among: Sequence[str] = ("local_min",)
               ) -> list[dict[str, Any]]:
-  """The members whose outcome is in ``outcomes_`` (differentiable local
+  """The members whose outcome is in ``among`` (differentiable local
   minima, by default; ``MINIMA`` adds the nonsmooth ones), with a finite
   loss."""
-  return [r for r in rows if outcome(r) in outcomes_
+  return [r for r in rows if outcome(r) in among
           and _num(r.get("loss_refined")) is not None]
 
 
