@@ -18,9 +18,10 @@ one of every L_s on R_s (docs/theory.md#kinks).
   where LM stalls, then a Newton polish of the KKT conditions.
 * Second order, where every side is first-order stationary: the
   certificate's descent probe (``certify.descent_probe``) on each
-  enumerated side's piece, and L-BFGS-B on L itself from perturbed starts at
+  enumerated side's piece, and descent on L itself from perturbed starts at
   the probe's radius (``certify.probe_starts``, 8 times as many: kinks make
-  small basins), which cross the kinks.
+  small basins), region by region as the continuation moves, which crosses
+  the kinks where L-BFGS-B stalls on the first one it meets.
 
 Every end point counts only by the true L, at its lowest on the segment from
 theta_0 (a piece's minimizer may lie outside its region). Verdicts:
@@ -88,6 +89,7 @@ _SAMPLED_PROBES = 8
 # Kinks make small basins: a perturbed start at the probe's radius may lie in
 # a neighbouring one. The certificate's probe_starts, times this, explore them.
 _KINK_PROBE_STARTS = 8
+_START_MOVES = 20  # region moves of the descent from one perturbed start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,15 +262,42 @@ def _examine(problem: Problem, base: np.ndarray, mask: np.ndarray,
       residual_max=sides[0].residual, residual_tol=residual_tol)
 
 
+def _kinks_at(problem: Problem, tol: Tolerances
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+  """The arguments at their kink (m, k), every argument's slope on its own
+  side, and the criticality tolerance of the first-order residuals."""
+  z = problem.kink_inputs().reshape(problem.m, -1)
+  below_slope, above_slope = problem.module.kink_slopes
+  return (np.abs(z) <= tol.kink_tol, np.where(z > 0, above_slope, below_slope),
+          float(tol.grad_tolerance(problem.loss,
+                                   refinement.curvature_estimate(problem),
+                                   problem.reference_loss)))
+
+
+def _region_descent(problem: Problem, start: np.ndarray, tol: Tolerances,
+                    max_sides: int) -> np.ndarray:
+  """Descent on L from ``start`` region by region, as the continuation
+  moves: SLSQP along the side with the largest first-order residual, at
+  most ``_START_MOVES`` times, until every side examined is stationary or a
+  move gains no more than roundoff. L-BFGS-B on L stalls on the first kink
+  it meets, a few 1e-6 above the lowest point nearby."""
+  point = problem.at(problem.unravel(jnp.asarray(start)))
+  for _ in range(_START_MOVES):
+    mask, base, residual_tol = _kinks_at(point, tol)
+    sides = _examine(point, base, mask, max_sides, residual_tol)[1]
+    if sides[0].residual <= residual_tol:
+      break
+    end, value = _lowest_on_segment(point, _slsqp_end(sides[0], tol))
+    if not value < point.loss * (1 - LOSS_ROUNDOFF_RTOL):
+      break
+    point = point.at(point.unravel(jnp.asarray(end)))
+  return np.asarray(point.flat)
+
+
 def _decide(problem: Problem, tol: Tolerances, max_sides: int,
             lm_max_params: int, *, polished: bool) -> KinkDecision:
-  z = problem.kink_inputs().reshape(problem.m, -1)
-  mask = np.abs(z) <= tol.kink_tol
-  below_slope, above_slope = problem.module.kink_slopes
-  base = np.where(z > 0, above_slope, below_slope)
+  mask, base, residual_tol = _kinks_at(problem, tol)
   loss, ref_loss = problem.loss, problem.reference_loss
-  residual_tol = float(tol.grad_tolerance(
-      loss, refinement.curvature_estimate(problem), ref_loss))
   structure, sides, facts = _examine(problem, base, mask, max_sides,
                                      residual_tol)
   stationary = facts["residual_max"] <= residual_tol
@@ -314,11 +343,10 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
     # descent on L itself from the probe's perturbed starts.
     for start in certify.probe_starts(
         problem, tol, _KINK_PROBE_STARTS * tol.probe_starts)[1:]:
-      end = np.asarray(certify.lbfgs_descent(problem, start,
-                                             10 * tol.probe_iters).x)
+      end = _region_descent(problem, start, tol, max_sides)
       value = problem.loss_and_grad_at(end)[0]
       if value < best_loss:
-        best, best_loss, how = end, value, "L-BFGS-B from a perturbed start"
+        best, best_loss, how = end, value, "descent from a perturbed start"
   decrease = tol.relative_decrease(loss, best_loss, ref_loss)
   if not stationary and decrease <= LOSS_ROUNDOFF_RTOL and not polished:
     # Residuals of a few tolerances, with descent at roundoff: SLSQP and the
@@ -345,8 +373,8 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
         f"lambda_min {curvature[0]:.1e} < -{curvature[1]:.1e} and no lower "
         f"value was found along it")
   elif stationary and facts["all_sides"]:
-    starts = (f"L-BFGS-B on L from {_KINK_PROBE_STARTS * tol.probe_starts - 1}"
-              f" perturbed starts")
+    starts = (f"region-by-region descent from "
+              f"{_KINK_PROBE_STARTS * tol.probe_starts - 1} perturbed starts")
     verdict, reason = "kink_min", (
         f"all {sides_text} are first-order stationary (residual <= "
         f"{facts['residual_max']:.1e}, tolerance {residual_tol:.1e}"
