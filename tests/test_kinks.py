@@ -194,6 +194,65 @@ class KinksTest(parameterized.TestCase):
     self.assertEqual(decision.verdict, "descends")
     self.assertLess(decision.loss, problem.loss)
 
+  def test_curved_kinks_are_bounded_sample_by_sample(self):
+    # Depth 2 on 6 samples: the first layer's units 0, 1, 2 on their kink at
+    # samples 0, 1, 2, the second layer's units 0, 1 at samples 2 and 3.
+    # Sample 2 holds a linear and a curved kink, whose normal turns with the
+    # linear one's side. Every one of the 32 sides in numpy: the piece's
+    # gradient and the kinks' normals by central differences, the residual
+    # by scipy's nnls. Bounded sample by sample, not enumerated.
+    rng = np.random.default_rng(7)
+    x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 1))
+    model = MLP(3, (3, 2), 1, "relu")
+    p = jax.tree_util.tree_map(np.array, model.init_params(
+        jax.random.PRNGKey(1), np.float64))["params"]
+    for unit, sample in enumerate((0, 1, 2)):
+      p["layer_1"]["bias"][unit] = -x[sample] @ p["layer_1"]["kernel"][:, unit]
+    h1 = np.maximum(x @ p["layer_1"]["kernel"] + p["layer_1"]["bias"], 0)
+    for unit, sample in enumerate((2, 3)):
+      p["layer_2"]["bias"][unit] = -h1[sample] @ p["layer_2"]["kernel"][:, unit]
+    problem = Problem.for_module(model, {"params": p}, x, y)
+    flat = np.asarray(problem.flat)
+    z = problem.kink_inputs().reshape(6, 5)
+    mask = np.abs(z) <= DEFAULT.kink_tol
+    self.assertEqual([tuple(k) for k in np.argwhere(mask)],
+                     [(0, 0), (1, 1), (2, 2), (2, 3), (3, 4)])
+
+    def arguments_and_loss(v, slopes):
+      q = jax.tree_util.tree_map(np.asarray, problem.unravel(v))["params"]
+      z1 = x @ q["layer_1"]["kernel"] + q["layer_1"]["bias"]
+      z2 = (slopes[:, :3] * z1) @ q["layer_2"]["kernel"] + q["layer_2"]["bias"]
+      out = (slopes[:, 3:] * z2) @ q["layer_3"]["kernel"] + q["layer_3"]["bias"]
+      return np.hstack([z1, z2])[mask], 0.5 * np.mean((out - y) ** 2)
+
+    def central(fn, step=1e-6):
+      return np.stack([(fn(flat + step * e) - fn(flat - step * e)) / (2 * step)
+                       for e in np.eye(flat.size)], axis=-1)
+    largest = 0.0
+    for bits in itertools.product((False, True), repeat=5):
+      slopes = (z > 0).astype(float)
+      slopes[mask] = bits
+      normals = central(lambda v: arguments_and_loss(v, slopes)[0])
+      grad = central(lambda v: np.array([arguments_and_loss(v, slopes)[1]]))[0]
+      signed = np.where(bits, 1.0, -1.0)[:, None] * normals
+      multipliers = scipy.optimize.nnls(signed.T, grad)[0]
+      largest = max(largest, np.linalg.norm(grad - signed.T @ multipliers))
+    structure = pieces.sample_structure(problem, (z > 0).astype(float), mask,
+                                        1e-9)
+    self.assertIsNotNone(structure)
+    self.assertGreaterEqual(structure.bound, largest * (1 - 1e-6))
+    self.assertLessEqual(structure.bound, 3 * largest)
+    decision = kinks.decide_kink(problem, max_sides=4)
+    self.assertEqual((decision.n_sides, decision.all_sides), (32, True))
+    self.assertEqual(decision.verdict, "descends")
+    q = jax.tree_util.tree_map(np.asarray, decision.params)["params"]
+    h1 = np.maximum(x @ q["layer_1"]["kernel"] + q["layer_1"]["bias"], 0)
+    h2 = np.maximum(h1 @ q["layer_2"]["kernel"] + q["layer_2"]["bias"], 0)
+    out = h2 @ q["layer_3"]["kernel"] + q["layer_3"]["bias"]
+    self.assertAlmostEqual(0.5 * np.mean((out - y) ** 2), decision.loss,
+                           places=12)
+    self.assertLess(decision.loss, problem.loss)
+
   def test_manifold_curvature_is_the_projected_finite_difference_hessian(self):
     # The same 9 kinks: the tangent of {z_K = 0} against scipy's null space
     # of the normals (1, x_i) in (b1, W1), the piece's Hessian against
@@ -207,7 +266,7 @@ class KinksTest(parameterized.TestCase):
     problem = Problem.for_module(model, params, x, y)
     mask = np.ones((9, 1), bool)
     base = np.zeros((9, 1))
-    structure = pieces.linear_structure(problem, base, mask, 1e-9)
+    structure = pieces.sample_structure(problem, base, mask, 1e-9)
     side = pieces.side_at(problem, base, mask, np.zeros(9, bool))
     lam_min, _, direction = pieces.manifold_curvature(
         side, structure.tangent, DEFAULT)
@@ -238,8 +297,8 @@ class KinksTest(parameterized.TestCase):
     got = side.argument_hessians(flat, which)
     step = 1e-6
     expected = np.stack([
-        (side.arguments(flat + step * e)[1][which]
-         - side.arguments(flat - step * e)[1][which]) / (2 * step)
+        (side.normals(flat + step * e, which)
+         - side.normals(flat - step * e, which)) / (2 * step)
         for e in np.eye(flat.size)], axis=-1)
     np.testing.assert_allclose(got, expected, atol=1e-7)
     self.assertEqual(float(np.abs(got[0]).max()), 0.0)

@@ -158,7 +158,7 @@ def _slsqp_end(side: pieces.Side, tol: Tolerances) -> np.ndarray:
     if not np.all(np.isfinite(result.x)):
       break
     end = np.asarray(result.x)
-    crossed = (side.arguments(end)[0] < -tol.kink_tol) & ~active
+    crossed = (side.values(end) < -tol.kink_tol) & ~active
     if not crossed.any():
       break
     active |= crossed
@@ -174,20 +174,18 @@ def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
   gradient's scale."""
   loss = side.piece.loss_and_grad_at(flat)[0]
   for _ in range(_POLISH_STEPS):
-    values, jacobian = side.arguments(flat)
+    values = side.values(flat)
     near = np.abs(values) <= tol.kink_tol
+    jacobian = side.normals(flat, near)
     grad = side.piece.loss_and_grad_at(flat)[1]
     # Held: the arguments whose multiplier is positive; the rest leave
     # their kink into the side.
-    multipliers = (scipy.optimize.nnls(jacobian[near].T, grad)[0]
+    multipliers = (scipy.optimize.nnls(jacobian.T, grad)[0]
                    if near.any() else np.zeros(0))
-    normals = jacobian[near][multipliers > 0]
+    normals = jacobian[multipliers > 0]
     held = near.copy()
     held[near] = multipliers > 0
-    hess = side.piece.dense_hessian_at(flat)
-    if held.any():
-      hess = hess - np.einsum("k,kij->ij", multipliers[multipliers > 0],
-                              side.argument_hessians(flat, held))
+    hess = side.lagrangian_hessian(flat, held, multipliers[multipliers > 0])
     # Shifted to positive semidefinite, as LM does: a step toward a minimum.
     hess = hess + max(0.0, -float(np.linalg.eigvalsh(hess)[0])) * np.eye(
         flat.size)
@@ -240,7 +238,7 @@ def _examine(problem: Problem, base: np.ndarray, mask: np.ndarray,
   sides examined (largest residual first) and the decision's facts."""
   bit_vectors, all_sides = pieces.sides_to_examine(mask, max_sides)
   structure = (None if all_sides
-               else pieces.linear_structure(problem, base, mask, residual_tol))
+               else pieces.sample_structure(problem, base, mask, residual_tol))
   if structure is not None:
     worst = pieces.side_at(problem, base, mask, structure.worst)
     if ((structure.strict and structure.bound <= residual_tol)

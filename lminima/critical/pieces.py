@@ -7,19 +7,22 @@ that pattern (``module.piece``, lminima.core.models), equal to L on the
 closure of the region ``R_s = {s_k z_k(theta) >= 0, k in K}``
 (docs/theory.md#kinks). This module builds the pieces (``piece_problem``)
 and tests their sides at first order, one by one (``side``) or all at once
-(``linear_structure``); ``lminima.critical.kinks`` decides with them.
+(``sample_structure``); ``lminima.critical.kinks`` decides with them.
 
 * One side: theta_0 is a KKT point of ``min L_s on R_s`` iff ``g_s = sum_k
   mu_k s_k a_k`` with ``mu >= 0`` (``g_s`` the gradient of the piece, ``a_k``
   that of z_k under it): nonnegative least squares (``scipy.optimize.nnls``).
   Its residual r satisfies ``g_s . r = ||r||^2`` and ``s_k a_k . r <= 0``, so
   -r descends into R_s.
-* Every side at once: where the kinked arguments are linear in theta with
-  independent normals and switching a kink changes the gradient along its
-  normal only (all checked numerically; relu units of the first hidden
-  layer), one least-squares fit bounds the residual of every one of the
-  2^|K| sides, and with every multiplier positive only the manifold
-  ``z_K = 0``, where all pieces agree, can lead down (``manifold_curvature``).
+* Every side at once: a sample's loss and kinked arguments depend on its
+  own slopes only. Where the normals of different samples' kinks span
+  independent subspaces that also hold each sample's gradient jumps (all
+  checked numerically; relu units of the first hidden layer, and of deeper
+  ones, whose kinks are curved), one least-squares fit and each sample's
+  own 2^|K_i| sides bound the residual of every one of the 2^|K| sides
+  (``Structure``). With every multiplier positive, only the manifold
+  ``z_K = 0``, where all pieces agree, can lead down: the Hessian of L on
+  it (``manifold_curvature``).
 
 Example:
   >>> import jax, numpy as np
@@ -51,6 +54,7 @@ from lminima.core.problem import ModuleMethod, Problem
 from lminima.core.tolerances import DEFAULT, Tolerances
 
 _STRUCTURE_RTOL = 1e-8
+_MAX_SAMPLE_KINKS = 8
 
 
 def supports_kinks(problem: Problem) -> bool:
@@ -83,23 +87,45 @@ def piece_problem(problem: Problem, slopes: np.ndarray) -> Problem:
                  memory_budget_bytes=problem.memory_budget_bytes)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _kink_args_and_jacobian(module, flat, like, xs):
-  """The piece's kinked arguments (m, k) and their Jacobian (m, k, n_params);
-  forward mode, as n_params is far below m k."""
+def _args_fn(module, like, xs):
   unravel = hessian.flatten_params(like)[1]
-  args = lambda v: module.apply(unravel(v), xs, method="piece_kink_inputs")
-  return args(flat), jax.jacfwd(args)(flat)
+  return lambda v: module.apply(unravel(v), xs, method="piece_kink_inputs")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _kink_args(module, flat, like, xs):
+  """The piece's kinked arguments (m, k)."""
+  return _args_fn(module, like, xs)(flat)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _kink_args_jacobian(module, flat, like, xs, rows, cols):
+  """The Jacobian (h, n_params) of the arguments ``(rows, cols)`` of the
+  samples ``xs``; forward mode, as n_params is far below their number."""
+  return jax.jacfwd(lambda v: _args_fn(module, like, xs)(v)[rows, cols])(flat)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _kink_args_hessians(module, flat, like, xs, rows, cols):
-  """Hessians (h, n_params, n_params) of the piece's arguments at
-  ``(rows, cols)``."""
-  unravel = hessian.flatten_params(like)[1]
-  args = lambda v: module.apply(unravel(v), xs,
-                                method="piece_kink_inputs")[rows, cols]
-  return jax.jacfwd(jax.jacrev(args))(flat)
+  """Hessians (h, n_params, n_params) of the arguments ``(rows, cols)``."""
+  return jax.jacfwd(jax.jacrev(
+      lambda v: _args_fn(module, like, xs)(v)[rows, cols]))(flat)
+
+
+def _samples_of(xs: np.ndarray, which: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The samples holding the arguments ``which`` (m, k) bool, and the
+  arguments' rows and columns there; each padded to a power of 2 (at least
+  8) so that few shapes compile: the results' first ``which.sum()`` rows are
+  the arguments'. A sample's arguments depend on its own row only."""
+  rows, cols = np.nonzero(which)
+  samples, local = np.unique(rows, return_inverse=True)
+  return (np.asarray(xs)[_padded(samples)], _padded(local), _padded(cols))
+
+
+def _padded(index: np.ndarray) -> np.ndarray:
+  size = max(8, 1 << int(len(index) - 1).bit_length())
+  return np.concatenate([index, np.full(size - len(index), index[0])])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,36 +136,60 @@ class Side:
   signs: np.ndarray  # (m, k): +1 where the piece's slope is above, else -1
   kinked: np.ndarray  # (m, k) bool: the arguments at their kink
   residual: float
-  memo: dict[str, Any] = dataclasses.field(default_factory=dict)
+  memo: dict[Any, Any] = dataclasses.field(default_factory=dict)
 
-  def arguments(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``s z(theta)`` (m, k) and its Jacobian (m, k, n_params); the last
-    point's are kept, as SLSQP asks for both at each point."""
-    flat = np.asarray(flat)
-    last = self.memo.get("flat")
-    if last is None or not np.array_equal(last, flat):
-      values, jacobian = _kink_args_and_jacobian(
-          self.piece.module, jnp.asarray(flat), self.piece.params,
-          self.piece.x)
-      self.memo.update(flat=flat.copy(), values=(
-          self.signs * np.asarray(values),
-          self.signs[..., None] * np.asarray(jacobian)))
-    return self.memo["values"]
+  def _memo(self, name: str, flat: np.ndarray, compute) -> Any:
+    """The last point's value of ``name``: SLSQP asks for the constraints
+    and their Jacobian at each point, often twice."""
+    key = (name, np.asarray(flat).tobytes())
+    if key not in self.memo:
+      self.memo.clear() if len(self.memo) > 16 else None
+      self.memo[key] = compute()
+    return self.memo[key]
+
+  def values(self, flat: np.ndarray) -> np.ndarray:
+    """``s z(theta)`` (m, k)."""
+    return self._memo("values", flat, lambda: self.signs * np.asarray(
+        _kink_args(self.piece.module, jnp.asarray(flat), self.piece.params,
+                   self.piece.x)))
+
+  def normals(self, flat: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """The gradients (h, n_params) of ``s z`` at the arguments ``which``
+    (m, k) bool, in the order of ``np.nonzero(which)``."""
+    if not which.any():
+      return np.zeros((0, np.size(flat)))
+
+    def compute():
+      xs, rows, cols = _samples_of(self.piece.x, which)
+      return self.signs[which][:, None] * np.asarray(_kink_args_jacobian(
+          self.piece.module, jnp.asarray(flat), self.piece.params, xs, rows,
+          cols))[:int(which.sum())]
+    return self._memo(("normals", which.tobytes()), flat, compute)
 
   def argument_hessians(self, flat: np.ndarray, which: np.ndarray
                         ) -> np.ndarray:
     """Hessians of ``s z`` at the arguments ``which`` (m, k) bool: zero for
     arguments linear in theta (the first hidden layer), the curvature of
     the kinks' manifold beyond it."""
-    rows, cols = np.nonzero(which)
+    xs, rows, cols = _samples_of(self.piece.x, which)
     return self.signs[which][:, None, None] * np.asarray(_kink_args_hessians(
-        self.piece.module, jnp.asarray(flat), self.piece.params,
-        self.piece.x, rows, cols))
+        self.piece.module, jnp.asarray(flat), self.piece.params, xs, rows,
+        cols))[:int(which.sum())]
+
+  def lagrangian_hessian(self, flat: np.ndarray, which: np.ndarray,
+                         multipliers: np.ndarray) -> np.ndarray:
+    """``Hess L_s - sum_k mu_k Hess(s_k z_k)`` over the arguments ``which``
+    (m, k) bool, with multipliers ``mu`` (one per argument in ``which``)."""
+    hess = self.piece.dense_hessian_at(flat)
+    if not which.any():
+      return hess
+    return hess - np.einsum("k,kij->ij", multipliers,
+                            self.argument_hessians(flat, which))
 
   def constraint(self, active: np.ndarray) -> dict[str, Any]:
     """``s_k z_k(theta) >= 0`` over ``active`` (m, k) for SLSQP."""
-    return {"type": "ineq", "fun": lambda f: self.arguments(f)[0][active],
-            "jac": lambda f: self.arguments(f)[1][active]}
+    return {"type": "ineq", "fun": lambda f: self.values(f)[active],
+            "jac": lambda f: self.normals(f, active)}
 
 
 def sides_to_examine(mask: np.ndarray, max_sides: int
@@ -165,7 +215,7 @@ def side_at(problem: Problem, base: np.ndarray, kinked: np.ndarray,
   piece = piece_problem(problem, slopes)
   result = Side(piece, np.where(slopes == above_slope, 1.0, -1.0), kinked,
                 0.0)
-  normals = result.arguments(piece.flat)[1][kinked]
+  normals = result.normals(piece.flat, kinked)
   multipliers = (scipy.optimize.nnls(normals.T, piece.grad)[0] if len(normals)
                  else np.zeros(0))
   residual = float(np.linalg.norm(piece.grad - normals.T @ multipliers))
@@ -174,65 +224,94 @@ def side_at(problem: Problem, base: np.ndarray, kinked: np.ndarray,
 
 @dataclasses.dataclass(frozen=True)
 class Structure:
-  """Kinks whose arguments are linear in theta, with independent normals
-  a_k and gradient jumps along them: ``g_s = g_below + sum_{k above}
-  delta_k a_k``. With ``g_below = A^T c + r``, side s is stationary iff r = 0
-  and ``c_k <= 0`` (kink k below) or ``c_k + delta_k >= 0`` (above): every
-  one of the 2^|K| sides is decided by |K| intervals."""
-  bound: float  # ||r|| + sum_k ||a_k|| * (largest violation of kink k)
-  worst: np.ndarray  # bits of the side with the largest violations
+  """Kinks grouped by sample. Sample i's loss and kinked arguments depend on
+  its own slopes s_i only, so ``g_s = g_below + sum_i J_i(s_i)`` and the
+  normals of its kinks depend on s_i alone. Where the spans N_i of every
+  sample's normals (over its sides) are independent and hold its gradient
+  jumps J_i, write ``g_below = r + sum_i c_i`` with c_i in N_i: side s is
+  stationary iff r = 0 and every ``c_i + J_i(s_i)`` lies in the cone of
+  sample i's signed normals, so the 2^|K| sides are decided by
+  ``sum_i 2^|K_i|`` small problems."""
+  bound: float  # ||r|| + sum_i max over s_i of sample i's residual
+  worst: np.ndarray  # bits of the side attaining every sample's largest
   strict: bool  # every multiplier of every side positive
-  tangent: np.ndarray  # (n_params, n_params - |K|): the kinks' manifold
+  tangent: np.ndarray  # (n_params, n_params - dim sum N_i): the kinks' manifold
 
 
-def linear_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
+def _span(vectors: np.ndarray) -> np.ndarray:
+  """Orthonormal rows spanning ``vectors``' rows."""
+  _, singular, rows = np.linalg.svd(vectors, full_matrices=False)
+  return rows[:int(np.sum(singular > _STRUCTURE_RTOL * singular[0]))]
+
+
+def sample_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
                      residual_tol: float) -> Structure | None:
-  """The structure of ``Structure``, checked (None where it is absent)."""
+  """The structure of ``Structure``, checked (None where it is absent, or
+  a sample has more than ``_MAX_SAMPLE_KINKS`` kinks)."""
   n = int(mask.sum())
-  below = side_at(problem, base, mask, np.zeros(n, bool))
+  samples = np.nonzero(mask)[0]  # bits run over samples, then arguments
+  groups = [np.flatnonzero(samples == i) for i in np.unique(samples)]
+  if max(len(group) for group in groups) > _MAX_SAMPLE_KINKS:
+    return None
   flat = np.asarray(problem.flat)
-  normals = -below.arguments(flat)[1][mask]  # a_k, unsigned
-  scale = float(np.linalg.norm(normals))
-  direction = np.random.default_rng(1).standard_normal(flat.size)
-  moved = flat + 1e-3 * max(1.0, float(np.linalg.norm(flat))) * (
-      direction / np.linalg.norm(direction))
-  if np.linalg.norm(-below.arguments(moved)[1][mask] - normals) > (
-      _STRUCTURE_RTOL * scale):
-    return None  # arguments not linear in theta
-  singular = np.linalg.svd(normals, compute_uv=False)
-  if singular[-1] <= _STRUCTURE_RTOL * singular[0]:
-    return None  # normals not independent
+  below = side_at(problem, base, mask, np.zeros(n, bool))
   g_below = below.piece.grad
-  jumps = np.empty(n)
-  for k in range(n):
-    flipped = side_at(problem, base, mask, np.arange(n) == k)
-    signed = np.where(np.arange(n) == k, 1.0, -1.0)[:, None] * normals
-    if np.linalg.norm(flipped.arguments(flat)[1][mask] - signed) > (
-        _STRUCTURE_RTOL * scale):
-      return None  # the normals depend on the side
-    jump = flipped.piece.grad - g_below
-    jumps[k] = jump @ normals[k] / (normals[k] @ normals[k])
-    if np.linalg.norm(jump - jumps[k] * normals[k]) > _STRUCTURE_RTOL * (
-        np.linalg.norm(jump) + np.linalg.norm(g_below)):
-      return None  # the jump is not along the kink's normal
-  coeffs = np.linalg.lstsq(normals.T, g_below, rcond=None)[0]
-  rest = float(np.linalg.norm(g_below - normals.T @ coeffs))
-  above_violation = np.maximum(-(coeffs + jumps), 0.0)
-  below_violation = np.maximum(coeffs, 0.0)
-  lengths = np.linalg.norm(normals, axis=1)
-  bound = rest + float(lengths @ np.maximum(above_violation, below_violation))
-  margin = np.minimum(-coeffs, coeffs + jumps) * lengths
-  basis = np.linalg.svd(normals)[2][n:].T
-  return Structure(bound=bound, worst=above_violation > below_violation,
-                    strict=bool(np.all(margin > residual_tol)),
-                    tangent=basis)
+  scale = float(np.linalg.norm(g_below))
+  sides, spans = [], []  # per sample: bits -> (signed normals, jump)
+  for group in groups:
+    own = {}
+    for bits in itertools.product((False, True), repeat=len(group)):
+      above = np.zeros(n, bool)
+      above[group] = bits
+      side = side_at(problem, base, mask, above) if any(bits) else below
+      own[bits] = (side.normals(flat, mask)[group],
+                   side.piece.grad - g_below)
+    span = _span(np.vstack([normals for normals, _ in own.values()]))
+    for _, jump in own.values():
+      if np.linalg.norm(jump - span.T @ (span @ jump)) > _STRUCTURE_RTOL * (
+          np.linalg.norm(jump) + scale):
+        return None  # a gradient jump off the sample's normals
+    sides.append(own)
+    spans.append(span)
+  stacked = np.vstack(spans)
+  singular = np.linalg.svd(stacked, compute_uv=False)
+  if singular[-1] <= _STRUCTURE_RTOL * singular[0]:
+    return None  # the samples' normals not independent
+  coeffs = np.linalg.lstsq(stacked.T, g_below, rcond=None)[0]
+  bound = float(np.linalg.norm(g_below - stacked.T @ coeffs))
+  worst, strict = np.zeros(n, bool), True
+  parts = np.split(coeffs, np.cumsum([len(span) for span in spans])[:-1])
+  for group, own, span, part in zip(groups, sides, spans, parts):
+    largest = -1.0
+    for bits, (normals, jump) in own.items():
+      target = span.T @ part + jump
+      multipliers = scipy.optimize.nnls(normals.T, target)[0]
+      residual = float(np.linalg.norm(target - normals.T @ multipliers))
+      if residual > largest:
+        largest, worst[group] = residual, bits
+      strict &= bool(len(_span(normals)) == len(group) and np.all(
+          multipliers * np.linalg.norm(normals, axis=1) > residual_tol))
+    bound += largest
+  # Sample separability, checked at the side combining every sample's worst.
+  mixed = side_at(problem, base, mask, worst)
+  combined = g_below + sum(own[tuple(worst[group])][1]
+                           for group, own in zip(groups, sides))
+  if np.linalg.norm(mixed.piece.grad - combined) > _STRUCTURE_RTOL * scale:
+    return None
+  return Structure(bound=bound, worst=worst, strict=strict,
+                   tangent=np.linalg.svd(stacked)[2][len(stacked):].T)
 
 
 def manifold_curvature(side: Side, tangent: np.ndarray, tol: Tolerances
                         ) -> tuple[float, float, np.ndarray]:
-  """The smallest eigenvalue of the piece's Hessian on the kinks' manifold,
-  its tolerance, and its direction (in theta)."""
-  hess = side.piece.dense_hessian()
+  """The smallest eigenvalue of the Hessian of L on the kinks' manifold
+  ``z_K = 0`` (the same for every side), its tolerance, and its direction
+  (in theta): the side's Lagrangian Hessian on the manifold's tangent, with
+  the multipliers of its gradient on the kinks' normals."""
+  flat = np.asarray(side.piece.flat)
+  normals = side.normals(flat, side.kinked)
+  multipliers = np.linalg.lstsq(normals.T, side.piece.grad, rcond=None)[0]
+  hess = side.lagrangian_hessian(flat, side.kinked, multipliers)
   values, vectors = np.linalg.eigh(tangent.T @ hess @ tangent)
   return (float(values[0]), tol.eig_tolerance(values[0], values[-1]),
           tangent @ vectors[:, 0])
