@@ -1,7 +1,9 @@
 """Tests of lminima.critical.kinks: decisions at the kinks of relu nets."""
 
+import dataclasses
 import itertools
 import os
+from unittest import mock
 
 import jax
 import numpy as np
@@ -14,6 +16,7 @@ from lminima.core.models import MLP, params_from_arrays
 from lminima.core.problem import Problem
 from lminima.core.tolerances import DEFAULT
 from lminima.critical import certify, kinks, pieces
+from lminima.critical import outcomes
 from lminima.critical.outcomes import decide_member
 
 
@@ -137,6 +140,31 @@ class KinksTest(parameterized.TestCase):
     lower = numpy_loss(jax.tree_util.tree_map(np.asarray,
                                               decision.params)["params"])
     self.assertLess(lower, loss * (1 - 100 * DEFAULT.descent_rtol))
+
+  def test_the_continuation_goes_on_from_a_probe_that_went_lower(self):
+    # Where LM settles off kinks and the certificate's probe goes lower
+    # (not_minimum), a kinked member moves on from the probe's point. The
+    # first such certificate is forged here to send the member back to its
+    # start: the continuation must go on and end decided, where before it
+    # ended undecided at the forged point.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(40)
+    y = np.maximum(x - 0.3, 0) + 0.1 * rng.standard_normal(40)
+    problem = _one_unit(0.8, -0.1, 1.2, 0.05, x, y)
+    verdicts, certificate = [], certify.certificate
+
+    def forged(point, **options):
+      cert = certificate(point, **options)
+      verdicts.append(cert.verdict)
+      if len(verdicts) > 1:
+        return cert
+      probe = certify.descent_probe(point, DEFAULT)
+      return dataclasses.replace(cert, verdict="not_minimum", probe=(
+          dataclasses.replace(probe, params=problem.params)))
+    with mock.patch.object(outcomes.certify, "certificate", forged):
+      decision = decide_member(problem, max_iters=1, fate_iters=100)
+    self.assertLen(verdicts, 2)
+    self.assertIn(decision.outcome, ("local_min", "kink_min"))
 
   def test_off_kinks_a_stationary_point_is_left_to_the_certificate(self):
     x, y = [-1.0, 0.5, 1.0], [0.0, 0.5, 1.0]  # relu(x) again, no sample at 0

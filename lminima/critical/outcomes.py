@@ -19,7 +19,9 @@ that did not diverge (docs/theory.md#escape-to-infinity):
    (``lminima.critical.kinks``): from a point on kinks along a side that
    goes lower, from a point off them by SLSQP over its region, each move one
    iteration of the budget, until the kink decision decides a point or
-   finds it stationary off kinks, where LM and the certificate take over.
+   finds it stationary off kinks, where LM and the certificate take over;
+   where that certificate's probe goes lower (``not_minimum``), it moves on
+   from the probe's point, one more iteration.
    It ends in exactly one of
    * the certificate's verdict where LM stopped because no step went lower,
      when that is ``local_min``, ``saddle`` or ``non_differentiable``;
@@ -210,7 +212,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   # and LM takes over where no kink is near.
   losses, norms = (list(refined.loss_history),
                    list(refined.param_norm_history))
-  iters, kink, end = refined.iters, None, start
+  iters, kink, end, end_cert = refined.iters, None, start, None
   budget_end = refined.iters + fate_iters
   kinked = pieces.supports_kinks(start)
   while True:
@@ -238,9 +240,17 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
     iters += run.iters
     end = end.at(run.params)
     settled = run.stop_reason in ("stalled", "grad_tol")
-    if not (kinked and settled and pieces.on_kink(end, tol)
-            and iters < budget_end):
+    if not (kinked and settled and iters < budget_end):
       break
+    if not pieces.on_kink(end, tol):
+      end_cert = certify.certificate(end, **cert_options)
+      if end_cert.verdict != "not_minimum":
+        break
+      # The probe went lower, perhaps across kinks: on from there.
+      end, end_cert = end.at(end_cert.probe.params), None
+      losses.append(end.loss)
+      norms.append(float(np.linalg.norm(end.flat)))
+      iters += 1
   losses, norms = np.asarray(losses), np.asarray(norms)
   rises = np.diff(losses) > LOSS_ROUNDOFF_RTOL * np.abs(losses[:-1])
   monotone = not bool(np.any(rises))
@@ -253,7 +263,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
     return _continued("kink_min", f"after the continuation: {kink.reason}",
                       cert=cert, asymptotic=None, **evidence)
   if settled and kink is None:  # no LM step goes lower: certify there
-    cert = certify.certificate(end, **cert_options)
+    cert = end_cert or certify.certificate(end, **cert_options)
     # L reaching rounding on a path to infinity is an escape, not a minimum.
     at_zero_far_out = escaping and tol.is_zero_loss(cert.loss,
                                                     end.reference_loss)
