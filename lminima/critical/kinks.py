@@ -165,6 +165,23 @@ def _slsqp_end(side: pieces.Side, tol: Tolerances) -> np.ndarray:
   return _polish(side, end, tol)
 
 
+def _side_descent(problem: Problem, side: pieces.Side, tol: Tolerances
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+  """SLSQP's end on a side that is not stationary, and the lowest true L
+  reached: on the segment to that end or, where nothing there is lower
+  (SLSQP left the region across curved kinks), on the segment along the
+  side's residual direction ``-r``, which descends into it to first order,
+  up to the probe's radius."""
+  end = _slsqp_end(side, tol)
+  point, value = _lowest_on_segment(problem, end)
+  if not value < problem.loss and side.residual > 0:
+    flat = np.asarray(problem.flat)
+    radius = tol.probe_radius_rtol * max(1.0, float(np.linalg.norm(flat)))
+    point, value = _lowest_on_segment(
+        problem, flat - radius * side.residual_vector / side.residual)
+  return end, point, value
+
+
 def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
   """Newton on the KKT conditions of the piece, the arguments at their kink
   with a positive multiplier held there (``_POLISH_STEPS`` steps, each kept
@@ -285,7 +302,7 @@ def _region_descent(problem: Problem, start: np.ndarray, tol: Tolerances,
     sides = _examine(point, base, mask, max_sides, residual_tol)[1]
     if sides[0].residual <= residual_tol:
       break
-    end, value = _lowest_on_segment(point, _slsqp_end(sides[0], tol))
+    end, value = _side_descent(point, sides[0], tol)[1:]
     if not value < point.loss * (1 - LOSS_ROUNDOFF_RTOL):
       break
     point = point.at(point.unravel(jnp.asarray(end)))
@@ -326,11 +343,12 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
           best, best_loss, how = point, value, "negative curvature"
   ends = []
   for side in followed:
-    end = (_slsqp_end(side, tol) if not stationary else np.asarray(
-        problem.at(certify.descent_probe(side.piece, tol,
-                                         lm_max_params).params).flat))
-    ends.append(end)
-    point, value = _lowest_on_segment(problem, end)
+    if stationary:
+      point, value = _lowest_on_segment(problem, np.asarray(problem.at(
+          certify.descent_probe(side.piece, tol, lm_max_params).params).flat))
+    else:
+      end, point, value = _side_descent(problem, side, tol)
+      ends.append(end)
     if value < best_loss:
       best, best_loss = point, value
     if tol.relative_decrease(loss, best_loss, ref_loss) > tol.descent_rtol:
@@ -345,6 +363,8 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
       value = problem.loss_and_grad_at(end)[0]
       if value < best_loss:
         best, best_loss, how = end, value, "descent from a perturbed start"
+      if tol.relative_decrease(loss, best_loss, ref_loss) > tol.descent_rtol:
+        break
   decrease = tol.relative_decrease(loss, best_loss, ref_loss)
   if not stationary and decrease <= LOSS_ROUNDOFF_RTOL and not polished:
     # Residuals of a few tolerances, with descent at roundoff: SLSQP and the

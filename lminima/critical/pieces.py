@@ -131,11 +131,13 @@ def _padded(index: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Side:
   """One side of the kinks: its piece, the sign of every argument in it,
-  which arguments are at their kink, and its first-order residual."""
+  which arguments are at their kink, and its first-order residual r
+  (``-r`` descends into the side)."""
   piece: Problem
   signs: np.ndarray  # (m, k): +1 where the piece's slope is above, else -1
   kinked: np.ndarray  # (m, k) bool: the arguments at their kink
   residual: float
+  residual_vector: np.ndarray
   memo: dict[Any, Any] = dataclasses.field(default_factory=dict)
 
   def _memo(self, name: str, flat: np.ndarray, compute) -> Any:
@@ -214,12 +216,13 @@ def side_at(problem: Problem, base: np.ndarray, kinked: np.ndarray,
   slopes[kinked] = np.where(above, above_slope, below_slope)
   piece = piece_problem(problem, slopes)
   result = Side(piece, np.where(slopes == above_slope, 1.0, -1.0), kinked,
-                0.0)
+                0.0, np.zeros(0))
   normals = result.normals(piece.flat, kinked)
   multipliers = (scipy.optimize.nnls(normals.T, piece.grad)[0] if len(normals)
                  else np.zeros(0))
-  residual = float(np.linalg.norm(piece.grad - normals.T @ multipliers))
-  return dataclasses.replace(result, residual=residual)
+  residual = np.asarray(piece.grad - normals.T @ multipliers)
+  return dataclasses.replace(result, residual=float(np.linalg.norm(residual)),
+                             residual_vector=residual)
 
 
 @dataclasses.dataclass(frozen=True)
