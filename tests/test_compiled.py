@@ -11,7 +11,7 @@ import numpy as np
 
 from lminima import data
 from lminima.core import losses
-from lminima.core import models
+from lminima.core import models, padding
 from lminima.train import compiled
 from lminima.train.population import Member, TrainConfig, member_model
 
@@ -39,11 +39,11 @@ class ProgramTest(parameterized.TestCase):
                                     np.float32(1e4), spec=spec)
     small = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf[0]),
                                    state.params)
-    active = models.pad_params(models.unpad_params(small, true_models[0]),
+    active = padding.pad_params(padding.unpad_params(small, true_models[0]),
                                padded)
     moved = jax.tree_util.tree_map(
         lambda a, b: np.any(a != b), small,
-        models.pad_params(true_models[0].init_params(jax.random.PRNGKey(0)),
+        padding.pad_params(true_models[0].init_params(jax.random.PRNGKey(0)),
                           padded))
     self.assertTrue(any(jax.tree_util.tree_leaves(moved)))  # it did train
     chex.assert_trees_all_equal(small, active)  # padding is exactly zero
@@ -57,7 +57,7 @@ class ProgramTest(parameterized.TestCase):
     _, state = compiled.start_program(pair, true_models[1], config, X, Y,
                                      batch=DS.m, chunk_len=1)
     for k, (member, model) in enumerate(zip(pair, true_models)):
-      got = models.unpad_params(
+      got = padding.unpad_params(
           jax.tree_util.tree_map(lambda leaf: leaf[k], state.params), model)
       # Compiled, XLA may fold the init scale into the sampler: 1 ulp.
       chex.assert_trees_all_close(
@@ -108,10 +108,10 @@ class ProgramTest(parameterized.TestCase):
           model.apply(p, X), Y, "mean"))(params)
       got = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf[k]),
                                    state.grads)
-      chex.assert_trees_all_close(models.unpad_params(got, model), want,
+      chex.assert_trees_all_close(padding.unpad_params(got, model), want,
                                   rtol=1e-5, atol=1e-7)
       chex.assert_trees_all_equal(
-          got, models.pad_params(models.unpad_params(got, model), padded))
+          got, padding.pad_params(padding.unpad_params(got, model), padded))
 
   @parameterized.parameters(None, 8)
   def test_initial_loss_is_the_squared_loss(self, batch):

@@ -8,7 +8,7 @@ from absl.testing import parameterized
 
 import lminima
 from lminima.core import losses
-from lminima.core import models
+from lminima.core import models, padding
 from lminima.linalg import projections
 
 
@@ -122,10 +122,10 @@ class MLPTest(parameterized.TestCase):
         jax.random.PRNGKey(seed), jnp.float32, jnp.full((2,), width)),
                             in_axes=(0, 0, None)), static_argnums=2)
     got = draw(np.array([5, 7]), np.array([3, 9]), wide)
-    again = jax.vmap(models.unpad_params, in_axes=(0, None))(
+    again = jax.vmap(padding.unpad_params, in_axes=(0, None))(
         draw(np.array([7, 1, 5]), np.array([9, 40, 3]), wider), wide)
     for k, (seed, width) in enumerate(((5, 3), (7, 9))):
-      alone = models.pad_params(models.widen(wide, (width, width)).init_params(
+      alone = padding.pad_params(padding.widen(wide, (width, width)).init_params(
           jax.random.PRNGKey(seed)), wide)
       for leaf, ref in zip(jax.tree_util.tree_leaves(got),
                            jax.tree_util.tree_leaves(alone)):
@@ -168,20 +168,20 @@ class MLPTest(parameterized.TestCase):
 
   def test_padding_with_masks_reproduces_small_model(self):
     small = models.MLP(3, (2, 3), 2, "sigmoid")  # sigma(0) != 0
-    big = models.widen(small, (5, 6))
+    big = padding.widen(small, (5, 6))
     params = small.init_params(jax.random.PRNGKey(3))
-    padded = models.pad_params(params, big)
-    masks = models.width_masks(small.widths, big.widths)
+    padded = padding.pad_params(params, big)
+    masks = padding.width_masks(small.widths, big.widths)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3)),
                     jnp.float32)
     np.testing.assert_allclose(big.apply(padded, x, masks),
                                small.apply(params, x), rtol=1e-6)
     grads = jax.grad(lambda p: jnp.sum(big.apply(p, x, masks) ** 2))(padded)
-    active = models.pad_params(models.unpad_params(grads, small), big)
+    active = padding.pad_params(padding.unpad_params(grads, small), big)
     for g, a in zip(jax.tree_util.tree_leaves(grads),
                     jax.tree_util.tree_leaves(active)):
       np.testing.assert_array_equal(g, a)  # padded gradients exactly zero
-    for a, b in zip(jax.tree_util.tree_leaves(models.unpad_params(padded, small)),
+    for a, b in zip(jax.tree_util.tree_leaves(padding.unpad_params(padded, small)),
                     jax.tree_util.tree_leaves(params)):
       np.testing.assert_array_equal(a, b)
 
@@ -196,7 +196,7 @@ class MLPTest(parameterized.TestCase):
     variables = jax.tree_util.tree_map(
         lambda a: a + 0.1,  # nonzero biases
         model.init_params(jax.random.PRNGKey(2), jnp.float64))
-    masks = (models.width_masks((3,) * depth, model.widths, jnp.float64)
+    masks = (padding.width_masks((3,) * depth, model.widths, jnp.float64)
              if masked else None)
     x = np.random.default_rng(2).standard_normal((7, 4))
     np.testing.assert_allclose(

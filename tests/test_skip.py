@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lminima import data as data_lib
-from lminima.core import models
+from lminima.core import models, padding
 from lminima.core.problem import Problem
 from lminima.critical import refinement
 from lminima.study import records
@@ -120,18 +120,18 @@ class SkipModelTest(parameterized.TestCase):
 
   def test_padding_keeps_the_skip(self):
     small = models.MLP(3, (2, 3), 2, "sigmoid", skip=True)
-    big = models.widen(small, (5, 6))
+    big = padding.widen(small, (5, 6))
     self.assertTrue(big.skip)
     params = small.init_params(jax.random.PRNGKey(3))
-    padded = models.pad_params(params, big)
+    padded = padding.pad_params(params, big)
     chex.assert_trees_all_equal(padded["params"]["skip"],
                                 params["params"]["skip"])
-    masks = models.width_masks(small.widths, big.widths)
+    masks = padding.width_masks(small.widths, big.widths)
     x = jnp.asarray(np.random.default_rng(1).standard_normal((4, 3)),
                     jnp.float32)
     np.testing.assert_allclose(big.apply(padded, x, masks),
                                small.apply(params, x), rtol=1e-6)
-    chex.assert_trees_all_equal(models.unpad_params(padded, small), params)
+    chex.assert_trees_all_equal(padding.unpad_params(padded, small), params)
 
 
 class SkipTheoryTest(parameterized.TestCase):

@@ -37,7 +37,9 @@ layer, and the module may define
   output and the kinked arguments when every kinked activation is replaced by
   the fixed slope given for it, ``xs = [X, S]`` with S (m, k) in the order of
   ``kink_inputs``. On the closure of the region where S is the activation
-  pattern, the piece's loss equals the loss.
+  pattern, the piece's loss equals the loss. A sample's output and
+  arguments depend on its own row of ``xs`` only (no batch statistics):
+  the decisions compute them on the rows that matter.
 * ``bias``: a bool attribute, whether the output layer has a bias (default
   True for models without it).
 
@@ -51,12 +53,8 @@ layers' split, so a skip model's layers start where the plain model's do.
 ``module.init(key, x)`` works too (same distribution, flax's own
 per-parameter keys, also unchanged by the skip).
 
-Width masks: to train members of different widths in one padded program, a
-member is embedded in a network of the largest widths, with 0/1 unit masks
-``masks[l]`` of shape (d_l,) multiplied into h^(l). Padded weights are exactly
-zero (``pad_params``) and, because masked units contribute nothing to the
-output, their gradients are exactly zero too, so they stay zero under
-sgd/momentum/adam.
+Members of different widths train in one padded network:
+``lminima.core.padding``.
 
 Example:
   >>> import jax
@@ -71,7 +69,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
@@ -319,13 +316,15 @@ class MLP(nn.Module):
 
     With ``true_widths`` (at most ``widths``, possibly traced), the initial
     parameters of the network of those hidden widths, embedded in this one:
-    ``pad_params(widen(self, true_widths).init_params(key, dtype), self)``.
+    ``padding.pad_params(padding.widen(self, true_widths).init_params(key,
+    dtype), self)`` (``lminima.core.padding``).
     JAX's threefry draws element i of a flat draw from (key, i) alone, so the
     (f, g) kernel ``normal(k, (f, g))`` is the first f g entries of the flat
     draw at this model's (F, G), read row-major in rows of g. One compiled
     program thus initializes members of every width.
 
     Example:
+      >>> from lminima.core.padding import pad_params, widen
       >>> wide = MLP(d_in=2, widths=(5,), d_out=1)
       >>> narrow = wide.init_params(jax.random.PRNGKey(0),
       ...                           true_widths=jnp.array([3]))
@@ -418,48 +417,6 @@ def _embedded_kernel(key: jax.Array, shape: tuple[int, int], fan_in, fan_out,
 
 def _fan_in_normal(gain: float):
   return nn.initializers.variance_scaling(gain ** 2, "fan_in", "normal")
-
-
-def widen(model: MLP, widths: Sequence[int]) -> MLP:
-  """The same architecture with other hidden widths."""
-  return model.clone(widths=tuple(widths), parent=None)
-
-
-def width_masks(true_widths: Sequence[int] | jax.Array,
-                max_widths: Sequence[int], dtype=TRAIN_DTYPE
-                ) -> tuple[jax.Array, ...]:
-  """0/1 unit masks selecting the first ``true_widths[l]`` of ``max_widths[l]``.
-
-  ``true_widths`` may be traced (one member of a vmapped population).
-  """
-  if len(true_widths) != len(max_widths):
-    raise ValueError(f"depth mismatch: {true_widths} vs {max_widths}")
-  if not isinstance(true_widths, jax.Array) and any(
-      t > m for t, m in zip(true_widths, max_widths)):
-    raise ValueError(f"true widths {true_widths} exceed padded {max_widths}")
-  return tuple((jnp.arange(m) < t).astype(dtype)
-               for t, m in zip(true_widths, max_widths))
-
-
-def pad_params(variables: Params, padded: MLP) -> Params:
-  """Embeds ``variables`` in the larger ``padded`` model, padding with zeros."""
-  def pad(leaf, target):
-    return jnp.zeros(target.shape, leaf.dtype).at[
-        tuple(slice(0, n) for n in leaf.shape)].set(leaf)
-  return jax.tree_util.tree_map(pad, variables, _shapes(padded))
-
-
-def unpad_params(variables: Params, model: MLP) -> Params:
-  """Inverse of ``pad_params``: the active block of each layer for ``model``."""
-  return jax.tree_util.tree_map(
-      lambda leaf, target: leaf[tuple(slice(0, n) for n in target.shape)],
-      variables, _shapes(model))
-
-
-@functools.lru_cache(maxsize=256)
-def _shapes(model: MLP) -> Params:
-  """Shapes of ``model``'s variables, traced once per model (hashable)."""
-  return jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
 
 
 def params_to_arrays(variables: Params) -> dict[str, np.ndarray]:

@@ -22,9 +22,9 @@ the loss history costs nothing extra. A step whose slot lies past
 chunk serves every chunk of a run.
 
 Width masks. When a program's members have different widths, member k is
-embedded in the widest network with ``models.pad_params`` (padded weights
+embedded in the widest network with ``padding.pad_params`` (padded weights
 exactly zero) and its forward pass multiplies hidden layer l by the 0/1 unit
-mask ``models.width_masks`` of its traced true width. Masked units contribute
+mask ``padding.width_masks`` of its traced true width. Masked units contribute
 nothing to the output, so the gradient of every padded weight is exactly zero
 and padded weights stay zero under sgd, momentum and adam: the member follows
 the trajectory of its unpadded network (up to the rounding of the larger
@@ -69,7 +69,7 @@ import numpy as np
 import optax
 
 from lminima.core import losses
-from lminima.core import models
+from lminima.core import models, padding
 from lminima.dtypes import TRAIN_DTYPE
 from lminima.train.population import Member, TrainConfig
 
@@ -152,7 +152,7 @@ def minibatch(spec: ProgramSpec, data_key: jax.Array, step: jax.Array,
 def _masks(spec: ProgramSpec, width: jax.Array):
   if not spec.masked:
     return None
-  return models.width_masks(jnp.full((spec.model.depth,), width),
+  return padding.width_masks(jnp.full((spec.model.depth,), width),
                             spec.model.widths, TRAIN_DTYPE)
 
 

@@ -58,7 +58,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import numpy as np
 
-from lminima.core import models
+from lminima.core import models, padding
 from lminima.data import Dataset
 from lminima.dtypes import TRAIN_DTYPE
 from lminima.train import calibration
@@ -190,7 +190,7 @@ def train_population(data: Dataset, members: Sequence[Member],
     wall_share = wall * elapsed / busy / block.n_members
     for k, i in enumerate(block.member_indices[:block.n_members]):
       model = member_model(data.d_x, data.d_y, members[i], config)
-      member_params = models.unpad_params(
+      member_params = padding.unpad_params(
           jax.tree_util.tree_map(lambda leaf, k=k: leaf[k], params), model)
       results[i] = MemberResult(
           member=members[i], model=model, params=member_params,
