@@ -151,6 +151,23 @@ class KinksTest(parameterized.TestCase):
     self.assertLess(numpy_loss(decision.params),
                     loss * (1 - 100 * DEFAULT.descent_rtol))
 
+  def test_a_plateau_next_to_a_kink_is_no_minimum(self):
+    # A trained relu member (depth 2, width 2, seed 0): stationary 3.3e-4
+    # from the nearest kink, 20 of its 24 Hessian eigenvalues zero (dead
+    # units). The smooth certificate's probe, which does not cross kinks,
+    # passes it as local_min; the independent recheck lowered it by 1.1e-3.
+    # Descent from the perturbed starts crosses the kink and goes lower.
+    problem, numpy_loss = _recorded_relu_member("relu_plateau.npz", (2, 2))
+    loss = numpy_loss(problem.params)
+    self.assertEqual(certify.certificate(problem).verdict, "local_min")
+    decision = kinks.decide_kink(problem)
+    self.assertEqual((decision.verdict, decision.n_kinks), ("descends", 0))
+    self.assertLess(numpy_loss(decision.params),
+                    loss * (1 - 100 * DEFAULT.descent_rtol))
+    member = decide_member(problem)
+    self.assertLess(numpy_loss(problem.at(member.params).params),
+                    loss * (1 - 100 * DEFAULT.descent_rtol))
+
   def test_a_side_is_followed_where_slsqp_leaves_its_curved_region(self):
     # A trained relu member (depth 2, width 8, seed 2) on 38 kinks, 29 of
     # them curved; the worst side's residual is 1.9e-4. SLSQP on that side

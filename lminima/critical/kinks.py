@@ -37,8 +37,10 @@ theta_0 (a piece's minimizer may lie outside its region). Verdicts:
   curvature on the kinks' manifold without a lower value along it; or a
   side not first-order stationary whose descent gained no more than
   roundoff, also after one polish of the point);
-* ``differentiable``: on no kink and first-order stationary: the smooth
-  certificate decides.
+* ``differentiable``: on no kink, first-order stationary, and the descent
+  from the perturbed starts found nothing lower (the smooth certificate's
+  probe does not cross kinks; a plateau of dead units next to a kink that
+  leads down passes it): the smooth certificate decides.
 
 Off kinks there is one side, the point's own region: a point that is not
 stationary descends by SLSQP over its region, which ends on the region's
@@ -309,6 +311,24 @@ def _region_descent(problem: Problem, start: np.ndarray, tol: Tolerances,
   return np.asarray(point.flat)
 
 
+def _descent_from_starts(problem: Problem, tol: Tolerances, max_sides: int
+                         ) -> tuple[np.ndarray, float]:
+  """The lowest point, and its L, of the region-by-region descents from the
+  probe's perturbed starts (``_KINK_PROBE_STARTS`` times as many), stopping
+  at the first that goes lower than ``descent_rtol``."""
+  best, best_loss = np.asarray(problem.flat), problem.loss
+  for start in certify.probe_starts(
+      problem, tol, _KINK_PROBE_STARTS * tol.probe_starts)[1:]:
+    end = _region_descent(problem, start, tol, max_sides)
+    value = problem.loss_and_grad_at(end)[0]
+    if value < best_loss:
+      best, best_loss = end, value
+    if tol.relative_decrease(problem.loss, best_loss,
+                             problem.reference_loss) > tol.descent_rtol:
+      break
+  return best, best_loss
+
+
 def _decide(problem: Problem, tol: Tolerances, max_sides: int,
             lm_max_params: int, *, polished: bool) -> KinkDecision:
   mask, base, residual_tol = _kinks_at(problem, tol)
@@ -317,10 +337,24 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
                                      residual_tol)
   stationary = facts["residual_max"] <= residual_tol
   if stationary and not mask.any():
+    # The smooth certificate's probe does not cross kinks: a plateau of
+    # dead units next to a kink that leads down passes it.
+    best, best_loss = (
+        (problem.flat, loss) if tol.is_zero_loss(loss, ref_loss)
+        else _descent_from_starts(problem, tol, max_sides))
+    decrease = tol.relative_decrease(loss, best_loss, ref_loss)
+    if decrease > tol.descent_rtol:
+      return KinkDecision(
+          verdict="descends", reason=f"on no kink and stationary, but descent "
+          f"from a perturbed start went lower by {decrease:.1e}",
+          decrease=decrease, loss=float(best_loss),
+          params=problem.unravel(jnp.asarray(best)), **facts)
     return KinkDecision(
         verdict="differentiable", reason=f"on no kink, ||g|| "
-        f"{sides[0].residual:.1e} <= {residual_tol:.1e}", decrease=0.0,
-        loss=loss, params=problem.params, **facts)
+        f"{sides[0].residual:.1e} <= {residual_tol:.1e}, and descent from "
+        f"{_KINK_PROBE_STARTS * tol.probe_starts - 1} perturbed starts found "
+        f"no lower value", decrease=decrease, loss=loss,
+        params=problem.params, **facts)
   at_zero = stationary and tol.is_zero_loss(loss, ref_loss)
   # A sample of sides cannot make a kink_min: a few probes look for a way
   # down there, not all of them.
@@ -357,14 +391,9 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
       loss, best_loss, ref_loss) <= tol.descent_rtol:
     # Across all sides at once, as the certificate's probe does off kinks:
     # descent on L itself from the probe's perturbed starts.
-    for start in certify.probe_starts(
-        problem, tol, _KINK_PROBE_STARTS * tol.probe_starts)[1:]:
-      end = _region_descent(problem, start, tol, max_sides)
-      value = problem.loss_and_grad_at(end)[0]
-      if value < best_loss:
-        best, best_loss, how = end, value, "descent from a perturbed start"
-      if tol.relative_decrease(loss, best_loss, ref_loss) > tol.descent_rtol:
-        break
+    end, value = _descent_from_starts(problem, tol, max_sides)
+    if value < best_loss:
+      best, best_loss, how = end, value, "descent from a perturbed start"
   decrease = tol.relative_decrease(loss, best_loss, ref_loss)
   if not stationary and decrease <= LOSS_ROUNDOFF_RTOL and not polished:
     # Residuals of a few tolerances, with descent at roundoff: SLSQP and the

@@ -8,8 +8,11 @@ that did not diverge (docs/theory.md#escape-to-infinity):
 2. If refinement converged, certify there (``lminima.certificate``, with its
    second-order proof or descent probe). ``local_min``, ``saddle`` and
    ``non_differentiable`` are outcomes (the last only for models that give no
-   smooth pieces). A ``not_minimum`` point (the probe went lower), a point
-   on a kink, or a point that did not converge is continued:
+   smooth pieces). For those, a ``local_min`` stands only where the kink
+   decision's descent from perturbed starts, which crosses kinks as the
+   certificate's probe does not, finds nothing lower. A ``not_minimum``
+   point (the probe went lower), a point on a kink, or a point that did not
+   converge is continued:
 3. The continuation: Levenberg-Marquardt without the escape stop and
    without the gradient stop (the probe's lesson: a small gradient can
    mislead) for up to ``fate_iters`` iterations from where step 2 left off
@@ -190,16 +193,24 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   refined = refine(problem, method=method, tol=tol, max_iters=max_iters,
                    lm_max_params=lm_max_params)
   start = problem.at(refined.params)
-  cert = None
+  cert, moved = None, ""
+  kinked = pieces.supports_kinks(start)
   if refined.converged:
     cert = certify.certificate(start, **cert_options)
-    if cert.verdict in DECIDED_BY_CERTIFICATE and not (
-        cert.verdict == "non_differentiable" and pieces.supports_kinks(start)):
+    if cert.verdict == "local_min" and kinked:
+      # The certificate's probe does not cross kinks; the kink decision's
+      # descent from perturbed starts does.
+      kink = kinks.decide_kink(start, tol=tol, lm_max_params=lm_max_params)
+      if kink.verdict == "differentiable":
+        return _decided(cert, refined, start, continued=False)
+      start, moved = start.at(kink.params), f" but {kink.reason}"
+    elif cert.verdict in DECIDED_BY_CERTIFICATE and not (
+        cert.verdict == "non_differentiable" and kinked):
       return _decided(cert, refined, start, continued=False)
-    if cert.probe is not None:  # went lower: continue from there
+    elif cert.probe is not None:  # went lower: continue from there
       start = start.at(cert.probe.params)
   what = (f"refinement stopped ({refined.stop_reason})" if cert is None
-          else f"the certificate found {cert.verdict}")
+          else f"the certificate found {cert.verdict}{moved}")
   if not fate_iters:
     return _at_point("undecided", f"{what}; no continuation (fate_iters=0)",
                      refined, cert, start)
@@ -214,7 +225,6 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
                    list(refined.param_norm_history))
   iters, kink, end, end_cert = refined.iters, None, start, None
   budget_end = refined.iters + fate_iters
-  kinked = pieces.supports_kinks(start)
   while True:
     if kinked and iters < budget_end:
       kink = kinks.decide_kink(end, tol=tol, lm_max_params=lm_max_params)
@@ -246,7 +256,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
       end_cert = certify.certificate(end, **cert_options)
       if end_cert.verdict != "not_minimum":
         break
-      # The probe went lower, perhaps across kinks: on from there.
+      # The probe went lower: on from there.
       end, end_cert = end.at(end_cert.probe.params), None
       losses.append(end.loss)
       norms.append(float(np.linalg.norm(end.flat)))
