@@ -206,6 +206,29 @@ class KinksTest(parameterized.TestCase):
     self.assertLen(verdicts, 2)
     self.assertIn(decision.outcome, ("local_min", "kink_min"))
 
+  def test_a_kink_minimum_far_out_is_a_minimum_not_an_escape(self):
+    # The continuation may jump far: here its first move (forged) takes a
+    # small net to a kink minimum at more than twice its norm, L falling all
+    # the way. At finite loss that is a minimum, not an escape to infinity.
+    problem = _recorded_relu_member("relu_small_basin.npz", (8,))[0]
+    found = decide_member(problem)
+    self.assertEqual(found.outcome, "kink_min")
+    small = problem.at(jax.tree_util.tree_map(lambda a: 0.3 * a,
+                                              found.params))
+    self.assertGreater(small.loss, problem.at(found.params).loss)
+    calls, decide = [], kinks.decide_kink
+
+    def forged(point, **options):
+      calls.append(point.loss)
+      if len(calls) > 1:
+        return decide(point, **options)
+      return dataclasses.replace(decide(point, **options), verdict="descends",
+                                 params=found.params)
+    with mock.patch.object(outcomes.kinks, "decide_kink", forged):
+      decision = decide_member(small, max_iters=1, fate_iters=50)
+    self.assertGreater(len(calls), 1)
+    self.assertEqual(decision.outcome, "kink_min")
+
   def test_off_kinks_a_stationary_point_is_left_to_the_certificate(self):
     x, y = [-1.0, 0.5, 1.0], [0.0, 0.5, 1.0]  # relu(x) again, no sample at 0
     decision = kinks.decide_kink(_one_unit(1.0, 0.0, 1.0, 0.0, x, y))

@@ -269,7 +269,10 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
                   monotone=monotone, begin=problem,
                   end=end, kink=kink)
   escaping = monotone and ratio >= tol.growth
-  if kink is not None and kink.verdict == "kink_min" and not escaping:
+  # A kink minimum at finite loss is a minimum however far the path went;
+  # at zero loss far out, an escape (as below).
+  if kink is not None and kink.verdict == "kink_min" and not (
+      escaping and tol.is_zero_loss(kink.loss, end.reference_loss)):
     return _continued("kink_min", f"after the continuation: {kink.reason}",
                       cert=cert, asymptotic=None, **evidence)
   if settled and kink is None:  # no LM step goes lower: certify there
