@@ -37,7 +37,9 @@ that did not diverge (docs/theory.md#escape-to-infinity):
      (``fate_loss``); ``fate_asymptotic_loss`` is an extrapolation of
      ``L = L_inf + s / ||theta||`` over the second half of the path, labelled
      as such, not a bound. A member whose L tends to 0 this way is
-     escaping, never a local minimum and never zero-loss;
+     escaping, never a local minimum and never zero-loss; one whose path
+     ends at a certified minimum (``local_min``, ``kink_min``) at finite
+     loss is that minimum, however far the path went;
    * ``undecided``, with the reason (the norm grew too little, the loss rose,
      LM stopped where the certificate decided nothing, or the kink decision
      decided nothing).
