@@ -145,7 +145,8 @@ class Side:
     and their Jacobian at each point, often twice."""
     key = (name, np.asarray(flat).tobytes())
     if key not in self.memo:
-      self.memo.clear() if len(self.memo) > 16 else None
+      if len(self.memo) > 16:  # points SLSQP has left behind
+        self.memo.clear()
       self.memo[key] = compute()
     return self.memo[key]
 
