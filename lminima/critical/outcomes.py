@@ -205,7 +205,8 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
       kink = kinks.decide_kink(start, tol=tol, lm_max_params=lm_max_params)
       if kink.verdict == "differentiable":
         return _decided(cert, refined, start, continued=False)
-      start, moved = start.at(kink.params), f" but {kink.reason}"
+      start = start.at(kink.params)
+      moved = f"; the kink decision: {kink.reason}"
     elif cert.verdict in DECIDED_BY_CERTIFICATE and not (
         cert.verdict == "non_differentiable" and kinked):
       return _decided(cert, refined, start, continued=False)
