@@ -259,7 +259,7 @@ def _examine(problem: Problem, base: np.ndarray, mask: np.ndarray,
   structure = (None if all_sides
                else pieces.sample_structure(problem, base, mask, residual_tol))
   if structure is not None:
-    worst = pieces.side_at(problem, base, mask, structure.worst)
+    worst = structure.worst_side
     if ((structure.strict and structure.bound <= residual_tol)
         or worst.residual > residual_tol):
       # All stationary, or the worst side has a way down and is followed.

@@ -240,6 +240,7 @@ class Structure:
   worst: np.ndarray  # bits of the side attaining every sample's largest
   strict: bool  # every multiplier of every side positive
   tangent: np.ndarray  # (n_params, n_params - dim sum N_i): the kinks' manifold
+  worst_side: Side  # the side ``worst``, with its own residual
 
 
 def _span(vectors: np.ndarray) -> np.ndarray:
@@ -262,14 +263,16 @@ def sample_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
   g_below = below.piece.grad
   scale = float(np.linalg.norm(g_below))
   sides, spans = [], []  # per sample: bits -> (signed normals, jump)
+  kinked = np.argwhere(mask)
   for group in groups:
     own = {}
+    only = np.zeros_like(mask)
+    only[tuple(kinked[group].T)] = True  # the sample's own kinked arguments
     for bits in itertools.product((False, True), repeat=len(group)):
       above = np.zeros(n, bool)
       above[group] = bits
       side = side_at(problem, base, mask, above) if any(bits) else below
-      own[bits] = (side.normals(flat, mask)[group],
-                   side.piece.grad - g_below)
+      own[bits] = (side.normals(flat, only), side.piece.grad - g_below)
     span = _span(np.vstack([normals for normals, _ in own.values()]))
     for _, jump in own.values():
       if np.linalg.norm(jump - span.T @ (span @ jump)) > _STRUCTURE_RTOL * (
@@ -303,7 +306,8 @@ def sample_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
   if np.linalg.norm(mixed.piece.grad - combined) > _STRUCTURE_RTOL * scale:
     return None
   return Structure(bound=bound, worst=worst, strict=strict,
-                   tangent=np.linalg.svd(stacked)[2][len(stacked):].T)
+                   tangent=np.linalg.svd(stacked)[2][len(stacked):].T,
+                   worst_side=mixed)
 
 
 def manifold_curvature(side: Side, tangent: np.ndarray, tol: Tolerances
