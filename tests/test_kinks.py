@@ -60,6 +60,35 @@ def _recorded_relu_member(name, widths):
   return problem, numpy_loss
 
 
+def _curved_kinks():
+  """Depth 2 on 6 samples: the first layer's units 0, 1, 2 on their kink at
+  samples 0, 1, 2, the second layer's units 0, 1 at samples 2 and 3. Returns
+  the problem, its kinked arguments z (6, 5), the mask of the kinked ones,
+  and, in numpy, the kinked arguments and the piece's loss at a flat point
+  for given slopes (6, 5)."""
+  rng = np.random.default_rng(7)
+  x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 1))
+  model = MLP(3, (3, 2), 1, "relu")
+  p = jax.tree_util.tree_map(np.array, model.init_params(
+      jax.random.PRNGKey(1), np.float64))["params"]
+  for unit, sample in enumerate((0, 1, 2)):
+    p["layer_1"]["bias"][unit] = -x[sample] @ p["layer_1"]["kernel"][:, unit]
+  h1 = np.maximum(x @ p["layer_1"]["kernel"] + p["layer_1"]["bias"], 0)
+  for unit, sample in enumerate((2, 3)):
+    p["layer_2"]["bias"][unit] = -h1[sample] @ p["layer_2"]["kernel"][:, unit]
+  problem = Problem.for_module(model, {"params": p}, x, y)
+  z = problem.kink_inputs().reshape(6, 5)
+  mask = np.abs(z) <= DEFAULT.kink_tol
+
+  def arguments_and_loss(v, slopes):
+    q = jax.tree_util.tree_map(np.asarray, problem.unravel(v))["params"]
+    z1 = x @ q["layer_1"]["kernel"] + q["layer_1"]["bias"]
+    z2 = (slopes[:, :3] * z1) @ q["layer_2"]["kernel"] + q["layer_2"]["bias"]
+    out = (slopes[:, 3:] * z2) @ q["layer_3"]["kernel"] + q["layer_3"]["bias"]
+    return np.hstack([z1, z2])[mask], 0.5 * np.mean((out - y) ** 2)
+  return problem, z, mask, arguments_and_loss
+
+
 class KinksTest(parameterized.TestCase):
 
   def test_layout_of_the_flat_parameters(self):
@@ -292,29 +321,10 @@ class KinksTest(parameterized.TestCase):
     # linear one's side. Every one of the 32 sides in numpy: the piece's
     # gradient and the kinks' normals by central differences, the residual
     # by scipy's nnls. Bounded sample by sample, not enumerated.
-    rng = np.random.default_rng(7)
-    x, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 1))
-    model = MLP(3, (3, 2), 1, "relu")
-    p = jax.tree_util.tree_map(np.array, model.init_params(
-        jax.random.PRNGKey(1), np.float64))["params"]
-    for unit, sample in enumerate((0, 1, 2)):
-      p["layer_1"]["bias"][unit] = -x[sample] @ p["layer_1"]["kernel"][:, unit]
-    h1 = np.maximum(x @ p["layer_1"]["kernel"] + p["layer_1"]["bias"], 0)
-    for unit, sample in enumerate((2, 3)):
-      p["layer_2"]["bias"][unit] = -h1[sample] @ p["layer_2"]["kernel"][:, unit]
-    problem = Problem.for_module(model, {"params": p}, x, y)
+    problem, z, mask, arguments_and_loss = _curved_kinks()
     flat = np.asarray(problem.flat)
-    z = problem.kink_inputs().reshape(6, 5)
-    mask = np.abs(z) <= DEFAULT.kink_tol
     self.assertEqual([tuple(k) for k in np.argwhere(mask)],
                      [(0, 0), (1, 1), (2, 2), (2, 3), (3, 4)])
-
-    def arguments_and_loss(v, slopes):
-      q = jax.tree_util.tree_map(np.asarray, problem.unravel(v))["params"]
-      z1 = x @ q["layer_1"]["kernel"] + q["layer_1"]["bias"]
-      z2 = (slopes[:, :3] * z1) @ q["layer_2"]["kernel"] + q["layer_2"]["bias"]
-      out = (slopes[:, 3:] * z2) @ q["layer_3"]["kernel"] + q["layer_3"]["bias"]
-      return np.hstack([z1, z2])[mask], 0.5 * np.mean((out - y) ** 2)
 
     def central(fn, step=1e-6):
       return np.stack([(fn(flat + step * e) - fn(flat - step * e)) / (2 * step)
@@ -336,6 +346,7 @@ class KinksTest(parameterized.TestCase):
     decision = kinks.decide_kink(problem, max_sides=4)
     self.assertEqual((decision.n_sides, decision.all_sides), (32, True))
     self.assertEqual(decision.verdict, "descends")
+    x, y = np.asarray(problem.x), np.asarray(problem.y)
     q = jax.tree_util.tree_map(np.asarray, decision.params)["params"]
     h1 = np.maximum(x @ q["layer_1"]["kernel"] + q["layer_1"]["bias"], 0)
     h2 = np.maximum(h1 @ q["layer_2"]["kernel"] + q["layer_2"]["bias"], 0)
@@ -343,6 +354,39 @@ class KinksTest(parameterized.TestCase):
     self.assertAlmostEqual(0.5 * np.mean((out - y) ** 2), decision.loss,
                            places=12)
     self.assertLess(decision.loss, problem.loss)
+
+  def test_curved_manifold_curvature_is_the_second_difference_along_it(self):
+    # Curved kinks: L restricted to {z_K = 0} has the Hessian of the
+    # Lagrangian on the tangent, not the piece's own. Independently, in
+    # numpy: the manifold's curve through theta_0 along the returned
+    # direction t (theta + eps t, brought back to z_K = 0 by Gauss-Newton
+    # with normals from central differences), and L's second difference
+    # along it.
+    problem, z, mask, arguments_and_loss = _curved_kinks()
+    flat = np.asarray(problem.flat)
+    slopes = (z > 0).astype(float)  # the all-below side: kinked slopes 0
+    side = pieces.side_at(problem, slopes, mask, np.zeros(5, bool))
+
+    def normals_at(v, step=1e-6):
+      return np.stack([(arguments_and_loss(v + step * e, slopes)[0]
+                        - arguments_and_loss(v - step * e, slopes)[0])
+                       / (2 * step) for e in np.eye(v.size)], axis=-1)
+    tangent = scipy.linalg.null_space(normals_at(flat))
+    lam_min, _, t = pieces.manifold_curvature(side, tangent, DEFAULT)
+
+    def on_manifold(v):
+      for _ in range(8):
+        v = v - np.linalg.pinv(normals_at(v)) @ arguments_and_loss(v, slopes)[0]
+      return v
+    eps = 1e-3
+    values = [arguments_and_loss(on_manifold(flat + sign * eps * t),
+                                 slopes)[1] for sign in (1.0, -1.0)]
+    second = (values[0] - 2 * problem.loss + values[1]) / eps ** 2
+    delta = 1e-5 * abs(second)
+    self.assertAlmostEqual(lam_min, second, delta=delta)
+    # The piece's own Hessian misses the kinks' curvature by far more.
+    plain = float(t @ side.piece.dense_hessian() @ t)
+    self.assertGreater(abs(plain - second), 100 * delta)
 
   def test_manifold_curvature_is_the_projected_finite_difference_hessian(self):
     # The same 9 kinks: the tangent of {z_K = 0} against scipy's null space
