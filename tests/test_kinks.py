@@ -197,18 +197,73 @@ class KinksTest(parameterized.TestCase):
     self.assertLess(numpy_loss(problem.at(member.params).params),
                     loss * (1 - 100 * DEFAULT.descent_rtol))
 
-  def test_a_side_is_followed_where_slsqp_leaves_its_curved_region(self):
+  def test_a_curved_side_is_descended_inside_its_region(self):
     # A trained relu member (depth 2, width 8, seed 2) on 38 kinks, 29 of
     # them curved; the worst side's residual is 1.9e-4. SLSQP on that side
-    # ends where the piece is lower but L is not: it left the region across
-    # curved kinks. Its residual direction -r descends into it to first
-    # order, and L falls along it.
+    # ended where the piece is lower but L is not: it left the region
+    # across curved kinks. The linearized steps do too; the corrections
+    # bring the arguments back, so the end is in the region (up to
+    # kink_tol), where the piece is L (the loss in numpy), and lower.
     problem, numpy_loss = _recorded_relu_member("relu_curved_side.npz", (8, 8))
+    mask, base, residual_tol = kinks._kinks_at(problem, DEFAULT)
+    side = kinks._examine(problem, base, mask, kinks.MAX_SIDES,
+                          residual_tol)[1][0]
+    self.assertGreater(side.residual, 1e3 * residual_tol)
+    # One trial: the linearized step leaves the region, the corrected point
+    # does not.
+    flat = np.asarray(problem.flat)
+    values = side.values(flat)
+    active = side.kinked | (values <= DEFAULT.kink_tol)
+    lam, vecs = np.linalg.eigh(side.piece.dense_hessian())
+    mu = -min(lam[0], 0.0) + 1e-3 * side.piece.grad_norm
+    step = kinks._qp_step(lam, vecs, mu, side.piece.grad,
+                          side.normals(flat, active), values[active])[0]
+    self.assertLess(side.values(flat + step).min(), -1e3 * DEFAULT.kink_tol)
+    point = kinks._constrained_trial(side, flat, values, active.copy(),
+                                     side.piece.grad, lam, vecs, mu,
+                                     DEFAULT)[0]
+    self.assertGreaterEqual(side.values(point).min(), -DEFAULT.kink_tol)
+    # The descent: every end in the region.
+    end = kinks._piece_descent(side, DEFAULT)
+    self.assertGreaterEqual(side.values(end).min(), -DEFAULT.kink_tol)
+    end_loss = numpy_loss(problem.unravel(end))
+    self.assertAlmostEqual(side.piece.loss_and_grad_at(end)[0] / end_loss, 1.0,
+                           places=8)
+    self.assertLess(end_loss, numpy_loss(problem.params) * (1 - 1e-6))
     decision = kinks.decide_kink(problem)
     self.assertEqual(decision.verdict, "descends")
-    self.assertGreater(decision.residual_max, 1e3 * decision.residual_tol)
     self.assertLess(numpy_loss(decision.params),
                     numpy_loss(problem.params) * (1 - 1e-6))
+
+  def test_the_constrained_step_meets_the_kkt_conditions(self):
+    # A convex quadratic program with d = 0 feasible: the step and its
+    # multipliers meet the KKT conditions, and scipy's SLSQP reaches the
+    # same minimum value.
+    rng = np.random.default_rng(5)
+    n, k = 6, 9
+    root = rng.standard_normal((n, n))
+    lam, vecs = np.linalg.eigh(root @ root.T - 2.0 * np.eye(n))
+    mu = 2.5 - min(lam[0], 0.0)
+    grad, normals = rng.standard_normal(n), rng.standard_normal((k, n))
+    values = np.abs(rng.standard_normal(k)) * (rng.random(k) < 0.6)
+    step, predicted, multipliers = kinks._qp_step(lam, vecs, mu, grad,
+                                                  normals, values)
+    hess = vecs @ np.diag(lam + mu) @ vecs.T
+    slack = values + normals @ step
+    self.assertGreaterEqual(slack.min(), -1e-10)
+    self.assertGreaterEqual(multipliers.min(), 0.0)
+    self.assertGreater(int((multipliers > 1e-8).sum()), 0)
+    np.testing.assert_allclose(grad + hess @ step, normals.T @ multipliers,
+                               atol=1e-9)
+    self.assertAlmostEqual(float(multipliers @ slack), 0.0, places=9)
+    model = lambda d: grad @ d + 0.5 * d @ hess @ d
+    self.assertAlmostEqual(predicted, -model(step), places=10)
+    reference = scipy.optimize.minimize(
+        model, np.zeros(n), jac=lambda d: grad + hess @ d, method="SLSQP",
+        constraints=[{"type": "ineq", "fun": lambda d: values + normals @ d,
+                      "jac": lambda d: normals}],
+        options={"ftol": 1e-14, "maxiter": 500})
+    self.assertAlmostEqual(model(step), reference.fun, places=8)
 
   def test_the_continuation_goes_on_from_a_probe_that_went_lower(self):
     # Where LM settles off kinks and the certificate's probe goes lower
@@ -416,7 +471,7 @@ class KinksTest(parameterized.TestCase):
     np.testing.assert_allclose(normals @ direction, 0.0, atol=1e-12)
     self.assertAlmostEqual(float(np.linalg.norm(direction)), 1.0, places=12)
 
-  def test_argument_hessians_are_finite_differences_of_the_jacobian(self):
+  def test_constraint_hessian_is_finite_differences_of_the_jacobian(self):
     # Depth 2: the second layer's arguments are curved in theta (the first
     # layer's are linear, their Hessians zero).
     model = MLP(2, (3, 2), 1, "relu")
@@ -427,17 +482,18 @@ class KinksTest(parameterized.TestCase):
     side = pieces.side_at(problem, np.where(z > 0, 1.0, 0.0),
                           np.zeros(z.shape, bool), np.zeros(0, bool))
     which = np.zeros(z.shape, bool)
-    which[1, 0] = which[2, 4] = True  # layer 1, then layer 2
-    flat = np.asarray(problem.flat)
-    got = side.argument_hessians(flat, which)
-    step = 1e-6
-    expected = np.stack([
+    which[1, 0] = which[2, 4] = which[3, 3] = True  # layer 1, then layer 2
+    flat, step = np.asarray(problem.flat), 1e-6
+    hessians = np.stack([
         (side.normals(flat + step * e, which)
          - side.normals(flat - step * e, which)) / (2 * step)
         for e in np.eye(flat.size)], axis=-1)
-    np.testing.assert_allclose(got, expected, atol=1e-7)
-    self.assertEqual(float(np.abs(got[0]).max()), 0.0)
-    self.assertGreater(float(np.abs(got[1]).max()), 0.1)
+    self.assertEqual(float(np.abs(hessians[0]).max()), 0.0)
+    self.assertGreater(float(np.abs(hessians[1]).max()), 0.1)
+    multipliers = np.array([0.7, 1.3, 0.4])
+    np.testing.assert_allclose(
+        side.constraint_hessian(flat, which, multipliers),
+        np.einsum("k,kij->ij", multipliers, hessians), atol=1e-7)
 
   def test_too_many_kinks_are_sampled_not_enumerated(self):
     x = np.linspace(-1, 1, 9)  # all 9 samples on the kink: 512 sides

@@ -13,9 +13,11 @@ one of every L_s on R_s (docs/theory.md#kinks).
   from power iteration); each side, or all at once where the kinks are
   linear with independent normals, or beyond ``max_sides`` without that
   structure a sample, which can find a way down but decides nothing else.
-* Descent: the sides with the largest residuals are followed by SLSQP
-  (scipy) on L_s subject to ``s_k z_k >= 0``, which slides along the kinks
-  where LM stalls, then a Newton polish of the KKT conditions.
+* Descent: the sides with the largest residuals are followed by
+  sequential quadratic programming on L_s subject to ``s_k z_k >= 0``
+  (``_piece_descent``: LM steps under the linearized kinks, each a
+  nonnegative least-squares problem), which slides along the kinks where LM
+  stalls, then a Newton polish of the KKT conditions.
 * Second order, where every side is first-order stationary: the
   certificate's descent probe (``certify.descent_probe``) on each
   enumerated side's piece, and descent on L itself from perturbed starts at
@@ -43,7 +45,7 @@ theta_0 (a piece's minimizer may lie outside its region). Verdicts:
   leads down passes it): the smooth certificate decides.
 
 Off kinks there is one side, the point's own region: a point that is not
-stationary descends by SLSQP over its region, which ends on the region's
+stationary descends over its region the same way, which ends on the region's
 boundary (on kinks) or at a critical point of its piece. Repeated, this is
 the continuation of ``lminima.critical.outcomes`` for kinked models, where
 LM, its model broken at every kink it crosses, crawls.
@@ -82,11 +84,15 @@ VERDICTS = ("kink_min", "descends", "undecided", "differentiable")
 MAX_SIDES = 256
 """The most sides enumerated one by one (``decide_kink``'s default)."""
 
-_DESCENT_SIDES = 3  # sides followed by SLSQP, largest residual first
+_DESCENT_SIDES = 3  # sides followed, largest residual first
 _SEGMENT_HALVINGS = 30
 _CONSTRAINT_ROUNDS = 8
+_CORRECTIONS = 5
+_MAX_TRIALS = 40
+_DESCENT_ITERS = 300
+_STALL_STEPS = 10
+_STALL_FRACTION = 1e-2
 _POLISH_STEPS = 5
-_SLSQP_RTOL = 1e-13
 _SAMPLED_PROBES = 8
 # Kinks make small basins: a perturbed start at the probe's radius may lie in
 # a neighbouring one. The certificate's probe_starts, times this, explore them.
@@ -143,54 +149,142 @@ def _lowest_on_segment(problem: Problem, end: np.ndarray
   return best, best_loss
 
 
-def _slsqp_end(side: pieces.Side, tol: Tolerances) -> np.ndarray:
-  """SLSQP on the piece over its region: constraints on the kinked
-  arguments, and on every other one the run crossed (rerun with them, up to
-  ``_CONSTRAINT_ROUNDS`` times), so the end is where the piece is L."""
-  start = np.asarray(side.piece.flat)
-  active, end = side.kinked.copy(), start
-  # SLSQP's ftol is absolute; far below descent_rtol, the polish goes on.
-  ftol = _SLSQP_RTOL * side.piece.loss
+def _qp_step(lam: np.ndarray, vecs: np.ndarray, mu: float, grad: np.ndarray,
+             normals: np.ndarray, values: np.ndarray
+             ) -> tuple[np.ndarray, float, np.ndarray]:
+  """The step ``d`` minimizing ``q(d) = g.d + d.(H + mu I) d / 2`` subject to
+  ``values + normals d >= 0`` (``H = vecs diag(lam) vecs^T``, ``H + mu I``
+  positive definite; ``d = 0`` is feasible), its decrease ``-q(d)``, and the
+  constraints' multipliers (``g + (H + mu I) d = normals^T multipliers``).
+
+  With ``R = diag(sqrt(lam + mu)) vecs^T``, ``c = R^-T g`` and ``u = R d + c``,
+  ``q = (||u||^2 - ||c||^2) / 2``: the least-distance program ``min ||u||``
+  subject to ``E u >= f``, ``E = normals R^-1``, ``f = E c - values``, solved
+  by nonnegative least squares (Lawson and Hanson, Solving Least Squares
+  Problems, ch. 23): the residual rho of ``min_{w >= 0} ||[E^T; f^T] w -
+  e_{n+1}||`` gives ``u = -rho[:n] / rho[n]`` and the multipliers
+  ``-w / rho[n]``."""
+  scale = 1.0 / np.sqrt(lam + mu)
+  c = scale * (vecs.T @ grad)
+  u, multipliers = np.zeros_like(c), np.zeros(len(values))
+  if len(values):
+    e = (normals @ vecs) * scale
+    matrix = np.vstack([e.T, (e @ c - values)[None]])
+    target = np.zeros(len(c) + 1)
+    target[-1] = 1.0
+    w = scipy.optimize.nnls(matrix, target, maxiter=50 * matrix.shape[1])[0]
+    rho = matrix @ w - target
+    if rho[-1] < 0:  # d = 0 is feasible, so rho[n] < 0 up to rounding
+      u, multipliers = -rho[:-1] / rho[-1], -w / rho[-1]
+  return (vecs @ (scale * (u - c)), 0.5 * float(c @ c - u @ u),
+          multipliers)
+
+
+def _piece_descent(side: pieces.Side, tol: Tolerances) -> np.ndarray:
+  """Descent on the piece over its region, ``min L_s`` subject to ``s_k
+  z_k >= 0``: sequential quadratic programming with Levenberg-Marquardt
+  damping, as ``refinement``'s LM (the exact Hessian, of the Lagrangian
+  here, shifted positive definite, ``mu = shift + nu ||g||``, ``nu`` adapted
+  by the ratio of L_s's actual to predicted decrease), each step under the
+  linearized constraints (``_qp_step``). The constraints are the kinked
+  arguments, those within ``kink_tol`` of their kink, and every argument a
+  trial step takes out of the region (the step is solved again with them,
+  up to ``_CONSTRAINT_ROUNDS`` times); where the kinks are curved (beyond the
+  first hidden layer), Gauss-Newton corrections bring the arguments the
+  step left below -``kink_tol`` back to 0, and the Lagrangian's Hessian
+  (the last step's multipliers) bends the steps along them. It ends when
+  the predicted decrease reaches L's roundoff, then the Newton polish of the
+  KKT conditions (``_polish``)."""
+  piece, flat = side.piece, np.asarray(side.piece.flat)
+  loss, grad = piece.loss_and_grad_at(flat)
+  nu, held, multipliers = 1.0, np.zeros_like(side.kinked), np.zeros(0)
+  losses = [loss]
+  with serial_blas():  # eigh and nnls of n_params: threads only wait
+    for _ in range(_DESCENT_ITERS):
+      if (len(losses) > _STALL_STEPS and losses[-_STALL_STEPS - 1] - loss
+          < _STALL_FRACTION * (losses[0] - loss)):
+        break  # a crawl: the continuation's next move may find a way out
+      hess = side.lagrangian_hessian(flat, held, multipliers)
+      binding = held.copy()
+      binding[held] = multipliers > 0
+      if binding.any():
+        # Curvature across the binding kinks, where the step cannot go, is
+        # not to damp the step along them: a penalty there, of the
+        # Hessian's scale, turns negative curvature across into positive.
+        normals = side.normals(flat, binding)
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+        hess = hess + np.abs(hess).sum(1).max() * normals.T @ normals
+      lam, vecs = np.linalg.eigh(hess)
+      values = side.values(flat)
+      active = side.kinked | (values <= tol.kink_tol)
+      shift = max(0.0, -float(lam[0]))
+      grad_norm = float(np.linalg.norm(grad))
+      for _ in range(_MAX_TRIALS):
+        candidate, predicted, trial_multipliers = _constrained_trial(
+            side, flat, values, active, grad, lam, vecs,
+            shift + nu * grad_norm, tol)
+        new_loss = (np.inf if candidate is None
+                    else piece.loss_and_grad_at(candidate)[0])
+        ratio = (loss - new_loss) / max(predicted, np.finfo(float).tiny)
+        if ratio > 0.1 or predicted <= LOSS_ROUNDOFF_RTOL * loss:
+          break
+        nu = max(4.0 * nu, 1e-8)
+      if not ratio > 0.1:
+        break
+      nu = nu / 4 if ratio > 0.75 else nu
+      flat, held, multipliers = candidate, active, trial_multipliers
+      loss, grad = piece.loss_and_grad_at(flat)
+      losses.append(loss)
+  return _polish(side, flat, tol)
+
+
+def _constrained_trial(side: pieces.Side, flat: np.ndarray,
+                       values: np.ndarray, active: np.ndarray,
+                       grad: np.ndarray, lam: np.ndarray, vecs: np.ndarray,
+                       mu: float, tol: Tolerances
+                       ) -> tuple[np.ndarray | None, float, np.ndarray]:
+  """One trial of ``_piece_descent``: the point in the side's region (or
+  None where the corrections did not bring it back), the predicted decrease
+  and the multipliers of ``active``, which it grows in place with the
+  arguments the step crossed."""
   for _ in range(_CONSTRAINT_ROUNDS):
-    with serial_blas():
-      result = scipy.optimize.minimize(
-          side.piece.loss_and_grad_at, start, jac=True, method="SLSQP",
-          constraints=[side.constraint(active)],
-          options={"maxiter": 10 * tol.probe_iters, "ftol": ftol})
-    if not np.all(np.isfinite(result.x)):
-      break
-    end = np.asarray(result.x)
-    crossed = (side.values(end) < -tol.kink_tol) & ~active
+    step, predicted, multipliers = _qp_step(
+        lam, vecs, mu, grad, side.normals(flat, active), values[active])
+    candidate = flat + step
+    crossed = (side.values(candidate) < -tol.kink_tol) & ~active
     if not crossed.any():
       break
     active |= crossed
-  return _polish(side, end, tol)
+  held = np.zeros_like(active)
+  for _ in range(_CORRECTIONS):
+    new_values = side.values(candidate)
+    below = new_values < -tol.kink_tol
+    if not below.any():
+      return candidate, predicted, multipliers
+    # Those as close to the boundary as the worst is beyond it, and those
+    # brought back, are held at 0: correcting the others does not push them
+    # out.
+    held |= new_values <= -new_values.min()
+    candidate = candidate + np.linalg.lstsq(
+        side.normals(candidate, held), -new_values[held], rcond=None)[0]
+  return None, predicted, multipliers
 
 
 def _side_descent(problem: Problem, side: pieces.Side, tol: Tolerances
                   ) -> tuple[np.ndarray, np.ndarray, float]:
-  """SLSQP's end on a side that is not stationary, and the lowest true L
-  reached: on the segment to that end or, where nothing there is lower
-  (SLSQP left the region across curved kinks), on the segment along the
-  side's residual direction ``-r``, which descends into it to first order,
-  up to the probe's radius."""
-  end = _slsqp_end(side, tol)
-  point, value = _lowest_on_segment(problem, end)
-  if not value < problem.loss and side.residual > 0:
-    flat = np.asarray(problem.flat)
-    radius = tol.probe_radius_rtol * max(1.0, float(np.linalg.norm(flat)))
-    point, value = _lowest_on_segment(
-        problem, flat - radius * side.residual_vector / side.residual)
-  return end, point, value
+  """The descent's end on a side that is not stationary
+  (``_piece_descent``), and the lowest true L on the segment to it."""
+  end = _piece_descent(side, tol)
+  return (end, *_lowest_on_segment(problem, end))
 
 
 def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
   """Newton on the KKT conditions of the piece, the arguments at their kink
   with a positive multiplier held there (``_POLISH_STEPS`` steps, each kept
-  only if L_s does not rise), on the Hessian of the Lagrangian (the kinks of
-  deeper layers are curved): SLSQP's quasi-Newton end meets first-order
-  conditions to about 1e-8, the criticality tolerance is about 1e-9 of the
-  gradient's scale."""
+  only if L_s does not rise and the point stays in the region), on the
+  Hessian of the Lagrangian (the kinks of deeper layers are curved): the
+  descent's damped steps converge only linearly where its shift is large,
+  and the criticality tolerance is about 1e-9 of the gradient's scale."""
   loss = side.piece.loss_and_grad_at(flat)[0]
   for _ in range(_POLISH_STEPS):
     values = side.values(flat)
@@ -214,7 +308,8 @@ def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
         kkt, -np.concatenate([grad, values[near][multipliers > 0]]),
         rcond=None)[0][:flat.size]
     new_loss = side.piece.loss_and_grad_at(flat + step)[0]
-    if not new_loss <= loss * (1 + LOSS_ROUNDOFF_RTOL):
+    if not (new_loss <= loss * (1 + LOSS_ROUNDOFF_RTOL)
+            and np.all(side.values(flat + step) >= -tol.kink_tol)):
       break
     flat, loss = flat + step, new_loss
   return flat
@@ -294,7 +389,7 @@ def _kinks_at(problem: Problem, tol: Tolerances
 def _region_descent(problem: Problem, start: np.ndarray, tol: Tolerances,
                     max_sides: int) -> np.ndarray:
   """Descent on L from ``start`` region by region, as the continuation
-  moves: SLSQP along the side with the largest first-order residual, at
+  moves: along the side with the largest first-order residual, at
   most ``_START_MOVES`` times, until every side examined is stationary or a
   move gains no more than roundoff. L-BFGS-B on L stalls on the first kink
   it meets, a few 1e-6 above the lowest point nearby."""
@@ -396,9 +491,9 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
       best, best_loss, how = end, value, "descent from a perturbed start"
   decrease = tol.relative_decrease(loss, best_loss, ref_loss)
   if not stationary and decrease <= LOSS_ROUNDOFF_RTOL and not polished:
-    # Residuals of a few tolerances, with descent at roundoff: SLSQP and the
-    # polish met the first-order conditions at a point as low as this one
-    # (up to roundoff); it is decided instead, once.
+    # Residuals of a few tolerances, with descent at roundoff: the descent
+    # and the polish met the first-order conditions at a point as low as
+    # this one (up to roundoff); it is decided instead, once.
     end = ends[0] if ends else best
     if problem.loss_and_grad_at(end)[0] <= loss * (1 + LOSS_ROUNDOFF_RTOL):
       return _decide(problem.at(problem.unravel(jnp.asarray(end))), tol,
@@ -441,7 +536,7 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
   else:
     verdict, reason = "undecided", (
         f"a side is not first-order stationary (residual "
-        f"{sides[0].residual:.1e} > {residual_tol:.1e}) but SLSQP along it "
+        f"{sides[0].residual:.1e} > {residual_tol:.1e}) but descent along it "
         f"lowered L by only {decrease:.1e}, roundoff")
   return KinkDecision(verdict=verdict, reason=reason, decrease=decrease,
                       loss=float(best_loss),

@@ -20,7 +20,7 @@ that did not diverge (docs/theory.md#escape-to-infinity):
    (relu and leaky_relu MLPs), where LM's model breaks at every kink it
    crosses, the continuation moves region by region instead
    (``lminima.critical.kinks``): from a point on kinks along a side that
-   goes lower, from a point off them by SLSQP over its region, each move one
+   goes lower, from a point off them by descent over its region, each move one
    iteration of the budget, until the kink decision decides a point or
    finds it stationary off kinks, where LM and the certificate take over;
    where that certificate's probe goes lower (``not_minimum``), it moves on

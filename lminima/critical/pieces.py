@@ -106,10 +106,11 @@ def _kink_args_jacobian(module, flat, like, xs, rows, cols):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _kink_args_hessians(module, flat, like, xs, rows, cols):
-  """Hessians (h, n_params, n_params) of the arguments ``(rows, cols)``."""
-  return jax.jacfwd(jax.jacrev(
-      lambda v: _args_fn(module, like, xs)(v)[rows, cols]))(flat)
+def _weighted_args_hessian(module, flat, like, xs, weights):
+  """The Hessian (n_params, n_params) of ``sum weights * z`` over the
+  samples ``xs``: one Hessian of a scalar, not one per argument."""
+  return jax.hessian(
+      lambda v: jnp.vdot(weights, _args_fn(module, like, xs)(v)))(flat)
 
 
 def _samples_of(xs: np.ndarray, which: np.ndarray
@@ -131,21 +132,20 @@ def _padded(index: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class Side:
   """One side of the kinks: its piece, the sign of every argument in it,
-  which arguments are at their kink, and its first-order residual r
-  (``-r`` descends into the side)."""
+  which arguments are at their kink, and the norm of its first-order
+  residual r (``-r`` descends into the side)."""
   piece: Problem
   signs: np.ndarray  # (m, k): +1 where the piece's slope is above, else -1
   kinked: np.ndarray  # (m, k) bool: the arguments at their kink
   residual: float
-  residual_vector: np.ndarray
   memo: dict[Any, Any] = dataclasses.field(default_factory=dict)
 
   def _memo(self, name: str, flat: np.ndarray, compute) -> Any:
-    """The last point's value of ``name``: SLSQP asks for the constraints
-    and their Jacobian at each point, often twice."""
+    """The last points' values of ``name``: a descent asks for the
+    arguments and their normals at each point more than once."""
     key = (name, np.asarray(flat).tobytes())
     if key not in self.memo:
-      if len(self.memo) > 16:  # points SLSQP has left behind
+      if len(self.memo) > 16:  # points the descent has left behind
         self.memo.clear()
       self.memo[key] = compute()
     return self.memo[key]
@@ -169,15 +169,20 @@ class Side:
           cols))[:int(which.sum())]
     return self._memo(("normals", which.tobytes()), flat, compute)
 
-  def argument_hessians(self, flat: np.ndarray, which: np.ndarray
-                        ) -> np.ndarray:
-    """Hessians of ``s z`` at the arguments ``which`` (m, k) bool: zero for
-    arguments linear in theta (the first hidden layer), the curvature of
-    the kinks' manifold beyond it."""
+  def constraint_hessian(self, flat: np.ndarray, which: np.ndarray,
+                         multipliers: np.ndarray) -> np.ndarray:
+    """``sum_k mu_k Hess(s_k z_k)`` over the arguments ``which`` (m, k)
+    bool, with multipliers ``mu`` (one per argument in ``which``, in the
+    order of ``np.nonzero(which)``): zero where they are linear in theta
+    (the first hidden layer), the curvature of the kinks beyond it."""
     xs, rows, cols = _samples_of(self.piece.x, which)
-    return self.signs[which][:, None, None] * np.asarray(_kink_args_hessians(
-        self.piece.module, jnp.asarray(flat), self.piece.params, xs, rows,
-        cols))[:int(which.sum())]
+    weights = np.zeros((len(xs), self.signs.shape[1]))
+    count = int(which.sum())
+    # The padding repeats the first argument: its weight is set, not added.
+    weights[rows[:count], cols[:count]] = multipliers * self.signs[which]
+    return np.asarray(_weighted_args_hessian(
+        self.piece.module, jnp.asarray(flat), self.piece.params, xs,
+        jnp.asarray(weights)))
 
   def lagrangian_hessian(self, flat: np.ndarray, which: np.ndarray,
                          multipliers: np.ndarray) -> np.ndarray:
@@ -186,13 +191,7 @@ class Side:
     hess = self.piece.dense_hessian_at(flat)
     if not which.any():
       return hess
-    return hess - np.einsum("k,kij->ij", multipliers,
-                            self.argument_hessians(flat, which))
-
-  def constraint(self, active: np.ndarray) -> dict[str, Any]:
-    """``s_k z_k(theta) >= 0`` over ``active`` (m, k) for SLSQP."""
-    return {"type": "ineq", "fun": lambda f: self.values(f)[active],
-            "jac": lambda f: self.normals(f, active)}
+    return hess - self.constraint_hessian(flat, which, multipliers)
 
 
 def sides_to_examine(mask: np.ndarray, max_sides: int
@@ -217,13 +216,12 @@ def side_at(problem: Problem, base: np.ndarray, kinked: np.ndarray,
   slopes[kinked] = np.where(above, above_slope, below_slope)
   piece = piece_problem(problem, slopes)
   result = Side(piece, np.where(slopes == above_slope, 1.0, -1.0), kinked,
-                0.0, np.zeros(0))
+                0.0)
   normals = result.normals(piece.flat, kinked)
   multipliers = (scipy.optimize.nnls(normals.T, piece.grad)[0] if len(normals)
                  else np.zeros(0))
-  residual = np.asarray(piece.grad - normals.T @ multipliers)
-  return dataclasses.replace(result, residual=float(np.linalg.norm(residual)),
-                             residual_vector=residual)
+  return dataclasses.replace(result, residual=float(np.linalg.norm(
+      piece.grad - normals.T @ multipliers)))
 
 
 @dataclasses.dataclass(frozen=True)
