@@ -235,6 +235,26 @@ class KinksTest(parameterized.TestCase):
     self.assertLess(numpy_loss(decision.params),
                     numpy_loss(problem.params) * (1 - 1e-6))
 
+  @parameterized.named_parameters(
+      # L = 1 / (1 + n) after n steps: the last 10 gain 10 / ((n - 9)(n + 1)),
+      # under 1% of the n / (n + 1) gained, from n (n - 9) > 1000: n = 37.
+      ("crawl", lambda x: 1.0 / (1.0 + x), 37),
+      # Equal gains: never a crawl, up to the iteration limit.
+      ("steady", lambda x: -x, kinks._DESCENT_ITERS))
+  def test_a_move_stops_on_a_crawl(self, loss, steps):
+    piece = mock.Mock(flat=np.zeros(1))
+    piece.loss_and_grad_at = lambda flat: (float(loss(flat[0])), np.ones(1))
+    side = mock.Mock(piece=piece, kinked=np.zeros((1, 1), bool))
+    side.lagrangian_hessian.return_value = np.eye(1)
+    side.values.return_value = np.ones((1, 1))
+
+    def trial(side, flat, *args):  # one unit along x, predicted exactly
+      return flat + 1.0, loss(flat[0]) - loss(flat[0] + 1.0), np.zeros(0)
+    with mock.patch.object(kinks, "_constrained_trial", trial), \
+        mock.patch.object(kinks, "_polish", lambda side, flat, tol: flat):
+      end = kinks._piece_descent(side, DEFAULT)
+    self.assertEqual(end[0], steps)
+
   def test_the_constrained_step_meets_the_kkt_conditions(self):
     # A convex quadratic program with d = 0 feasible: the step and its
     # multipliers meet the KKT conditions, and scipy's SLSQP reaches the
