@@ -51,6 +51,7 @@ import numpy as np
 
 from lminima.core.tolerances import DEFAULT, Tolerances
 from lminima.critical import outcomes
+from lminima.theory import identities
 
 MIN_POINTS = 5
 """Fewest certified minima of a cell for its median to enter a trend."""
@@ -93,8 +94,8 @@ def is_zero_loss(row: dict[str, Any], tol: Tolerances = DEFAULT) -> bool:
 def below_linear(row: dict[str, Any], tol: Tolerances = DEFAULT) -> bool:
   """(C): ``L <= L*_linear (1 + bound_rtol)`` (+ the zero floor)."""
   loss, linear = _num(row.get("loss_refined")), _num(row.get("linear_opt"))
-  return (loss is not None and linear is not None and loss <= linear * (
-      1 + tol.bound_rtol) + zero_floor(row, tol))
+  return (loss is not None and linear is not None and identities.below(
+      loss, linear, tol.bound_rtol, zero_floor(row, tol)))
 
 
 def certified(rows: Sequence[dict[str, Any]],

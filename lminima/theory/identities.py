@@ -112,8 +112,10 @@ def _residual_in_d(problem: Problem, target: np.ndarray, tol: float
   return target - basis @ (basis.T @ target)
 
 
-def below(value: float, bound: float) -> bool:
-  return bool(value <= bound + BOUND_RTOL * abs(bound))
+def below(value: float, bound: float, rtol: float = BOUND_RTOL,
+          floor: float = 0.0) -> bool:
+  """``value <= bound + rtol |bound| + floor``: the (C) comparison."""
+  return bool(value <= bound + rtol * abs(bound) + floor)
 
 
 # ---------------------------------------------------------------------------
