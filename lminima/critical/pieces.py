@@ -207,16 +207,23 @@ def sides_to_examine(mask: np.ndarray, max_sides: int
           + list(rng.random((max(max_sides - 2, 0), n)) < 0.5)), False
 
 
+def _side_piece(problem: Problem, base: np.ndarray, kinked: np.ndarray,
+                above: np.ndarray) -> Side:
+  """The side ``above`` (bits, True: above) of the ``kinked`` arguments,
+  the others at their slopes ``base``; its residual not computed (0)."""
+  below_slope, above_slope = problem.module.kink_slopes
+  slopes = base.copy()
+  slopes[kinked] = np.where(above, above_slope, below_slope)
+  return Side(piece_problem(problem, slopes),
+              np.where(slopes == above_slope, 1.0, -1.0), kinked, 0.0)
+
+
 def side_at(problem: Problem, base: np.ndarray, kinked: np.ndarray,
             above: np.ndarray) -> Side:
   """The side ``above`` (bits, True: above) of the ``kinked`` arguments,
   the others at their slopes ``base``, with its first-order residual."""
-  below_slope, above_slope = problem.module.kink_slopes
-  slopes = base.copy()
-  slopes[kinked] = np.where(above, above_slope, below_slope)
-  piece = piece_problem(problem, slopes)
-  result = Side(piece, np.where(slopes == above_slope, 1.0, -1.0), kinked,
-                0.0)
+  result = _side_piece(problem, base, kinked, above)
+  piece = result.piece
   normals = result.normals(piece.flat, kinked)
   multipliers = (scipy.optimize.nnls(normals.T, piece.grad)[0] if len(normals)
                  else np.zeros(0))
@@ -257,7 +264,9 @@ def sample_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
   if max(len(group) for group in groups) > _MAX_SAMPLE_KINKS:
     return None
   flat = np.asarray(problem.flat)
-  below = side_at(problem, base, mask, np.zeros(n, bool))
+  # Each sample's sides need their gradient and the sample's own normals
+  # only, not every kinked argument's normals and the residual.
+  below = _side_piece(problem, base, mask, np.zeros(n, bool))
   g_below = below.piece.grad
   scale = float(np.linalg.norm(g_below))
   sides, spans = [], []  # per sample: bits -> (signed normals, jump)
@@ -269,7 +278,7 @@ def sample_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
     for bits in itertools.product((False, True), repeat=len(group)):
       above = np.zeros(n, bool)
       above[group] = bits
-      side = side_at(problem, base, mask, above) if any(bits) else below
+      side = _side_piece(problem, base, mask, above) if any(bits) else below
       own[bits] = (side.normals(flat, only), side.piece.grad - g_below)
     span = _span(np.vstack([normals for normals, _ in own.values()]))
     for _, jump in own.values():
