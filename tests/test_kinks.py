@@ -255,6 +255,18 @@ class KinksTest(parameterized.TestCase):
       end = kinks._piece_descent(side, DEFAULT)
     self.assertEqual(end[0], steps)
 
+  def test_arguments_just_beyond_their_kink_count_as_on_it(self):
+    # A relu member (depth 2, width 4, seed 1) where the continuation
+    # stopped: 6 kinked arguments, some 1.5e-9 on the far side of their
+    # kink for the worst side (within kink_tol), first-order residual 2.3x
+    # the tolerance. Taken at their values, d = 0 is not feasible for the
+    # step's program, whose decrease came out negative, and the member
+    # ended undecided; taken at 0, the side is followed and L falls.
+    problem, numpy_loss = _recorded_relu_member("relu_far_side.npz", (4, 4))
+    decision = kinks.decide_kink(problem)
+    self.assertEqual(decision.verdict, "descends")
+    self.assertLess(numpy_loss(decision.params), numpy_loss(problem.params))
+
   def test_the_constrained_step_meets_the_kkt_conditions(self):
     # A convex quadratic program with d = 0 feasible: the step and its
     # multipliers meet the KKT conditions, and scipy's SLSQP reaches the

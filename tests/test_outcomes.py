@@ -196,6 +196,32 @@ class GenuineMinimaTest(absltest.TestCase):
     self.assertLess(np.linalg.norm(point.flat),
                     5 * max(1.0, np.linalg.norm(problem.flat)))
 
+  def test_growth_of_a_relu_net_is_that_of_its_balanced_norm(self):
+    # Scaling the hidden units in and out by 10 grows ||theta|| about 10x and
+    # changes neither L nor the balanced norm: no growth toward an escape.
+    model = MLP(2, (3,), 1, "relu")
+    x, y = gaussian_data(m=12, d_x=2, d_y=1, seed=0)
+    begin = lminima.Problem.for_module(
+        model, model.init_params(jax.random.PRNGKey(0), np.float64), x, y)
+    scaled = jax.tree_util.tree_map(np.array, begin.params)
+    scaled["params"]["layer_1"]["kernel"] *= 10.0
+    scaled["params"]["layer_1"]["bias"] *= 10.0
+    scaled["params"]["layer_2"]["kernel"] /= 10.0
+    end = begin.at(scaled)
+    self.assertAlmostEqual(end.loss / begin.loss, 1.0, places=12)
+    self.assertGreater(np.linalg.norm(end.flat),
+                       DEFAULT.growth * np.linalg.norm(begin.flat))
+    size, ratio = outcomes_lib.growth(begin, end)
+    self.assertEqual(size, "the balanced norm")
+    self.assertAlmostEqual(ratio, 1.0, places=9)
+    # tanh units cannot be rescaled: ||theta|| is what grows.
+    tanh = lminima.Problem.for_module(MLP(2, (3,), 1, "tanh"), begin.params,
+                                      x, y)
+    size, ratio = outcomes_lib.growth(tanh, tanh.at(scaled))
+    self.assertEqual(size, "||theta||")
+    self.assertAlmostEqual(ratio, np.linalg.norm(end.flat)
+                           / np.linalg.norm(begin.flat), places=12)
+
   def test_to_row_fields(self):
     decision = outcomes_lib.decide_member(_far_minimum_problem())
     row = decision.to_row()

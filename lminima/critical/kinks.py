@@ -167,15 +167,19 @@ def _qp_step(lam: np.ndarray, vecs: np.ndarray, mu: float, grad: np.ndarray,
   scale = 1.0 / np.sqrt(lam + mu)
   c = scale * (vecs.T @ grad)
   u, multipliers = np.zeros_like(c), np.zeros(len(values))
+  # The program is linear in (g, values): solved at unit size, since NNLS
+  # fits e_{n+1} poorly with a last row f far below the normals' scale.
+  size = max(float(np.linalg.norm(c)), float(np.max(values, initial=0.0)),
+             np.finfo(float).tiny)
   if len(values):
     e = (normals @ vecs) * scale
-    matrix = np.vstack([e.T, (e @ c - values)[None]])
+    matrix = np.vstack([e.T, (e @ c - values)[None] / size])
     target = np.zeros(len(c) + 1)
     target[-1] = 1.0
     w = scipy.optimize.nnls(matrix, target, maxiter=50 * matrix.shape[1])[0]
     rho = matrix @ w - target
     if rho[-1] < 0:  # d = 0 is feasible, so rho[n] < 0 up to rounding
-      u, multipliers = -rho[:-1] / rho[-1], -w / rho[-1]
+      u, multipliers = -size * rho[:-1] / rho[-1], -size * w / rho[-1]
   return (vecs @ (scale * (u - c)), 0.5 * float(c @ c - u @ u),
           multipliers)
 
@@ -248,26 +252,37 @@ def _constrained_trial(side: pieces.Side, flat: np.ndarray,
   and the multipliers of ``active``, which it grows in place with the
   arguments the step crossed."""
   for _ in range(_CONSTRAINT_ROUNDS):
+    # Arguments within kink_tol on the far side count as on the kink, where
+    # d = 0 is feasible.
     step, predicted, multipliers = _qp_step(
-        lam, vecs, mu, grad, side.normals(flat, active), values[active])
+        lam, vecs, mu, grad, side.normals(flat, active),
+        np.maximum(values[active], 0.0))
     candidate = flat + step
     crossed = (side.values(candidate) < -tol.kink_tol) & ~active
     if not crossed.any():
       break
     active |= crossed
-  held = np.zeros_like(active)
+  return _into_region(side, candidate, tol), predicted, multipliers
+
+
+def _into_region(side: pieces.Side, flat: np.ndarray, tol: Tolerances
+                 ) -> np.ndarray | None:
+  """``flat``, with the arguments below -``kink_tol`` brought back to 0 by
+  Gauss-Newton corrections (``_CORRECTIONS`` at most), or None where they
+  did not: a step under linearized kinks leaves curved ones behind."""
+  held = np.zeros_like(side.kinked)
   for _ in range(_CORRECTIONS):
-    new_values = side.values(candidate)
-    below = new_values < -tol.kink_tol
+    values = side.values(flat)
+    below = values < -tol.kink_tol
     if not below.any():
-      return candidate, predicted, multipliers
+      return flat
     # Those as close to the boundary as the worst is beyond it, and those
     # brought back, are held at 0: correcting the others does not push them
     # out.
-    held |= new_values <= -new_values.min()
-    candidate = candidate + np.linalg.lstsq(
-        side.normals(candidate, held), -new_values[held], rcond=None)[0]
-  return None, predicted, multipliers
+    held |= values <= -values.min()
+    flat = flat + np.linalg.lstsq(side.normals(flat, held), -values[held],
+                                  rcond=None)[0]
+  return None
 
 
 def _side_descent(problem: Problem, side: pieces.Side, tol: Tolerances
@@ -281,7 +296,7 @@ def _side_descent(problem: Problem, side: pieces.Side, tol: Tolerances
 def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
   """Newton on the KKT conditions of the piece, the arguments at their kink
   with a positive multiplier held there (``_POLISH_STEPS`` steps, each kept
-  only if L_s does not rise and the point stays in the region), on the
+  only if L_s does not rise, brought back into the region), on the
   Hessian of the Lagrangian (the kinks of deeper layers are curved): the
   descent's damped steps converge only linearly where its shift is large,
   and the criticality tolerance is about 1e-9 of the gradient's scale."""
@@ -307,11 +322,13 @@ def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
     step = np.linalg.lstsq(
         kkt, -np.concatenate([grad, values[near][multipliers > 0]]),
         rcond=None)[0][:flat.size]
-    new_loss = side.piece.loss_and_grad_at(flat + step)[0]
-    if not (new_loss <= loss * (1 + LOSS_ROUNDOFF_RTOL)
-            and np.all(side.values(flat + step) >= -tol.kink_tol)):
+    candidate = _into_region(side, flat + step, tol)
+    if candidate is None:
       break
-    flat, loss = flat + step, new_loss
+    new_loss = side.piece.loss_and_grad_at(candidate)[0]
+    if not new_loss <= loss * (1 + LOSS_ROUNDOFF_RTOL):
+      break
+    flat, loss = candidate, new_loss
   return flat
 
 

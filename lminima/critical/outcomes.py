@@ -32,7 +32,10 @@ that did not diverge (docs/theory.md#escape-to-infinity):
      minimum, with the kink decision's evidence);
    * ``escaping``: along the whole path (refinement, then continuation) L
      never rose (beyond roundoff) while ``||theta||`` grew by
-     ``tol.growth``: L decreases along a path to infinity. Its limit
+     ``tol.growth`` (for MLPs with positively homogeneous units, whose
+     rescalings leave L unchanged, the balanced norm of
+     ``lminima.core.rescaling``, the least on the point's rescaling orbit):
+     L decreases along a path to infinity. Its limit
      ``L_inf`` is bracketed above by the last value reached
      (``fate_loss``); ``fate_asymptotic_loss`` is an extrapolation of
      ``L = L_inf + s / ||theta||`` over the second half of the path, labelled
@@ -68,6 +71,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from lminima.core import rescaling
 from lminima.core.models import MLP
 from lminima.core.problem import Problem
 from lminima.core.tolerances import DEFAULT, LOSS_ROUNDOFF_RTOL, Tolerances
@@ -155,6 +159,20 @@ def _max_abs_preactivation(problem: Problem, params: Any) -> float | None:
     return None
   _, pre, _ = problem.module.apply(params, problem.x, method="forward")
   return float(max(np.max(np.abs(np.asarray(z))) for z in pre))
+
+
+def growth(begin: Problem, end: Problem) -> tuple[str, float]:
+  """What the escape test measures along a path, and its growth from
+  ``begin`` to ``end``: ``||theta||``, or for MLPs with positively
+  homogeneous units the balanced norm (``lminima.core.rescaling``):
+  rescaling a unit in and out leaves L unchanged and can grow ``||theta||``
+  alone."""
+  if rescaling.rescalable(begin.module):
+    return "the balanced norm", (
+        rescaling.balanced_norm(end.module, end.params)
+        / max(rescaling.balanced_norm(begin.module, begin.params), 1e-300))
+  return "||theta||", float(np.linalg.norm(end.flat)) / max(
+      float(np.linalg.norm(begin.flat)), 1e-300)
 
 
 def _asymptotic_loss(losses: np.ndarray, norms: np.ndarray) -> float:
@@ -267,7 +285,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   losses, norms = np.asarray(losses), np.asarray(norms)
   rises = np.diff(losses) > LOSS_ROUNDOFF_RTOL * np.abs(losses[:-1])
   monotone = not bool(np.any(rises))
-  ratio = norms[-1] / max(norms[0], 1e-300)
+  size, ratio = growth(problem, end)
   evidence = dict(refined=refined, iters=iters, losses=losses, norms=norms,
                   monotone=monotone, begin=problem,
                   end=end, kink=kink)
@@ -291,7 +309,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
     asymptotic = _asymptotic_loss(losses, norms)
     return _continued(
         "escaping", f"L fell monotonically from {losses[0]:.6g} to "
-        f"{losses[-1]:.6g} while ||theta|| grew {ratio:.1f}x in {iters} "
+        f"{losses[-1]:.6g} while {size} grew {ratio:.1f}x in {iters} "
         f"iterations (||g|| = {end.grad_norm:.1e}); L_inf <= {losses[-1]:.3g}"
         f", extrapolated {asymptotic:.3g}", cert=cert,
         asymptotic=asymptotic, **evidence)
@@ -302,12 +320,12 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
     reason = (f"{what}; the continuation stopped after {run.iters} steps "
               f"(no LM step went lower) where the certificate found "
               f"{cert.verdict} (||g|| = {cert.grad_norm:.1e}, tolerance "
-              f"{cert.grad_tol:.1e}), and ||theta|| grew only {ratio:.2f}x")
+              f"{cert.grad_tol:.1e}), and {size} grew only {ratio:.2f}x")
   elif not monotone:
     reason = (f"{what}; L rose on {int(np.sum(rises))} of {iters} "
               f"continuation steps")
   else:
-    reason = (f"{what}; ||theta|| grew only {ratio:.2f}x (< {tol.growth}x) "
+    reason = (f"{what}; {size} grew only {ratio:.2f}x (< {tol.growth}x) "
               f"in {iters} iterations while ||g|| = {run.grad_norm:.1e}")
   return _continued("undecided", reason, cert=cert, asymptotic=None,
                     **evidence)
