@@ -163,7 +163,7 @@ def _qp_step(lam: np.ndarray, vecs: np.ndarray, mu: float, grad: np.ndarray,
   by nonnegative least squares (Lawson and Hanson, Solving Least Squares
   Problems, ch. 23): the residual rho of ``min_{w >= 0} ||[E^T; f^T] w -
   e_{n+1}||`` gives ``u = -rho[:n] / rho[n]`` and the multipliers
-  ``-w / rho[n]``."""
+  ``-w / rho[n]`` (with f scaled to unit size, and both scaled back)."""
   scale = 1.0 / np.sqrt(lam + mu)
   c = scale * (vecs.T @ grad)
   u, multipliers = np.zeros_like(c), np.zeros(len(values))
@@ -197,8 +197,10 @@ def _piece_descent(side: pieces.Side, tol: Tolerances) -> np.ndarray:
   first hidden layer), Gauss-Newton corrections bring the arguments the
   step left below -``kink_tol`` back to 0, and the Lagrangian's Hessian
   (the last step's multipliers) bends the steps along them. It ends when
-  the predicted decrease reaches L's roundoff, then the Newton polish of the
-  KKT conditions (``_polish``)."""
+  the predicted decrease reaches L's roundoff, or on a crawl, when the last
+  ``_STALL_STEPS`` steps gained less than ``_STALL_FRACTION`` of the
+  descent's gain (the continuation's next move examines the sides again),
+  then the Newton polish of the KKT conditions (``_polish``)."""
   piece, flat = side.piece, np.asarray(side.piece.flat)
   loss, grad = piece.loss_and_grad_at(flat)
   nu, held, multipliers = 1.0, np.zeros_like(side.kinked), np.zeros(0)
