@@ -267,6 +267,21 @@ class KinksTest(parameterized.TestCase):
     self.assertEqual(decision.verdict, "descends")
     self.assertLess(numpy_loss(decision.params), numpy_loss(problem.params))
 
+  def test_below_roundoff_the_first_order_residual_judges_a_step(self):
+    # A relu member (depth 2, width 2, seed 0) on 4 kinks whose worst side
+    # has a residual 10x the tolerance, but whose steps predict a decrease
+    # of L below its roundoff (relative 6e-14): judged by L, no step counts
+    # and the member ended undecided. Judged by the first-order residual,
+    # as LM judges steps in the noise, the point is decided.
+    problem, _ = _recorded_relu_member("relu_roundoff_side.npz", (2, 2))
+    mask, base, residual_tol = kinks._kinks_at(problem, DEFAULT)
+    side = kinks._examine(problem, base, mask, kinks.MAX_SIDES,
+                          residual_tol)[1][0]
+    self.assertGreater(side.residual, 5 * residual_tol)
+    decision = kinks.decide_kink(problem)
+    self.assertIn(decision.verdict, ("kink_min", "descends"))
+    self.assertLessEqual(decision.loss, problem.loss * (1 + 1e-12))
+
   def test_the_constrained_step_meets_the_kkt_conditions(self):
     # A convex quadratic program with d = 0 feasible: the step and its
     # multipliers meet the KKT conditions, and scipy's SLSQP reaches the

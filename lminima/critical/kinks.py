@@ -196,11 +196,12 @@ def _piece_descent(side: pieces.Side, tol: Tolerances) -> np.ndarray:
   up to ``_CONSTRAINT_ROUNDS`` times); where the kinks are curved (beyond the
   first hidden layer), Gauss-Newton corrections bring the arguments the
   step left below -``kink_tol`` back to 0, and the Lagrangian's Hessian
-  (the last step's multipliers) bends the steps along them. It ends when
-  the predicted decrease reaches L's roundoff, or on a crawl, when the last
-  ``_STALL_STEPS`` steps gained less than ``_STALL_FRACTION`` of the
-  descent's gain (the continuation's next move examines the sides again),
-  then the Newton polish of the KKT conditions (``_polish``)."""
+  (the last step's multipliers) bends the steps along them. Where the
+  predicted decrease is below L's roundoff, a step counts if it lowers the
+  first-order residual. It ends when no step counts, or on a crawl, when
+  the last ``_STALL_STEPS`` steps gained less than ``_STALL_FRACTION`` of
+  the descent's gain (the continuation's next move examines the sides
+  again), then the Newton polish of the KKT conditions (``_polish``)."""
   piece, flat = side.piece, np.asarray(side.piece.flat)
   loss, grad = piece.loss_and_grad_at(flat)
   nu, held, multipliers = 1.0, np.zeros_like(side.kinked), np.zeros(0)
@@ -229,19 +230,39 @@ def _piece_descent(side: pieces.Side, tol: Tolerances) -> np.ndarray:
         candidate, predicted, trial_multipliers = _constrained_trial(
             side, flat, values, active, grad, lam, vecs,
             shift + nu * grad_norm, tol)
+        if predicted <= LOSS_ROUNDOFF_RTOL * loss:
+          # L's roundoff cannot judge the step; the first-order residual
+          # does, as in LM's rule for noise (refinement.lm_accept).
+          accept = very_good = candidate is not None and (
+              _first_order_residual(side, candidate, tol)
+              < _first_order_residual(side, flat, tol))
+          break
         new_loss = (np.inf if candidate is None
                     else piece.loss_and_grad_at(candidate)[0])
-        ratio = (loss - new_loss) / max(predicted, np.finfo(float).tiny)
-        if ratio > 0.1 or predicted <= LOSS_ROUNDOFF_RTOL * loss:
+        ratio = (loss - new_loss) / predicted
+        accept, very_good = ratio > 0.1, ratio > 0.75
+        if accept:
           break
         nu = max(4.0 * nu, 1e-8)
-      if not ratio > 0.1:
+      if not accept:
         break
-      nu = nu / 4 if ratio > 0.75 else nu
+      nu = nu / 4 if very_good else nu
       flat, held, multipliers = candidate, active, trial_multipliers
       loss, grad = piece.loss_and_grad_at(flat)
       losses.append(loss)
   return _polish(side, flat, tol)
+
+
+def _first_order_residual(side: pieces.Side, flat: np.ndarray,
+                          tol: Tolerances) -> float:
+  """``||g_s - sum_k mu_k n_k||`` at ``flat``, over the arguments within
+  ``kink_tol`` of their kink, ``mu >= 0`` by nonnegative least squares."""
+  near = np.abs(side.values(flat)) <= tol.kink_tol
+  normals = side.normals(flat, near)
+  grad = side.piece.loss_and_grad_at(flat)[1]
+  if not len(normals):
+    return float(np.linalg.norm(grad))
+  return float(scipy.optimize.nnls(normals.T, grad)[1])
 
 
 def _constrained_trial(side: pieces.Side, flat: np.ndarray,
