@@ -542,6 +542,18 @@ class KinksTest(parameterized.TestCase):
         side.constraint_hessian(flat, which, multipliers),
         np.einsum("k,kij->ij", multipliers, hessians), atol=1e-7)
 
+  def test_separability_is_checked_relative_to_the_jumps(self):
+    # A relu member (depth 2, width 2, seed 6) on 9 kinks, one per sample,
+    # where the side below every kink is stationary (||g_below|| 1e-13) and
+    # the jumps are up to 0.1: measured against ||g_below|| alone, the
+    # combined side's rounding (1e-17) failed the check.
+    problem, _ = _recorded_relu_member("relu_stationary_base.npz", (2, 2))
+    mask, base, residual_tol = kinks._kinks_at(problem, DEFAULT)
+    self.assertEqual(int(mask.sum()), 9)
+    structure = pieces.sample_structure(problem, base, mask, residual_tol)
+    self.assertIsNotNone(structure)
+    self.assertLessEqual(structure.bound, residual_tol)
+
   def test_too_many_kinks_are_sampled_not_enumerated(self):
     x = np.linspace(-1, 1, 9)  # all 9 samples on the kink: 512 sides
     problem = _one_unit(0.0, 0.0, 0.0, 0.0, x, np.zeros(9))  # zero loss

@@ -308,9 +308,10 @@ def sample_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
     bound += largest
   # Sample separability, checked at the side combining every sample's worst.
   mixed = side_at(problem, base, mask, worst)
-  combined = g_below + sum(own[tuple(worst[group])][1]
-                           for group, own in zip(groups, sides))
-  if np.linalg.norm(mixed.piece.grad - combined) > _STRUCTURE_RTOL * scale:
+  jumps = [own[tuple(worst[group])][1] for group, own in zip(groups, sides)]
+  # Relative to the jumps too: at a stationary side g_below is ~0.
+  if np.linalg.norm(mixed.piece.grad - g_below - sum(jumps)) > (
+      _STRUCTURE_RTOL * (scale + sum(map(np.linalg.norm, jumps)))):
     return None
   return Structure(bound=bound, worst=worst, strict=strict,
                    tangent=np.linalg.svd(stacked)[2][len(stacked):].T,
