@@ -60,6 +60,14 @@ def _recorded_relu_member(name, widths):
   return problem, numpy_loss
 
 
+def _worst_side(problem):
+  """The side with the largest first-order residual at the problem's point,
+  and the criticality tolerance of the residuals."""
+  mask, base, residual_tol = kinks._kinks_at(problem, DEFAULT)
+  return (kinks._examine(problem, base, mask, kinks.MAX_SIDES,
+                         residual_tol)[1][0], residual_tol)
+
+
 def _curved_kinks():
   """Depth 2 on 6 samples: the first layer's units 0, 1, 2 on their kink at
   samples 0, 1, 2, the second layer's units 0, 1 at samples 2 and 3. Returns
@@ -205,9 +213,7 @@ class KinksTest(parameterized.TestCase):
     # bring the arguments back, so the end is in the region (up to
     # kink_tol), where the piece is L (the loss in numpy), and lower.
     problem, numpy_loss = _recorded_relu_member("relu_curved_side.npz", (8, 8))
-    mask, base, residual_tol = kinks._kinks_at(problem, DEFAULT)
-    side = kinks._examine(problem, base, mask, kinks.MAX_SIDES,
-                          residual_tol)[1][0]
+    side, residual_tol = _worst_side(problem)
     self.assertGreater(side.residual, 1e3 * residual_tol)
     # One trial: the linearized step leaves the region, the corrected point
     # does not.
@@ -274,9 +280,7 @@ class KinksTest(parameterized.TestCase):
     # and the member ended undecided. Judged by the first-order residual,
     # as LM judges steps in the noise, the point is decided.
     problem, _ = _recorded_relu_member("relu_roundoff_side.npz", (2, 2))
-    mask, base, residual_tol = kinks._kinks_at(problem, DEFAULT)
-    side = kinks._examine(problem, base, mask, kinks.MAX_SIDES,
-                          residual_tol)[1][0]
+    side, residual_tol = _worst_side(problem)
     self.assertGreater(side.residual, 5 * residual_tol)
     decision = kinks.decide_kink(problem)
     self.assertIn(decision.verdict, ("kink_min", "descends"))
