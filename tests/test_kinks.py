@@ -15,7 +15,7 @@ from lminima import data as data_lib
 from lminima.core.models import MLP, params_from_arrays
 from lminima.core.problem import Problem
 from lminima.core.tolerances import DEFAULT
-from lminima.critical import certify, kinks, pieces
+from lminima.critical import certify, kinks, pieces, side_descent
 from lminima.critical import outcomes
 from lminima.critical.outcomes import decide_member
 
@@ -222,15 +222,15 @@ class KinksTest(parameterized.TestCase):
     active = side.kinked | (values <= DEFAULT.kink_tol)
     lam, vecs = np.linalg.eigh(side.piece.dense_hessian())
     mu = -min(lam[0], 0.0) + 1e-3 * side.piece.grad_norm
-    step = kinks._qp_step(lam, vecs, mu, side.piece.grad,
+    step = side_descent._qp_step(lam, vecs, mu, side.piece.grad,
                           side.normals(flat, active), values[active])[0]
     self.assertLess(side.values(flat + step).min(), -1e3 * DEFAULT.kink_tol)
-    point = kinks._constrained_trial(side, flat, values, active.copy(),
+    point = side_descent._constrained_trial(side, flat, values, active.copy(),
                                      side.piece.grad, lam, vecs, mu,
                                      DEFAULT)[0]
     self.assertGreaterEqual(side.values(point).min(), -DEFAULT.kink_tol)
     # The descent: every end in the region.
-    end = kinks._piece_descent(side, DEFAULT)
+    end = side_descent.descend(side, DEFAULT)
     self.assertGreaterEqual(side.values(end).min(), -DEFAULT.kink_tol)
     end_loss = numpy_loss(problem.unravel(end))
     self.assertAlmostEqual(side.piece.loss_and_grad_at(end)[0] / end_loss, 1.0,
@@ -246,7 +246,7 @@ class KinksTest(parameterized.TestCase):
       # under 1% of the n / (n + 1) gained, from n (n - 9) > 1000: n = 37.
       ("crawl", lambda x: 1.0 / (1.0 + x), 37),
       # Equal gains: never a crawl, up to the iteration limit.
-      ("steady", lambda x: -x, kinks._DESCENT_ITERS))
+      ("steady", lambda x: -x, side_descent._DESCENT_ITERS))
   def test_a_move_stops_on_a_crawl(self, loss, steps):
     piece = mock.Mock(flat=np.zeros(1))
     piece.loss_and_grad_at = lambda flat: (float(loss(flat[0])), np.ones(1))
@@ -256,9 +256,9 @@ class KinksTest(parameterized.TestCase):
 
     def trial(side, flat, *args):  # one unit along x, predicted exactly
       return flat + 1.0, loss(flat[0]) - loss(flat[0] + 1.0), np.zeros(0)
-    with mock.patch.object(kinks, "_constrained_trial", trial), \
-        mock.patch.object(kinks, "_polish", lambda side, flat, tol: flat):
-      end = kinks._piece_descent(side, DEFAULT)
+    with mock.patch.object(side_descent, "_constrained_trial", trial), \
+        mock.patch.object(side_descent, "_polish", lambda side, flat, tol: flat):
+      end = side_descent.descend(side, DEFAULT)
     self.assertEqual(end[0], steps)
 
   def test_arguments_just_beyond_their_kink_count_as_on_it(self):
@@ -297,7 +297,7 @@ class KinksTest(parameterized.TestCase):
     mu = 2.5 - min(lam[0], 0.0)
     grad, normals = rng.standard_normal(n), rng.standard_normal((k, n))
     values = np.abs(rng.standard_normal(k)) * (rng.random(k) < 0.6)
-    step, predicted, multipliers = kinks._qp_step(lam, vecs, mu, grad,
+    step, predicted, multipliers = side_descent._qp_step(lam, vecs, mu, grad,
                                                   normals, values)
     hess = vecs @ np.diag(lam + mu) @ vecs.T
     slack = values + normals @ step
