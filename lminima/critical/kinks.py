@@ -10,17 +10,21 @@ one of every L_s on R_s (docs/theory.md#kinks).
 
 * First order: every side's residual (``lminima.critical.pieces``), against
   the criticality tolerance (``Tolerances.grad_tolerance`` with ``||H||``
-  from power iteration); each side, or all at once where the kinks are
-  linear with independent normals, or beyond ``max_sides`` without that
-  structure a sample, which can find a way down but decides nothing else.
+  from power iteration); each side, or all at once where each sample's
+  kinks have normals independent of the other samples' (``pieces.Structure``),
+  or beyond ``max_sides`` without that structure a sample, which can find a
+  way down but decides nothing else.
 * Descent: the sides with the largest residuals are followed by
   sequential quadratic programming on L_s subject to ``s_k z_k >= 0``
   (``lminima.critical.side_descent``: LM steps under the linearized kinks,
   each a nonnegative least-squares problem), which slides along the kinks
   where LM stalls, then a Newton polish of the KKT conditions.
-* Second order, where every side is first-order stationary: the
-  certificate's descent probe (``certify.descent_probe``) on each
-  enumerated side's piece, and descent on L itself from perturbed starts at
+* Second order, where every side is first-order stationary: with the
+  structure, the Lagrangian's Hessian on the critical subspaces
+  (``pieces.critical_sides``: where the kinks with a positive multiplier
+  stay at 0), its negative directions followed; else the certificate's
+  descent probe (``certify.descent_probe``) on each enumerated side's
+  piece. Then descent on L itself from perturbed starts at
   the probe's radius (``certify.probe_starts``, 8 times as many: kinks make
   small basins), region by region as the continuation moves, which crosses
   the kinks where L-BFGS-B stalls on the first one it meets.
@@ -35,8 +39,9 @@ theta_0 (a piece's minimizer may lie outside its region). Verdicts:
   stationary, and the probes found nothing lower than ``descent_rtol`` (no
   probe where L is zero up to rounding, the global minimum value): a
   nonsmooth local minimum, with that evidence;
-* ``undecided``: otherwise (a sample of sides found no way down; negative
-  curvature on the kinks' manifold without a lower value along it; or a
+* ``undecided``: otherwise (a sample of sides found no way down, also after
+  one polish of the point on the worst of them; negative
+  curvature on a critical subspace without a lower value along it; or a
   side not first-order stationary whose descent gained no more than
   roundoff, also after one polish of the point);
 * ``differentiable``: on no kink, first-order stationary, and the descent
@@ -89,6 +94,9 @@ _SAMPLED_PROBES = 8
 # a neighbouring one. The certificate's probe_starts, times this, explore them.
 _KINK_PROBE_STARTS = 8
 _START_MOVES = 20  # region moves of the descent from one perturbed start
+# Sides whose critical subspaces are checked at second order where zero
+# multipliers combine (pieces.critical_sides); beyond, sides are sampled.
+_MAX_CRITICAL_SIDES = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +196,8 @@ def _examine(problem: Problem, base: np.ndarray, mask: np.ndarray,
                else pieces.sample_structure(problem, base, mask, residual_tol))
   if structure is not None:
     worst = structure.worst_side
-    if ((structure.strict and structure.bound <= residual_tol)
+    if ((structure.bound <= residual_tol and not structure.degenerate
+         and pieces.critical_sides(structure, _MAX_CRITICAL_SIDES) is not None)
         or worst.residual > residual_tol):
       # All stationary, or the worst side has a way down and is followed.
       return structure, [worst], dict(
@@ -264,6 +273,16 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
   structure, sides, facts = _examine(problem, base, mask, max_sides,
                                      residual_tol)
   stationary = facts["residual_max"] <= residual_tol
+  if stationary and not facts["all_sides"] and not polished:
+    # A sample of sides, all stationary: the structure's bound, a sum of
+    # the samples' residuals, can exceed the tolerance where each is
+    # roundoff and the arguments lie up to kink_tol from 0. Decided instead
+    # at the point polished on the worst side (its kinks at 0), once.
+    end = side_descent.polish(sides[0], np.asarray(problem.flat), tol)
+    if not np.array_equal(end, problem.flat) and (
+        problem.loss_and_grad_at(end)[0] <= loss * (1 + LOSS_ROUNDOFF_RTOL)):
+      return _decide(problem.at(problem.unravel(jnp.asarray(end))), tol,
+                     max_sides, lm_max_params, polished=True)
   if stationary and not mask.any():
     # The smooth certificate's probe does not cross kinks: a plateau of
     # dead units next to a kink that leads down passes it.
@@ -291,16 +310,24 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
               else sides[:_SAMPLED_PROBES] if stationary
               else [s for s in sides if s.residual > residual_tol])
   best, best_loss, how = np.asarray(problem.flat), loss, "a side"
-  curvature = None
+  curvature, n_critical = None, 0
   if stationary and structure is not None and not at_zero:
-    # Strictly complementary on every side: only the manifold where every
-    # kinked argument stays at 0 (where all pieces agree) can lead down.
-    curvature = pieces.manifold_curvature(sides[0], structure.tangent, tol)
-    if curvature[0] < -curvature[1]:
-      radius = tol.probe_radius_rtol * max(1.0, float(np.linalg.norm(best)))
-      for sign in (1.0, -1.0):
-        point, value = _lowest_on_segment(
-            problem, best + sign * radius * curvature[2])
+    # Every side stationary: a way down keeps the kinks with a positive
+    # multiplier at 0 to second order (pieces.critical_sides).
+    curvatures = []
+    for bits, free in pieces.critical_sides(structure, _MAX_CRITICAL_SIDES):
+      free_args = np.zeros_like(mask)
+      free_args[mask] = free  # bits run in the order of np.nonzero(mask)
+      side = (sides[0] if np.array_equal(bits, structure.worst)
+              else pieces.side_at(problem, base, mask, bits))
+      curvatures.append(pieces.critical_curvature(side, free_args, tol))
+    n_critical = len(curvatures)
+    curvature = min(curvatures, key=lambda c: c[0] + c[1])
+    radius = tol.probe_radius_rtol * max(1.0, float(np.linalg.norm(best)))
+    for lam, eig_tol, direction in curvatures:
+      for sign in ((1.0, -1.0) if lam < -eig_tol else ()):
+        point, value = _lowest_on_segment(problem, best + sign * radius
+                                          * direction)
         if value < best_loss:
           best, best_loss, how = point, value, "negative curvature"
   ends = []
@@ -333,6 +360,9 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
                      max_sides, lm_max_params, polished=True)
   sides_text = (f"{facts['n_sides']} sides of {facts['n_kinks']} kinks"
                 + ("" if facts["all_sides"] else " (a sample)"))
+  where = ("the kinks' manifold" if n_critical == 1 else
+           f"the critical subspaces of {n_critical} sides (some multipliers "
+           f"zero)")
   # A side not stationary is followed on any decrease above roundoff (the
   # continuation's progress); a stationary one needs descent_rtol, the
   # certificate's refutation of a minimum.
@@ -344,8 +374,8 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
   elif curvature is not None and curvature[0] < -curvature[1]:
     verdict, reason = "undecided", (
         f"all {facts['n_sides']} sides of {facts['n_kinks']} kinks are "
-        f"first-order stationary, but the Hessian on the kinks' manifold has "
-        f"lambda_min {curvature[0]:.1e} < -{curvature[1]:.1e} and no lower "
+        f"first-order stationary, but the Lagrangian's Hessian on {where} "
+        f"has lambda_min {curvature[0]:.1e} < -{curvature[1]:.1e} and no lower "
         f"value was found along it")
   elif stationary and facts["all_sides"]:
     starts = (f"region-by-region descent from "
@@ -353,10 +383,10 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
     verdict, reason = "kink_min", (
         f"all {sides_text} are first-order stationary (residual <= "
         f"{facts['residual_max']:.1e}, tolerance {residual_tol:.1e}"
-        + (", bounded over every side, every multiplier positive"
-           if structure is not None else "") + ") and "
+        + (", bounded over every side" if structure is not None else "")
+        + ") and "
         + ("L is zero (up to rounding)" if at_zero else
-           f"the Hessian on the kinks' manifold has lambda_min "
+           f"the Lagrangian's Hessian on {where} has lambda_min "
            f"{curvature[0]:.1e} >= -{curvature[1]:.1e}, and {starts} found "
            f"no lower value (relative decrease {decrease:.1e})"
            if structure is not None else

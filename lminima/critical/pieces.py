@@ -16,13 +16,16 @@ and tests their sides at first order, one by one (``side``) or all at once
   -r descends into R_s.
 * Every side at once: a sample's loss and kinked arguments depend on its
   own slopes only. Where the normals of different samples' kinks span
-  independent subspaces that also hold each sample's gradient jumps (all
-  checked numerically; relu units of the first hidden layer, and of deeper
-  ones, whose kinks are curved), one least-squares fit and each sample's
-  own 2^|K_i| sides bound the residual of every one of the 2^|K| sides
-  (``Structure``). With every multiplier positive, only the manifold
-  ``z_K = 0``, where all pieces agree, can lead down: the Hessian of L on
-  it (``manifold_curvature``).
+  independent subspaces (checked numerically; relu units of the first
+  hidden layer, and of deeper ones, whose kinks are curved), one
+  least-squares fit and each sample's own 2^|K_i| sides bound the residual
+  of every one of the 2^|K| sides (``Structure``).
+* Second order, where every side is stationary: a side can lead down only
+  on its critical subspace, where the kinks with a positive multiplier stay
+  at 0 (every kink where all multipliers are positive: the manifold
+  ``z_K = 0``, where all pieces agree). The Hessian of the Lagrangian there
+  (``critical_curvature``), for every way the kinks with a zero multiplier
+  can combine (``critical_sides``).
 
 Example:
   >>> import jax, numpy as np
@@ -47,6 +50,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 import scipy.optimize
 
 from lminima.core import hessian
@@ -236,15 +240,21 @@ class Structure:
   """Kinks grouped by sample. Sample i's loss and kinked arguments depend on
   its own slopes s_i only, so ``g_s = g_below + sum_i J_i(s_i)`` and the
   normals of its kinks depend on s_i alone. Where the spans N_i of every
-  sample's normals (over its sides) are independent and hold its gradient
-  jumps J_i, write ``g_below = r + sum_i c_i`` with c_i in N_i: side s is
-  stationary iff r = 0 and every ``c_i + J_i(s_i)`` lies in the cone of
-  sample i's signed normals, so the 2^|K| sides are decided by
-  ``sum_i 2^|K_i|`` small problems."""
+  sample's normals (over its sides) are independent, write ``g_below = r +
+  sum_i c_i`` with c_i in N_i: the distance of g_s to the cone of side s's
+  signed normals is at most ||r|| plus each sample's distance of ``c_i +
+  J_i(s_i)`` to the cone of its own (the triangle inequality; the cones
+  add), so ``sum_i 2^|K_i|`` small problems bound the 2^|K| sides. A jump's
+  part off N_i, of the order of the arguments' distance to their kink, is
+  in its sample's distance; where N_i holds the jumps and r = 0 the bound is
+  tight."""
   bound: float  # ||r|| + sum_i max over s_i of sample i's residual
   worst: np.ndarray  # bits of the side attaining every sample's largest
-  strict: bool  # every multiplier of every side positive
-  tangent: np.ndarray  # (n_params, n_params - dim sum N_i): the kinks' manifold
+  degenerate: bool  # some sample's normals on one of its sides dependent
+  # Per sample with a zero multiplier on some side (beyond the tolerance):
+  # its bits' positions, and its sides' bits with the kinks whose multiplier
+  # is zero there (those with none first, one of them kept).
+  zero_multipliers: tuple[tuple[np.ndarray, tuple[tuple[np.ndarray, np.ndarray], ...]], ...]
   worst_side: Side  # the side ``worst``, with its own residual
 
 
@@ -281,10 +291,6 @@ def sample_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
       side = _side_piece(problem, base, mask, above) if any(bits) else below
       own[bits] = (side.normals(flat, only), side.piece.grad - g_below)
     span = _span(np.vstack([normals for normals, _ in own.values()]))
-    for _, jump in own.values():
-      if np.linalg.norm(jump - span.T @ (span @ jump)) > _STRUCTURE_RTOL * (
-          np.linalg.norm(jump) + scale):
-        return None  # a gradient jump off the sample's normals
     sides.append(own)
     spans.append(span)
   stacked = np.vstack(spans)
@@ -293,18 +299,21 @@ def sample_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
     return None  # the samples' normals not independent
   coeffs = np.linalg.lstsq(stacked.T, g_below, rcond=None)[0]
   bound = float(np.linalg.norm(g_below - stacked.T @ coeffs))
-  worst, strict = np.zeros(n, bool), True
+  worst, degenerate, zero_multipliers = np.zeros(n, bool), False, []
   parts = np.split(coeffs, np.cumsum([len(span) for span in spans])[:-1])
   for group, own, span, part in zip(groups, sides, spans, parts):
-    largest = -1.0
+    largest, positive, zero = -1.0, [], []
     for bits, (normals, jump) in own.items():
       target = span.T @ part + jump
       multipliers = scipy.optimize.nnls(normals.T, target)[0]
       residual = float(np.linalg.norm(target - normals.T @ multipliers))
       if residual > largest:
         largest, worst[group] = residual, bits
-      strict &= bool(len(_span(normals)) == len(group) and np.all(
-          multipliers * np.linalg.norm(normals, axis=1) > residual_tol))
+      degenerate |= len(_span(normals)) < len(group)
+      free = multipliers * np.linalg.norm(normals, axis=1) <= residual_tol
+      (zero if free.any() else positive).append((np.array(bits), free))
+    if zero:
+      zero_multipliers.append((group, tuple(positive[:1] + zero)))
     bound += largest
   # Sample separability, checked at the side combining every sample's worst.
   mixed = side_at(problem, base, mask, worst)
@@ -313,21 +322,53 @@ def sample_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
   if np.linalg.norm(mixed.piece.grad - g_below - sum(jumps)) > (
       _STRUCTURE_RTOL * (scale + sum(map(np.linalg.norm, jumps)))):
     return None
-  return Structure(bound=bound, worst=worst, strict=strict,
-                   tangent=np.linalg.svd(stacked)[2][len(stacked):].T,
-                   worst_side=mixed)
+  return Structure(bound=bound, worst=worst, degenerate=degenerate,
+                   zero_multipliers=tuple(zero_multipliers), worst_side=mixed)
 
 
-def manifold_curvature(side: Side, tangent: np.ndarray, tol: Tolerances
-                        ) -> tuple[float, float, np.ndarray]:
-  """The smallest eigenvalue of the Hessian of L on the kinks' manifold
-  ``z_K = 0`` (the same for every side), its tolerance, and its direction
-  (in theta): the side's Lagrangian Hessian on the manifold's tangent, with
-  the multipliers of its gradient on the kinks' normals."""
+def critical_sides(structure: Structure, limit: int
+                   ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+  """The sides (bits) whose critical subspaces cover every side's, each
+  with the kinks free there (bits: a zero multiplier); None beyond
+  ``limit``.
+
+  On a stationary side s the kinks P with a positive multiplier stay at 0
+  to second order along any way down, and the others, Z, may move into the
+  side. On ``M_P = {z_P = 0}`` the pieces of every side that agrees with s
+  on Z coincide, so the Lagrangian's Hessian on its tangent depends on s
+  through Z and s_Z alone: one side per combination of the samples' own
+  zero-multiplier sides (or a side of theirs with none), the other samples
+  on their worst sides. With no zero multiplier, one side: the manifold
+  ``z_K = 0``."""
+  options = [choices for _, choices in structure.zero_multipliers]
+  if np.prod([len(choices) for choices in options]) > limit:
+    return None
+  combined = []
+  for combination in itertools.product(*options):
+    bits, free = structure.worst.copy(), np.zeros_like(structure.worst)
+    for (group, _), (own_bits, own_free) in zip(structure.zero_multipliers,
+                                                combination):
+      bits[group], free[group] = own_bits, own_free
+    combined.append((bits, free))
+  return combined
+
+
+def critical_curvature(side: Side, free: np.ndarray, tol: Tolerances
+                       ) -> tuple[float, float, np.ndarray]:
+  """The smallest eigenvalue of the side's Lagrangian Hessian on the
+  subspace where its kinked arguments other than ``free`` ((m, k) bool)
+  stay at 0, its tolerance, and its direction (in theta); with the
+  multipliers of the piece's gradient on those arguments' normals. With no
+  ``free`` argument: the Hessian of L on the kinks' manifold ``z_K = 0``
+  (the same for every side)."""
   flat = np.asarray(side.piece.flat)
-  normals = side.normals(flat, side.kinked)
-  multipliers = np.linalg.lstsq(normals.T, side.piece.grad, rcond=None)[0]
-  hess = side.lagrangian_hessian(flat, side.kinked, multipliers)
+  held = side.kinked & ~free
+  normals = side.normals(flat, held)
+  multipliers = (np.linalg.lstsq(normals.T, side.piece.grad, rcond=None)[0]
+                 if len(normals) else np.zeros(0))
+  hess = side.lagrangian_hessian(flat, held, multipliers)
+  tangent = (scipy.linalg.null_space(normals) if len(normals)
+             else np.eye(flat.size))
   values, vectors = np.linalg.eigh(tangent.T @ hess @ tangent)
   return (float(values[0]), tol.eig_tolerance(values[0], values[-1]),
           tangent @ vectors[:, 0])

@@ -81,7 +81,7 @@ def descend(side: pieces.Side, tol: Tolerances) -> np.ndarray:
   first-order residual. It ends when no step counts, or on a crawl, when
   the last ``_STALL_STEPS`` steps gained less than ``_STALL_FRACTION`` of
   the descent's gain (the continuation's next move examines the sides
-  again), then the Newton polish of the KKT conditions (``_polish``)."""
+  again), then the Newton polish of the KKT conditions (``polish``)."""
   piece, flat = side.piece, np.asarray(side.piece.flat)
   loss, grad = piece.loss_and_grad_at(flat)
   nu, held, multipliers = 1.0, np.zeros_like(side.kinked), np.zeros(0)
@@ -130,7 +130,7 @@ def descend(side: pieces.Side, tol: Tolerances) -> np.ndarray:
       flat, held, multipliers = candidate, active, trial_multipliers
       loss, grad = piece.loss_and_grad_at(flat)
       losses.append(loss)
-  return _polish(side, flat, tol)
+  return polish(side, flat, tol)
 
 
 def _first_order_residual(side: pieces.Side, flat: np.ndarray,
@@ -188,7 +188,7 @@ def _into_region(side: pieces.Side, flat: np.ndarray, tol: Tolerances
   return None
 
 
-def _polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
+def polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
   """Newton on the KKT conditions of the piece, the arguments at their kink
   with a positive multiplier held there (``_POLISH_STEPS`` steps, each kept
   only if L_s does not rise, brought back into the region), on the
