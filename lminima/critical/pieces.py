@@ -235,6 +235,9 @@ def side_at(problem: Problem, base: np.ndarray, kinked: np.ndarray,
       piece.grad - normals.T @ multipliers)))
 
 
+_Choice = tuple[np.ndarray, np.ndarray]  # a sample's side's bits, and free
+
+
 @dataclasses.dataclass(frozen=True)
 class Structure:
   """Kinks grouped by sample. Sample i's loss and kinked arguments depend on
@@ -254,7 +257,7 @@ class Structure:
   # Per sample with a zero multiplier on some side (beyond the tolerance):
   # its bits' positions, and its sides' bits with the kinks whose multiplier
   # is zero there (those with none first, one of them kept).
-  zero_multipliers: tuple[tuple[np.ndarray, tuple[tuple[np.ndarray, np.ndarray], ...]], ...]
+  zero_multipliers: tuple[tuple[np.ndarray, tuple[_Choice, ...]], ...]
   worst_side: Side  # the side ``worst``, with its own residual
 
 
