@@ -36,14 +36,15 @@ theta_0 (a piece's minimizer may lie outside its region). Verdicts:
   or, where one is not first-order stationary, by more than roundoff; the
   point is returned, and the continuation goes on from it;
 * ``kink_min``: every side (enumerated, or bounded at once) is first-order
-  stationary, and the probes found nothing lower than ``descent_rtol`` (no
-  probe where L is zero up to rounding, the global minimum value): a
-  nonsmooth local minimum, with that evidence;
+  stationary, or stationary to L's precision (a side above the tolerance
+  whose descent gained only roundoff, at the point and again at the
+  descent's polished end), and the probes found nothing lower than
+  ``descent_rtol`` (no probe where L is zero up to rounding, the global
+  minimum value): a nonsmooth local minimum, with that evidence;
 * ``undecided``: otherwise (a sample of sides found no way down, also after
-  one polish of the point on the worst of them; negative
-  curvature on a critical subspace without a lower value along it; or a
-  side not first-order stationary whose descent gained no more than
-  roundoff, also after one polish of the point);
+  one polish of the point on the worst of them; negative curvature on a
+  critical subspace without a lower value along it; or, off kinks, a
+  region not stationary whose descent gained no more than roundoff, twice);
 * ``differentiable``: on no kink, first-order stationary, and the descent
   from the perturbed starts found nothing lower (the smooth certificate's
   probe does not cross kinks; a plateau of dead units next to a kink that
@@ -267,12 +268,14 @@ def _descent_from_starts(problem: Problem, tol: Tolerances, max_sides: int
 
 
 def _decide(problem: Problem, tol: Tolerances, max_sides: int,
-            lm_max_params: int, *, polished: bool) -> KinkDecision:
+            lm_max_params: int, *, polished: bool, at_noise: bool = False
+            ) -> KinkDecision:
   mask, base, residual_tol = _kinks_at(problem, tol)
   loss, ref_loss = problem.loss, problem.reference_loss
   structure, sides, facts = _examine(problem, base, mask, max_sides,
                                      residual_tol)
-  stationary = facts["residual_max"] <= residual_tol
+  stationary = facts["residual_max"] <= residual_tol or (
+      at_noise and mask.any())
   if stationary and not facts["all_sides"] and not polished:
     # A sample of sides, all stationary: the structure's bound, a sum of
     # the samples' residuals, can exceed the tolerance where each is
@@ -350,16 +353,25 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
     if value < best_loss:
       best, best_loss, how = end, value, "descent from a perturbed start"
   decrease = tol.relative_decrease(loss, best_loss, ref_loss)
-  if not stationary and decrease <= LOSS_ROUNDOFF_RTOL and not polished:
-    # Residuals of a few tolerances, with descent at roundoff: the descent
-    # and the polish met the first-order conditions at a point as low as
-    # this one (up to roundoff); it is decided instead, once.
+  if not stationary and decrease <= LOSS_ROUNDOFF_RTOL and not at_noise:
+    # Residuals above the tolerance, with descent at roundoff. The descent
+    # and the polish may have met the first-order conditions at a point as
+    # low as this one (up to roundoff): decided there instead. Where the
+    # same happens there, no step lowers L beyond its roundoff: the point
+    # is stationary to L's precision, and decided as a stationary one.
     end = ends[0] if ends else best
     if problem.loss_and_grad_at(end)[0] <= loss * (1 + LOSS_ROUNDOFF_RTOL):
       return _decide(problem.at(problem.unravel(jnp.asarray(end))), tol,
-                     max_sides, lm_max_params, polished=True)
+                     max_sides, lm_max_params, polished=True,
+                     at_noise=polished)
   sides_text = (f"{facts['n_sides']} sides of {facts['n_kinks']} kinks"
                 + ("" if facts["all_sides"] else " (a sample)"))
+  first_order = (
+      f"first-order stationary (residual <= {facts['residual_max']:.1e}, "
+      f"tolerance {residual_tol:.1e}" if not at_noise else
+      f"stationary to L's precision (residual <= "
+      f"{facts['residual_max']:.1e}, above the tolerance {residual_tol:.1e}, "
+      f"but descent along the worst side gained only roundoff, twice")
   where = ("the kinks' manifold" if n_critical == 1 else
            f"the critical subspaces of {n_critical} sides (some multipliers "
            f"zero)")
@@ -374,15 +386,14 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
   elif curvature is not None and curvature[0] < -curvature[1]:
     verdict, reason = "undecided", (
         f"all {facts['n_sides']} sides of {facts['n_kinks']} kinks are "
-        f"first-order stationary, but the Lagrangian's Hessian on {where} "
+        f"{first_order}), but the Lagrangian's Hessian on {where} "
         f"has lambda_min {curvature[0]:.1e} < -{curvature[1]:.1e} and no lower "
         f"value was found along it")
   elif stationary and facts["all_sides"]:
     starts = (f"region-by-region descent from "
               f"{_KINK_PROBE_STARTS * tol.probe_starts - 1} perturbed starts")
     verdict, reason = "kink_min", (
-        f"all {sides_text} are first-order stationary (residual <= "
-        f"{facts['residual_max']:.1e}, tolerance {residual_tol:.1e}"
+        f"all {sides_text} are {first_order}"
         + (", bounded over every side" if structure is not None else "")
         + ") and "
         + ("L is zero (up to rounding)" if at_zero else
@@ -394,7 +405,7 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
            f"value (relative decrease {decrease:.1e})"))
   elif stationary:
     verdict, reason = "undecided", (
-        f"{sides_text}: all first-order stationary and no way down found "
+        f"{sides_text}: all {first_order}) and no way down found "
         f"by the probe on {len(followed)}, but not every side was examined")
   else:
     verdict, reason = "undecided", (
