@@ -5,15 +5,26 @@ moved off its minimum is reported as lowered (exit status 1), so the check
 can fail.
 """
 
+import importlib.util
 import os
 import tempfile
 
 from absl.testing import absltest
+import jax.numpy as jnp
 import numpy as np
 
 from lminima.study import sweep
 
-from _helpers import run_script
+from _helpers import REPO, run_script
+
+
+def _load_script(name):
+  """scripts/<name>.py as a module (its flags defined, not parsed)."""
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(REPO, "scripts", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 class CheckMinimaTest(absltest.TestCase):
@@ -53,6 +64,25 @@ class CheckMinimaTest(absltest.TestCase):
     self.assertEqual(done.returncode, 1, done.stderr)
     self.assertIn("LOWERED", done.stdout)
     self.assertIn("1 lowered", done.stdout)
+
+  def test_within_keeps_the_check_in_the_neighbourhood(self):
+    # |v| has a kink minimum at 0 with a jax gradient of 1 there; a deeper
+    # basin lies at v = -1 beyond a rise. L-BFGS-B's unit first step jumps
+    # into it; within the box of half-width 1e-3 it stays at the minimum.
+    check_minima = _load_script("check_minima")
+
+    def loss(v):
+      return (jnp.sum(jnp.abs(v))
+              - 3.0 * jnp.exp(-10.0 * jnp.sum((v + 1.0) ** 2)))
+    origin = np.zeros(1)
+    value = float(loss(jnp.asarray(origin)))
+    anywhere, distance = check_minima.lowest_reached(loss, origin, 50)
+    self.assertLess(anywhere, value - 1.0)
+    self.assertGreater(distance, 0.5)
+    local, distance = check_minima.lowest_reached(loss, origin, 50,
+                                                  within=1e-3)
+    self.assertGreaterEqual(local, value - 1e-12)
+    self.assertLessEqual(distance, 1e-3)
 
 
 if __name__ == "__main__":
