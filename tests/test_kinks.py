@@ -690,6 +690,15 @@ class KinksTest(parameterized.TestCase):
     self.assertEqual(decision.verdict, "kink_min")
     self.assertIn("stationary to L's precision", decision.reason)
     self.assertLessEqual(decision.loss, problem.loss * (1 + 1e-12))
+    # Where the structure cannot cover the sides' second order (here: too
+    # many combinations of zero multipliers), stationary to L's precision
+    # decides nothing: the sides are a sample.
+    with mock.patch.object(kinks, "_descent_from_starts",
+                           lambda p, *_: (np.asarray(p.flat), p.loss)), \
+        mock.patch.object(pieces, "critical_sides", lambda *_: None):
+      decision = kinks.decide_kink(problem)
+    self.assertEqual(decision.verdict, "undecided")
+    self.assertIn("not every side was examined", decision.reason)
 
   def test_too_many_kinks_are_sampled_not_enumerated(self):
     x = np.linspace(-1, 1, 9)  # all 9 samples on the kink: 512 sides

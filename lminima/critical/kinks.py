@@ -286,6 +286,12 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
         problem.loss_and_grad_at(end)[0] <= loss * (1 + LOSS_ROUNDOFF_RTOL)):
       return _decide(problem.at(problem.unravel(jnp.asarray(end))), tol,
                      max_sides, lm_max_params, polished=True)
+  critical = (pieces.critical_sides(structure, _MAX_CRITICAL_SIDES)
+              if structure is not None and not structure.degenerate else None)
+  if stationary and structure is not None and critical is None:
+    # Stationary to L's precision, where the structure bounds the sides'
+    # residuals but cannot cover their second order: a sample.
+    structure, facts["all_sides"] = None, False
   if stationary and not mask.any():
     # The smooth certificate's probe does not cross kinks: a plateau of
     # dead units next to a kink that leads down passes it.
@@ -318,7 +324,7 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
     # Every side stationary: a way down keeps the kinks with a positive
     # multiplier at 0 to second order (pieces.critical_sides).
     curvatures = []
-    for bits, free in pieces.critical_sides(structure, _MAX_CRITICAL_SIDES):
+    for bits, free in critical:
       free_args = np.zeros_like(mask)
       free_args[mask] = free  # bits run in the order of np.nonzero(mask)
       side = (sides[0] if np.array_equal(bits, structure.worst)
@@ -372,9 +378,9 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
       f"stationary to L's precision (residual <= "
       f"{facts['residual_max']:.1e}, above the tolerance {residual_tol:.1e}, "
       f"but descent along the worst side gained only roundoff, twice")
-  where = ("the kinks' manifold" if n_critical == 1 else
-           f"the critical subspaces of {n_critical} sides (some multipliers "
-           f"zero)")
+  where = (f"the critical subspaces of {n_critical} sides (some multipliers "
+           f"zero)" if structure is not None and structure.zero_multipliers
+           else "the kinks' manifold")
   # A side not stationary is followed on any decrease above roundoff (the
   # continuation's progress); a stationary one needs descent_rtol, the
   # certificate's refutation of a minimum.
