@@ -267,6 +267,18 @@ def _descent_from_starts(problem: Problem, tol: Tolerances, max_sides: int
   return best, best_loss
 
 
+def _decided_at(problem: Problem, end: np.ndarray, tol: Tolerances,
+                max_sides: int, lm_max_params: int, *, at_noise: bool
+                ) -> KinkDecision | None:
+  """The decision at ``end``, a polished point, where L there is no higher
+  than at the problem's point up to roundoff; else None."""
+  if not problem.loss_and_grad_at(end)[0] <= problem.loss * (
+      1 + LOSS_ROUNDOFF_RTOL):
+    return None
+  return _decide(problem.at(problem.unravel(jnp.asarray(end))), tol,
+                 max_sides, lm_max_params, polished=True, at_noise=at_noise)
+
+
 def _decide(problem: Problem, tol: Tolerances, max_sides: int,
             lm_max_params: int, *, polished: bool, at_noise: bool = False
             ) -> KinkDecision:
@@ -282,10 +294,10 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
     # roundoff and the arguments lie up to kink_tol from 0. Decided instead
     # at the point polished on the worst side (its kinks at 0), once.
     end = side_descent.polish(sides[0], np.asarray(problem.flat), tol)
-    if not np.array_equal(end, problem.flat) and (
-        problem.loss_and_grad_at(end)[0] <= loss * (1 + LOSS_ROUNDOFF_RTOL)):
-      return _decide(problem.at(problem.unravel(jnp.asarray(end))), tol,
-                     max_sides, lm_max_params, polished=True)
+    decision = (None if np.array_equal(end, problem.flat) else _decided_at(
+        problem, end, tol, max_sides, lm_max_params, at_noise=False))
+    if decision is not None:
+      return decision
   critical = (pieces.critical_sides(structure, _MAX_CRITICAL_SIDES)
               if structure is not None and not structure.degenerate else None)
   if stationary and structure is not None and critical is None:
@@ -365,11 +377,10 @@ def _decide(problem: Problem, tol: Tolerances, max_sides: int,
     # low as this one (up to roundoff): decided there instead. Where the
     # same happens there, no step lowers L beyond its roundoff: the point
     # is stationary to L's precision, and decided as a stationary one.
-    end = ends[0] if ends else best
-    if problem.loss_and_grad_at(end)[0] <= loss * (1 + LOSS_ROUNDOFF_RTOL):
-      return _decide(problem.at(problem.unravel(jnp.asarray(end))), tol,
-                     max_sides, lm_max_params, polished=True,
-                     at_noise=polished)
+    decision = _decided_at(problem, ends[0] if ends else best, tol,
+                           max_sides, lm_max_params, at_noise=polished)
+    if decision is not None:
+      return decision
   sides_text = (f"{facts['n_sides']} sides of {facts['n_kinks']} kinks"
                 + ("" if facts["all_sides"] else " (a sample)"))
   first_order = (

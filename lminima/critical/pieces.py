@@ -222,17 +222,26 @@ def _side_piece(problem: Problem, base: np.ndarray, kinked: np.ndarray,
               np.where(slopes == above_slope, 1.0, -1.0), kinked, 0.0)
 
 
+def cone_fit(normals: np.ndarray, vector: np.ndarray
+             ) -> tuple[np.ndarray, float]:
+  """The multipliers ``mu >= 0`` of ``vector`` on the rows of ``normals``
+  (nonnegative least squares) and the residual ``||vector - normals^T
+  mu||``: the first-order test of a side, ``vector`` its gradient. With no
+  normals, none and ``||vector||``."""
+  if not len(normals):
+    return np.zeros(0), float(np.linalg.norm(vector))
+  multipliers = scipy.optimize.nnls(normals.T, vector)[0]
+  return multipliers, float(np.linalg.norm(vector - normals.T @ multipliers))
+
+
 def side_at(problem: Problem, base: np.ndarray, kinked: np.ndarray,
             above: np.ndarray) -> Side:
   """The side ``above`` (bits, True: above) of the ``kinked`` arguments,
   the others at their slopes ``base``, with its first-order residual."""
   result = _side_piece(problem, base, kinked, above)
   piece = result.piece
-  normals = result.normals(piece.flat, kinked)
-  multipliers = (scipy.optimize.nnls(normals.T, piece.grad)[0] if len(normals)
-                 else np.zeros(0))
-  return dataclasses.replace(result, residual=float(np.linalg.norm(
-      piece.grad - normals.T @ multipliers)))
+  residual = cone_fit(result.normals(piece.flat, kinked), piece.grad)[1]
+  return dataclasses.replace(result, residual=residual)
 
 
 _Choice = tuple[np.ndarray, np.ndarray]  # a sample's side's bits, and free
@@ -307,9 +316,7 @@ def sample_structure(problem: Problem, base: np.ndarray, mask: np.ndarray,
   for group, own, span, part in zip(groups, sides, spans, parts):
     largest, positive, zero = -1.0, [], []
     for bits, (normals, jump) in own.items():
-      target = span.T @ part + jump
-      multipliers = scipy.optimize.nnls(normals.T, target)[0]
-      residual = float(np.linalg.norm(target - normals.T @ multipliers))
+      multipliers, residual = cone_fit(normals, span.T @ part + jump)
       if residual > largest:
         largest, worst[group] = residual, bits
       degenerate |= len(_span(normals)) < len(group)

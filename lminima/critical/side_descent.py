@@ -138,11 +138,8 @@ def _first_order_residual(side: pieces.Side, flat: np.ndarray,
   """``||g_s - sum_k mu_k n_k||`` at ``flat``, over the arguments within
   ``kink_tol`` of their kink, ``mu >= 0`` by nonnegative least squares."""
   near = np.abs(side.values(flat)) <= tol.kink_tol
-  normals = side.normals(flat, near)
-  grad = side.piece.loss_and_grad_at(flat)[1]
-  if not len(normals):
-    return float(np.linalg.norm(grad))
-  return float(scipy.optimize.nnls(normals.T, grad)[1])
+  return pieces.cone_fit(side.normals(flat, near),
+                         side.piece.loss_and_grad_at(flat)[1])[1]
 
 
 def _constrained_trial(side: pieces.Side, flat: np.ndarray,
@@ -203,8 +200,7 @@ def polish(side: pieces.Side, flat: np.ndarray, tol: Tolerances) -> np.ndarray:
     grad = side.piece.loss_and_grad_at(flat)[1]
     # Held: the arguments whose multiplier is positive; the rest leave
     # their kink into the side.
-    multipliers = (scipy.optimize.nnls(jacobian.T, grad)[0]
-                   if near.any() else np.zeros(0))
+    multipliers = pieces.cone_fit(jacobian, grad)[0]
     normals = jacobian[multipliers > 0]
     held = near.copy()
     held[near] = multipliers > 0
