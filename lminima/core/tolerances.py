@@ -63,6 +63,11 @@ class Tolerances:
       fraction of ``max(1, ||theta||)`` (at least 4 Newton steps).
     growth: a continuation whose ``||theta||`` grows by this factor while L
       never rises is escaping.
+    escape_fall, escape_spread, escape_points: the slow escape
+      (``lminima.critical.outcomes.gap_tracking``): over at least
+      ``escape_points`` iterations at the end of a path along which L never
+      rose and ``||theta||`` grew, ``||g|| / (L - L_inf)`` stayed within a
+      factor ``escape_spread`` while ``L - L_inf`` fell by ``escape_fall``.
     identity_rtol: the identities' gaps relative to ``max(L,
       identity_floor_rtol * L_ref)``: the floor puts the tolerance at the
       rounding of a projection of Y (about 1e-16 L_ref) where L is tiny.
@@ -83,6 +88,9 @@ class Tolerances:
   probe_radius_rtol: float = 1e-3
   proof_radius_rtol: float = 1e-6
   growth: float = 2.0
+  escape_fall: float = 10000.0
+  escape_spread: float = 3.0
+  escape_points: int = 20
   identity_rtol: float = 1e-8
   identity_floor_rtol: float = 1e-8
   euler_rtol: float = 1e-8
@@ -94,9 +102,10 @@ class Tolerances:
            for f in dataclasses.fields(self)
            if not (np.isfinite(getattr(self, f.name))
                    and getattr(self, f.name) >= 0)]
-    if not self.growth > 1:
-      bad.append(f"growth={self.growth!r} (must exceed 1)")
-    for name in ("probe_iters", "probe_starts"):
+    for name in ("growth", "escape_fall", "escape_spread"):
+      if not getattr(self, name) > 1:
+        bad.append(f"{name}={getattr(self, name)!r} (must exceed 1)")
+    for name in ("probe_iters", "probe_starts", "escape_points"):
       value = getattr(self, name)
       if not value >= 1 or int(value) != value:
         bad.append(f"{name}={value!r} (an integer >= 1)")

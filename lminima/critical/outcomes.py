@@ -175,6 +175,110 @@ def growth(begin: Problem, end: Problem) -> tuple[str, float]:
       float(np.linalg.norm(begin.flat)), 1e-300)
 
 
+_ENVELOPE = 5
+"""Path points over which ``gap_tracking`` takes the lower envelope of
+``||g|| / (L - L_inf)``."""
+_LOW = 0.1
+"""The quantile of the ratio's envelope that ``gap_tracking`` measures its
+spread from: iterates that cross the valley's floor have gradients below the
+trend, which say nothing against an escape (the Lojasiewicz bound is a lower
+bound on ``||g||``)."""
+_OFFSET_GRID = 600
+"""Candidate values of ``L_end - L_inf`` in ``gap_tracking``, 10% apart
+over 24 orders of magnitude below the window's fall in L."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GapTracking:
+  """The end of a path along which ``||g||`` tracks ``L - L_inf``.
+
+  Attributes:
+    start: the path index where the tracking window begins.
+    limit: the fitted ``L_inf``.
+    rate: ``a`` in ``||g|| ~ a (L - L_inf)``.
+    spread: ``max / min`` of ``||g|| / (L - L_inf)`` over the window.
+    fall: ``(L - L_inf)`` at the window's start over its value at the end.
+  """
+  start: int
+  limit: float
+  rate: float
+  spread: float
+  fall: float
+
+
+def gap_tracking(losses, grads, norms, tol: Tolerances) -> GapTracking | None:
+  """The longest end of a path on which ``||g||`` is proportional to the gap
+  ``L - L_inf`` to a limit below the last value, or None.
+
+  Near a critical point theta* of an analytic loss (tanh, sigmoid, the
+  squared loss) the Lojasiewicz inequality ``|L - L*|^t <= C ||g||`` holds
+  with ``t < 1``, so along a path converging to theta* the ratio
+  ``||g|| / (L - L*)`` grows without bound (as ``(L - L*)^(-1/2)`` at a
+  nondegenerate minimum). Where saturating units grow, ``L - L_inf`` shrinks
+  like ``exp(-a ||theta||)`` and ``||g|| ~ a (L - L_inf)``: the ratio stays
+  put while the gap falls by orders of magnitude, at a pace in ``||theta||``
+  that a damped Newton method can make logarithmic in its iterations.
+
+  A window (the path from some point to its end) qualifies when it has at
+  least ``tol.escape_points`` points, ``||theta||`` grew over it, and for
+  some ``L_inf`` the gap fell by ``tol.escape_fall`` while the ratio stayed
+  within a factor ``tol.escape_spread``. The ratio is taken as its lower
+  envelope over ``_ENVELOPE`` consecutive points: LM zig-zags across a narrow
+  valley, and the iterates that overshoot have gradients of the overshoot
+  (the Lojasiewicz bound holds at every point, so on the floor too). The
+  spread is the envelope's largest value over its ``_LOW`` quantile.
+  ``L_inf`` is the value on a grid (10% apart) that gives the least spread.
+
+  It is evidence, not proof: a minimum degenerate enough (``t`` close to 1)
+  passes. With the defaults, synthetic paths ``||g|| = (L - L*)^t`` that
+  approach a minimum pass from ``t = 0.8`` (``L - L*`` growing like the
+  fifth power of the distance) on (tests/test_outcomes.py).
+
+  Args:
+    losses, grads, norms: L, ``||g||`` and ``||theta||`` along the path.
+    tol: the shared tolerances.
+
+  Returns:
+    A ``GapTracking`` for the longest qualifying window tried (windows start
+    at twentieths of the path), or None.
+
+  Example:
+    >>> n = np.linspace(10, 20, 50)  # L = 0.25 + exp(-n), ||g|| = exp(-n)
+    >>> found = gap_tracking(0.25 + np.exp(-n), np.exp(-n), n, DEFAULT)
+    >>> found.start, round(found.limit, 6), round(found.rate, 1)
+    (0, 0.25, 1.0)
+    >>> # a nondegenerate minimum at L* = 0.25: ||g|| ~ sqrt(L - L*)
+    >>> gap_tracking(0.25 + np.exp(-n), np.exp(-n / 2), n, DEFAULT) is None
+    True
+  """
+  losses, grads, norms = (np.asarray(v, np.float64)
+                          for v in (losses, grads, norms))
+  last = len(losses) - max(tol.escape_points, _ENVELOPE)
+  for start in sorted(set(np.linspace(0, max(last, 0), 21).astype(int))):
+    if last < 0:
+      break
+    drop = losses[start:] - losses[-1]
+    if not (np.all(grads[start:] > 0) and drop[0] > 0
+            and norms[-1] > norms[start]):
+      continue
+    offsets = drop[0] * 1.1 ** -np.arange(_OFFSET_GRID)  # L_end - L_inf
+    ratio = grads[start:] / (drop + offsets[:, None])
+    envelope = np.min(np.lib.stride_tricks.sliding_window_view(
+        ratio, _ENVELOPE, axis=1), axis=2)
+    # The envelope's last window ends at the path's end: the fall is
+    # measured to that window's first point, the last the envelope saw whole.
+    spreads = envelope.max(axis=1) / np.quantile(envelope, _LOW, axis=1)
+    falls = (drop[0] + offsets) / (drop[-_ENVELOPE] + offsets)
+    spreads[falls < tol.escape_fall] = np.inf
+    best = int(np.argmin(spreads))
+    if spreads[best] <= tol.escape_spread:
+      return GapTracking(
+          start=int(start), limit=float(losses[-1] - offsets[best]),
+          rate=float(np.median(envelope[best])), spread=float(spreads[best]),
+          fall=float(falls[best]))
+  return None
+
+
 def _asymptotic_loss(losses: np.ndarray, norms: np.ndarray) -> float:
   """Intercept of L ~ L_inf + s / ||theta|| over the second half, clipped."""
   half = slice(len(losses) // 2, None)
@@ -217,6 +321,11 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   kinked = pieces.supports_kinks(start)
   if refined.converged:
     cert = certify.certificate(start, **cert_options)
+    on_escape = _probed_on_escape(cert, kinked, refined.loss_history,
+                                  refined.grad_norm_history,
+                                  refined.param_norm_history, tol)
+    if on_escape:
+      moved = "; the refinement's path is a slow escape"
     if cert.verdict == "local_min" and kinked:
       # The certificate's probe does not cross kinks; the kink decision's
       # descent from perturbed starts does.
@@ -225,7 +334,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
         return _decided(cert, refined, start, continued=False)
       start = start.at(kink.params)
       moved = f"; the kink decision: {kink.reason}"
-    elif cert.verdict in DECIDED_BY_CERTIFICATE and not (
+    elif cert.verdict in DECIDED_BY_CERTIFICATE and not on_escape and not (
         cert.verdict == "non_differentiable" and kinked):
       return _decided(cert, refined, start, continued=False)
     elif cert.probe is not None:  # went lower: continue from there
@@ -242,8 +351,9 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   # The path from the trained point: refinement, then the continuation. For
   # models with kinks it moves region by region (lminima.critical.kinks),
   # and LM takes over where no kink is near.
-  losses, norms = (list(refined.loss_history),
-                   list(refined.param_norm_history))
+  losses, grads, norms = (list(refined.loss_history),
+                          list(refined.grad_norm_history),
+                          list(refined.param_norm_history))
   iters, kink, end, end_cert = refined.iters, None, start, None
   budget_end = refined.iters + fate_iters
   while True:
@@ -251,8 +361,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
       kink = kinks.decide_kink(end, tol=tol, lm_max_params=lm_max_params)
       if kink.verdict == "descends":
         end, kink = end.at(kink.params), None
-        losses.append(end.loss)
-        norms.append(float(np.linalg.norm(end.flat)))
+        _extend(losses, grads, norms, end)
         iters += 1
         continue
       if kink.verdict != "differentiable":
@@ -267,6 +376,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
                  max_iters=max(budget_end - iters, 0), escape_ratio=None,
                  lm_max_params=lm_max_params)
     losses += run.loss_history[1:]
+    grads += run.grad_norm_history[1:]
     norms += run.param_norm_history[1:]
     iters += run.iters
     end = end.at(run.params)
@@ -279,8 +389,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
         break
       # The probe went lower: on from there.
       end, end_cert = end.at(end_cert.probe.params), None
-      losses.append(end.loss)
-      norms.append(float(np.linalg.norm(end.flat)))
+      _extend(losses, grads, norms, end)
       iters += 1
   losses, norms = np.asarray(losses), np.asarray(norms)
   rises = np.diff(losses) > LOSS_ROUNDOFF_RTOL * np.abs(losses[:-1])
@@ -289,7 +398,10 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   evidence = dict(refined=refined, iters=iters, losses=losses, norms=norms,
                   monotone=monotone, begin=problem,
                   end=end, kink=kink)
-  escaping = monotone and ratio >= tol.growth
+  # The slow escape's test asks for an analytic loss: not for kinked models.
+  tracking = (None if kinked or not monotone
+              else gap_tracking(losses, grads, norms, tol))
+  escaping = monotone and (ratio >= tol.growth or tracking is not None)
   # A kink minimum at finite loss is a minimum however far the path went;
   # at zero loss far out, an escape (as below).
   if kink is not None and kink.verdict == "kink_min" and not (
@@ -301,11 +413,16 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
     # L reaching rounding on a path to infinity is an escape, not a minimum.
     at_zero_far_out = escaping and tol.is_zero_loss(cert.loss,
                                                     end.reference_loss)
-    if cert.verdict in DECIDED_BY_CERTIFICATE and not at_zero_far_out:
+    # A minimum only the probe found (no second-order proof) on a path that
+    # tracks an escape is a plateau the probe's threshold cannot resolve.
+    on_escape = (tracking is not None and cert.verdict == "local_min"
+                 and not cert.proof)
+    if (cert.verdict in DECIDED_BY_CERTIFICATE and not at_zero_far_out
+        and not on_escape):
       return _decided(cert, refined, end, continued=True, **{
           k: v for k, v in evidence.items()
           if k not in ("refined", "end", "kink")})
-  if escaping:
+  if escaping and ratio >= tol.growth:
     asymptotic = _asymptotic_loss(losses, norms)
     return _continued(
         "escaping", f"L fell monotonically from {losses[0]:.6g} to "
@@ -313,6 +430,17 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
         f"iterations (||g|| = {end.grad_norm:.1e}); L_inf <= {losses[-1]:.3g}"
         f", extrapolated {asymptotic:.3g}", cert=cert,
         asymptotic=asymptotic, **evidence)
+  if escaping:
+    asymptotic = float(np.clip(tracking.limit, 0.0, losses[-1]))
+    return _continued(
+        "escaping", f"L fell monotonically from {losses[0]:.6g} to "
+        f"{losses[-1]:.6g} in {iters} iterations while {size} grew "
+        f"{ratio:.2f}x, and over the last {len(losses) - tracking.start} "
+        f"||g|| tracked L - L_inf: ||g|| / (L - L_inf) stayed within "
+        f"{tracking.spread:.2f}x while L - L_inf fell {tracking.fall:.3g}-"
+        f"fold (a slow escape; at a critical point the ratio grows without "
+        f"bound); L_inf <= {losses[-1]:.3g}, fitted {tracking.limit:.6g}",
+        cert=cert, asymptotic=asymptotic, **evidence)
   if kink is not None:
     reason = (f"{what}; the continuation ended after {iters} iterations: "
               f"{kink.reason}")
@@ -329,6 +457,19 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
               f"in {iters} iterations while ||g|| = {run.grad_norm:.1e}")
   return _continued("undecided", reason, cert=cert, asymptotic=None,
                     **evidence)
+
+
+def _extend(losses: list, grads: list, norms: list, point: Problem) -> None:
+  losses.append(point.loss)
+  grads.append(point.grad_norm)
+  norms.append(float(np.linalg.norm(point.flat)))
+
+
+def _probed_on_escape(cert: certify.Certificate, kinked: bool, losses, grads,
+                      norms, tol: Tolerances) -> bool:
+  """A ``local_min`` only the probe found, on a path that tracks an escape."""
+  return (cert.verdict == "local_min" and not cert.proof and not kinked
+          and gap_tracking(losses, grads, norms, tol) is not None)
 
 
 def certificate_reason(cert: certify.Certificate, ref_loss: float) -> str:
