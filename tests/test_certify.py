@@ -588,7 +588,8 @@ class InputTest(absltest.TestCase):
       lminima.certificate(problem, dense_max_params=-1)
     for kwargs in (dict(grad_rtol=-1.0), dict(kink_tol=-1.0),
                    dict(eig_rtol=float("nan")), dict(probe_iters=0),
-                   dict(growth=1.0)):
+                   dict(growth=1.0), dict(escape_fall=0.5),
+                   dict(escape_spread=1.0), dict(escape_points=2.5)):
       with self.subTest(**kwargs):
         with self.assertRaisesRegex(ValueError, "Tolerances: need"):
           Tolerances(**kwargs)
