@@ -23,6 +23,7 @@ from lminima.core.models import MLP
 from lminima.core.tolerances import DEFAULT, Tolerances
 from lminima.critical import certify
 from lminima.critical import outcomes as outcomes_lib
+from lminima.critical import refinement
 from lminima.study import claims
 
 from _helpers import flax_variables, gaussian_data
@@ -227,7 +228,7 @@ class SlowEscapeTest(parameterized.TestCase):
     self.assertEqual(decision.outcome, "escaping", decision.reason)
     self.assertIn("a slow escape", decision.reason)
     self.assertLess(decision.param_norm_end, 100 * decision.param_norm_start)
-    self.assertLess(decision.asymptotic_loss, 1e-17)
+    self.assertLess(decision.asymptotic_loss, decision.loss_end / 10)
     # The reference: L falls further at a larger w.
     end_w = decision.param_norm_end
     self.assertLess(_saturating_problem(end_w + 1.0).loss, decision.loss_end)
@@ -236,6 +237,18 @@ class SlowEscapeTest(parameterized.TestCase):
         _saturating_problem(20.0), max_iters=5, fate_iters=25,
         tol=dataclasses.replace(tol, escape_fall=1e30))
     self.assertEqual(decision.outcome, "undecided", decision.reason)
+
+  def test_the_path_stops_where_the_escape_is_seen(self):
+    # The continuation's budget would take w past 300; the slow-escape test,
+    # run every refinement.STOP_WHEN_EVERY iterations, stops it early.
+    decision = outcomes_lib.decide_member(
+        _saturating_problem(20.0), tol=Tolerances(growth=100.0),
+        max_iters=5, fate_iters=200)
+    self.assertEqual(decision.outcome, "escaping", decision.reason)
+    self.assertIn("a slow escape", decision.reason)
+    self.assertLess(decision.iters, 60)
+    self.assertEqual((decision.iters - decision.refined.iters)
+                     % refinement.STOP_WHEN_EVERY, 0)
 
   def test_a_minimum_only_the_probe_found_on_an_escape_is_an_escape(self):
     # A lenient gradient test lets refinement stop on the plateau's slope

@@ -293,6 +293,20 @@ class EscapeTest(absltest.TestCase):
     self.assertLess(_numpy_tanh_loss(result.params, self.x, self.y), 1e-10)
     self.assertGreater(_numpy_tanh_loss(result.params, self.x, self.y), 0)
 
+  def test_stop_when_is_asked_every_few_iterations(self):
+    asked = []
+
+    def stop_when(losses, grads, norms):
+      asked.append((len(losses), len(grads), len(norms)))
+      return len(asked) == 2
+    result = lminima.refine(self.problem, escape_ratio=None,
+                            stop_on_grad=False, max_iters=100,
+                            stop_when=stop_when)
+    every = refinement.STOP_WHEN_EVERY
+    self.assertEqual(asked, [(every + 1,) * 3, (2 * every + 1,) * 3])
+    self.assertEqual((result.stop_reason, result.iters),
+                     ("stop_when", 2 * every))
+
   def test_restores_blas_threads(self):
     before = threadpoolctl.threadpool_info()
     lminima.refine(self.problem, max_iters=2)

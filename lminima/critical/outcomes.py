@@ -314,11 +314,16 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   tol = DEFAULT if tol is None else tol
   cert_options = dict(tol=tol, dense_max_params=dense_max_params,
                       lm_max_params=lm_max_params, key=key)
+  kinked = pieces.supports_kinks(problem)
+  # A path that ends in a slow escape stops there (checked every
+  # refinement.STOP_WHEN_EVERY iterations); the test asks for an analytic
+  # loss: not for kinked models.
   refined = refine(problem, method=method, tol=tol, max_iters=max_iters,
-                   lm_max_params=lm_max_params)
+                   lm_max_params=lm_max_params,
+                   stop_when=None if kinked else _slow_escape_test((), tol))
+  escaped = refined.stop_reason == "stop_when"
   start = problem.at(refined.params)
   cert, moved = None, ""
-  kinked = pieces.supports_kinks(start)
   if refined.converged:
     cert = certify.certificate(start, **cert_options)
     on_escape = _probed_on_escape(cert, kinked, refined.loss_history,
@@ -341,10 +346,10 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
       start = start.at(cert.probe.params)
   what = (f"refinement stopped ({refined.stop_reason})" if cert is None
           else f"the certificate found {cert.verdict}{moved}")
-  if not fate_iters:
+  if not fate_iters and not escaped:
     return _at_point("undecided", f"{what}; no continuation (fate_iters=0)",
                      refined, cert, start)
-  if start.n_params > lm_max_params:
+  if start.n_params > lm_max_params and not escaped:
     return _at_point("undecided", f"{what}; the continuation needs the dense "
                      f"Hessian (n_params {start.n_params} > lm_max_params "
                      f"{lm_max_params})", refined, cert, start)
@@ -355,8 +360,8 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
                           list(refined.grad_norm_history),
                           list(refined.param_norm_history))
   iters, kink, end, end_cert = refined.iters, None, start, None
-  budget_end = refined.iters + fate_iters
-  while True:
+  settled, budget_end = False, refined.iters + fate_iters
+  while not escaped:
     if kinked and iters < budget_end:
       kink = kinks.decide_kink(end, tol=tol, lm_max_params=lm_max_params)
       if kink.verdict == "descends":
@@ -374,7 +379,8 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
       iters += 1
     run = refine(end, method="lm", tol=tol, stop_on_grad=False,
                  max_iters=max(budget_end - iters, 0), escape_ratio=None,
-                 lm_max_params=lm_max_params)
+                 lm_max_params=lm_max_params, stop_when=None if kinked else
+                 _slow_escape_test((losses, grads, norms), tol))
     losses += run.loss_history[1:]
     grads += run.grad_norm_history[1:]
     norms += run.param_norm_history[1:]
@@ -392,7 +398,7 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
       _extend(losses, grads, norms, end)
       iters += 1
   losses, norms = np.asarray(losses), np.asarray(norms)
-  rises = np.diff(losses) > LOSS_ROUNDOFF_RTOL * np.abs(losses[:-1])
+  rises = _rises(losses)
   monotone = not bool(np.any(rises))
   size, ratio = growth(problem, end)
   evidence = dict(refined=refined, iters=iters, losses=losses, norms=norms,
@@ -457,6 +463,24 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
               f"in {iters} iterations while ||g|| = {run.grad_norm:.1e}")
   return _continued("undecided", reason, cert=cert, asymptotic=None,
                     **evidence)
+
+
+def _rises(losses) -> np.ndarray:
+  """Where L rose along a path beyond roundoff."""
+  losses = np.asarray(losses)
+  return np.diff(losses) > LOSS_ROUNDOFF_RTOL * np.abs(losses[:-1])
+
+
+def _slow_escape_test(before, tol: Tolerances):
+  """``refine``'s ``stop_when``: the path (``before``, the lists of L,
+  ``||g||`` and ``||theta||`` so far, or empty; then the run's, whose first
+  point is the last of ``before``) never rose and ends in a slow escape."""
+  def test(*run):
+    path = [list(done) + list(new[1:]) for done, new in zip(before, run)
+            ] if before else run
+    return (not np.any(_rises(path[0]))
+            and gap_tracking(*path, tol) is not None)
+  return test
 
 
 def _extend(losses: list, grads: list, norms: list, point: Problem) -> None:

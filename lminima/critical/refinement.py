@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +64,10 @@ from lminima.dtypes import EXACT_DTYPE
 from lminima.linalg import minres as minres_lib
 
 METHODS = ("auto", "lm", "newton_mr")
-STOP_REASONS = ("grad_tol", "max_iters", "stalled", "non_finite", "escaping")
+STOP_REASONS = ("grad_tol", "max_iters", "stalled", "non_finite", "escaping",
+                "stop_when")
+STOP_WHEN_EVERY = 10
+"""Iterations between two calls of ``refine``'s ``stop_when``."""
 
 # Relative size below which a change of L is float64 roundoff of the sum of
 # m * d_y squares; the LM ratio test then falls back to the gradient norm.
@@ -90,7 +93,8 @@ class RefineResult:
       grad_tolerance`` of its L and ``||H||``; 0 without the gradient stop).
     stop_reason: one of ``STOP_REASONS``: ``"grad_tol"``, ``"max_iters"``,
       ``"stalled"`` (no step decreased the merit function), ``"non_finite"``
-      or ``"escaping"`` (the parameter norm outgrew ``escape_ratio``).
+      ``"escaping"`` (the parameter norm outgrew ``escape_ratio``) or
+      ``"stop_when"`` (the caller's test said so).
     grad_norm_history: ``||g||`` at the start and after every iteration.
     loss_history: L at the start and after every iteration.
     param_norm_history: ``||theta||_2`` at the start and after every iteration
@@ -275,7 +279,9 @@ def refine(problem: Problem, *, method: str = "lm",
            tol: Tolerances | None = None, stop_on_grad: bool = True,
            max_iters: int = 100, lm_max_params: int = 5000,
            escape_ratio: float | None = 5.0,
-           minres_max_iters: int = 1000) -> RefineResult:
+           minres_max_iters: int = 1000,
+           stop_when: Callable[[list, list, list], bool] | None = None
+           ) -> RefineResult:
   """Drives the problem's point to a critical point of its loss, in float64.
 
   See the module docstring for the two methods. Stops when the point is
@@ -300,6 +306,10 @@ def refine(problem: Problem, *, method: str = "lm",
       never stops for it.
     minres_max_iters: cap on MINRES steps (Hessian-vector products) per
       Newton-MR iteration.
+    stop_when: called every ``STOP_WHEN_EVERY`` iterations with the run's
+      histories so far (L, ``||g||``, ``||theta||``, as in the result); True
+      stops with ``"stop_when"`` (the continuation's test for slow escapes,
+      ``lminima.critical.outcomes``).
 
   Returns:
     A ``RefineResult``; ``problem.at(result.params)`` is the refined problem.
@@ -346,6 +356,10 @@ def refine(problem: Problem, *, method: str = "lm",
   nu, iters, stop_reason = 1.0, 0, "max_iters"
   with serial_blas():
     while True:
+      if (stop_when is not None and iters and iters % STOP_WHEN_EVERY == 0
+          and stop_when(losses, history, norms)):
+        stop_reason = "stop_when"
+        break
       finite = math.isfinite(loss) and math.isfinite(history[-1])
       if method == "lm" and finite:
         lam, vecs = np.linalg.eigh(problem.dense_hessian_at(flat))
