@@ -39,10 +39,16 @@ that did not diverge (docs/theory.md#escape-to-infinity):
      ``L_inf`` is bracketed above by the last value reached
      (``fate_loss``); ``fate_asymptotic_loss`` is an extrapolation of
      ``L = L_inf + s / ||theta||`` over the second half of the path, labelled
-     as such, not a bound. A member whose L tends to 0 this way is
-     escaping, never a local minimum and never zero-loss; one whose path
-     ends at a certified minimum (``local_min``, ``kink_min``) at finite
-     loss is that minimum, however far the path went;
+     as such, not a bound. Also ``escaping``: a path along which L never
+     rose and whose end is a slow escape (``gap_tracking``: ``||g||``
+     proportional to ``L - L_inf`` while the gap falls by orders of
+     magnitude, which no path converging to a critical point of an analytic
+     loss shows); refinement and continuation stop as soon as that is seen
+     (``refine``'s ``stop_when``), and a ``local_min`` found only by the
+     probe on such a path is not accepted. A member whose L tends to 0
+     this way is escaping, never a local minimum and never zero-loss; one
+     whose path ends at a certified minimum (``local_min``, ``kink_min``)
+     at finite loss is that minimum, however far the path went;
    * ``undecided``, with the reason (the norm grew too little, the loss rose,
      LM stopped where the certificate decided nothing, or the kink decision
      decided nothing).
