@@ -189,9 +189,31 @@ _LOW = 0.1
 spread from: iterates that cross the valley's floor have gradients below the
 trend, which say nothing against an escape (the Lojasiewicz bound is a lower
 bound on ``||g||``)."""
-_OFFSET_GRID = 600
-"""Candidate values of ``L_end - L_inf`` in ``gap_tracking``, 10% apart
-over 24 orders of magnitude below the window's fall in L."""
+_COARSE = 10.0 ** -np.arange(0, 24.01, 0.25)
+_FINE = 1.1 ** np.arange(-12, 13)
+"""Candidate values of ``L_end - L_inf`` in ``gap_tracking``, relative to
+the window's fall in L: a quarter of a decade apart over 24 orders of
+magnitude, then 10% apart around the best of those."""
+
+
+def _envelope(ratio: np.ndarray) -> np.ndarray:
+  """The lower envelope over ``_ENVELOPE`` consecutive points (last axis)."""
+  return np.min(np.lib.stride_tricks.sliding_window_view(
+      ratio, _ENVELOPE, axis=-1), axis=-1)
+
+
+def _spreads(drop: np.ndarray, grads: np.ndarray, offsets: np.ndarray,
+             tol: Tolerances) -> tuple[np.ndarray, np.ndarray]:
+  """For each offset ``L_end - L_inf``: the spread of the ratio's envelope
+  (inf where the gap falls less than ``tol.escape_fall``) and the fall."""
+  envelope = _envelope(grads / (drop + offsets[:, None]))
+  low = max(int(_LOW * (envelope.shape[1] - 1)), 0)
+  spreads = envelope.max(axis=1) / np.partition(envelope, low, axis=1)[:, low]
+  # The envelope's last window ends at the path's end: the fall is measured
+  # to that window's first point, the last the envelope saw whole.
+  falls = (drop[0] + offsets) / (drop[-_ENVELOPE] + offsets)
+  spreads[falls < tol.escape_fall] = np.inf
+  return spreads, falls
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +224,10 @@ class GapTracking:
     start: the path index where the tracking window begins.
     limit: the fitted ``L_inf``.
     rate: ``a`` in ``||g|| ~ a (L - L_inf)``.
-    spread: ``max / min`` of ``||g|| / (L - L_inf)`` over the window.
-    fall: ``(L - L_inf)`` at the window's start over its value at the end.
+    spread: the largest value of ``||g|| / (L - L_inf)`` (its lower
+      envelope) over the window, relative to its ``_LOW`` quantile.
+    fall: ``L - L_inf`` at the window's start over its value where the
+      envelope's last window starts.
   """
   start: int
   limit: float
@@ -233,7 +257,8 @@ def gap_tracking(losses, grads, norms, tol: Tolerances) -> GapTracking | None:
   valley, and the iterates that overshoot have gradients of the overshoot
   (the Lojasiewicz bound holds at every point, so on the floor too). The
   spread is the envelope's largest value over its ``_LOW`` quantile.
-  ``L_inf`` is the value on a grid (10% apart) that gives the least spread.
+  ``L_inf`` is the value that gives the least spread, on a grid a quarter
+  of a decade apart and then 10% apart around its best.
 
   It is evidence, not proof: a minimum degenerate enough (``t`` close to 1)
   passes. With the defaults, synthetic paths ``||g|| = (L - L*)^t`` that
@@ -260,27 +285,25 @@ def gap_tracking(losses, grads, norms, tol: Tolerances) -> GapTracking | None:
   losses, grads, norms = (np.asarray(v, np.float64)
                           for v in (losses, grads, norms))
   last = len(losses) - max(tol.escape_points, _ENVELOPE)
-  for start in sorted(set(np.linspace(0, max(last, 0), 21).astype(int))):
-    if last < 0:
-      break
+  if last < 0:
+    return None
+  for start in sorted(set(np.linspace(0, last, 21).astype(int))):
     drop = losses[start:] - losses[-1]
     if not (np.all(grads[start:] > 0) and drop[0] > 0
             and norms[-1] > norms[start]):
       continue
-    offsets = drop[0] * 1.1 ** -np.arange(_OFFSET_GRID)  # L_end - L_inf
-    ratio = grads[start:] / (drop + offsets[:, None])
-    envelope = np.min(np.lib.stride_tricks.sliding_window_view(
-        ratio, _ENVELOPE, axis=1), axis=2)
-    # The envelope's last window ends at the path's end: the fall is
-    # measured to that window's first point, the last the envelope saw whole.
-    spreads = envelope.max(axis=1) / np.quantile(envelope, _LOW, axis=1)
-    falls = (drop[0] + offsets) / (drop[-_ENVELOPE] + offsets)
-    spreads[falls < tol.escape_fall] = np.inf
+    # L_end - L_inf: the best of a coarse grid, then 10% steps around it.
+    coarse = _spreads(drop, grads[start:], drop[0] * _COARSE, tol)[0]
+    if np.all(np.isinf(coarse)):
+      continue
+    offsets = drop[0] * _COARSE[int(np.argmin(coarse))] * _FINE
+    spreads, falls = _spreads(drop, grads[start:], offsets, tol)
     best = int(np.argmin(spreads))
     if spreads[best] <= tol.escape_spread:
+      envelope = _envelope(grads[start:] / (drop + offsets[best]))
       return GapTracking(
           start=int(start), limit=float(losses[-1] - offsets[best]),
-          rate=float(np.median(envelope[best])), spread=float(spreads[best]),
+          rate=float(np.median(envelope)), spread=float(spreads[best]),
           fall=float(falls[best]))
   return None
 
