@@ -186,6 +186,19 @@ class SlowEscapeTest(parameterized.TestCase):
     self.assertIsNone(outcomes_lib.gap_tracking([1.0, 0.5], [1.0, 0.5],
                                                 [1.0, 2.0], DEFAULT))
 
+  def test_a_path_that_reaches_its_limit_is_not_an_escape(self):
+    # digits depth 1 width 8 seed 0 (96 LM iterations): L fell from 0.110 to
+    # 0.0976 while ||theta|| grew 146x, then stayed at that value up to
+    # roundoff (once 1.4e-17 below its last value) with ||g|| at roundoff.
+    # No gap is left to follow: an offset small enough to fit the end
+    # would make the gap negative at the dip.
+    with np.load(os.path.join(os.path.dirname(__file__), "data",
+                              "digits_far_plateau_path.npz")) as path:
+      losses, grads, norms = path["losses"], path["grads"], path["norms"]
+    self.assertLess(np.min(losses), losses[-1])
+    self.assertIsNone(outcomes_lib.gap_tracking(losses, grads, norms,
+                                                DEFAULT))
+
   def test_recorded_digits_path(self):
     # The refinement and continuation of digits depth 3 width 4 seed 0
     # (tanh; 400 LM iterations): ||theta|| grew 1.6x, L fell to

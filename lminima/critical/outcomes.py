@@ -206,13 +206,20 @@ def _spreads(drop: np.ndarray, grads: np.ndarray, offsets: np.ndarray,
              tol: Tolerances) -> tuple[np.ndarray, np.ndarray]:
   """For each offset ``L_end - L_inf``: the spread of the ratio's envelope
   (inf where the gap falls less than ``tol.escape_fall``) and the fall."""
-  envelope = _envelope(grads / (drop + offsets[:, None]))
+  gap = drop + offsets[:, None]
+  ratio = grads / gap
+  envelope = _envelope(ratio)
   low = max(int(_LOW * (envelope.shape[1] - 1)), 0)
-  spreads = envelope.max(axis=1) / np.partition(envelope, low, axis=1)[:, low]
-  # The envelope's last window ends at the path's end: the fall is measured
-  # to that window's first point, the last the envelope saw whole.
-  falls = (drop[0] + offsets) / (drop[-_ENVELOPE] + offsets)
-  spreads[falls < tol.escape_fall] = np.inf
+  # A path that converges to a critical point ends with the ratio growing
+  # without bound (L_inf = L*) or falling to 0 (L_inf below L*). The
+  # envelope's last window would hide either, so the end is read raw: the
+  # lower of the last two points (one of them on the floor of a zig-zag).
+  end = np.min(ratio[:, -2:], axis=1)
+  spreads = (np.maximum(envelope.max(axis=1), end)
+             / np.minimum(np.partition(envelope, low, axis=1)[:, low], end))
+  falls = (drop[0] + offsets) / offsets  # drop[-1] = 0
+  # L below its last value (by roundoff) leaves no gap there to follow.
+  spreads[(falls < tol.escape_fall) | np.any(gap <= 0, axis=1)] = np.inf
   return spreads, falls
 
 
@@ -225,9 +232,9 @@ class GapTracking:
     limit: the fitted ``L_inf``.
     rate: ``a`` in ``||g|| ~ a (L - L_inf)``.
     spread: the largest value of ``||g|| / (L - L_inf)`` (its lower
-      envelope) over the window, relative to its ``_LOW`` quantile.
-    fall: ``L - L_inf`` at the window's start over its value where the
-      envelope's last window starts.
+      envelope, and its value at the end) over the window, relative to the
+      envelope's ``_LOW`` quantile or the end's value, whichever is lower.
+    fall: ``L - L_inf`` at the window's start over its value at the end.
   """
   start: int
   limit: float
@@ -256,7 +263,12 @@ def gap_tracking(losses, grads, norms, tol: Tolerances) -> GapTracking | None:
   envelope over ``_ENVELOPE`` consecutive points: LM zig-zags across a narrow
   valley, and the iterates that overshoot have gradients of the overshoot
   (the Lojasiewicz bound holds at every point, so on the floor too). The
-  spread is the envelope's largest value over its ``_LOW`` quantile.
+  spread is the envelope's largest value over its ``_LOW`` quantile: points
+  below the trend (iterates that cross the floor) say nothing against an
+  escape. The path's end counts on both sides: a path that converges to a
+  critical point ends with the ratio growing without bound (``L_inf = L*``)
+  or falling to 0 (``L_inf`` below ``L*``), so the lower of the last two
+  raw ratios must lie within the spread too.
   ``L_inf`` is the value that gives the least spread, on a grid a quarter
   of a decade apart and then 10% apart around its best.
 
