@@ -589,11 +589,13 @@ class CoverageTest(absltest.TestCase):
   def test_off_by_default_and_the_fingerprint_unchanged(self):
     config = sweep.get_config()
     self.assertEqual((config.min_certified, config.max_members), (0, 0))
-    # The fingerprint of the default config before these fields existed:
-    # workdirs recorded then stay resumable, and can be extended.
-    self.assertEqual(sweep.config_fingerprint(config), "96149db0a8e04b3e")
+    # The coverage fields are not in the fingerprint: workdirs recorded
+    # before they existed stay resumable, and can be extended. (The pinned
+    # value is the default config's since the tolerances for slow escapes,
+    # which change members' outcomes and so the fingerprint.)
+    self.assertEqual(sweep.config_fingerprint(config), "94b177741c7437d1")
     config.min_certified, config.max_members = 5, 30
-    self.assertEqual(sweep.config_fingerprint(config), "96149db0a8e04b3e")
+    self.assertEqual(sweep.config_fingerprint(config), "94b177741c7437d1")
 
 
 if __name__ == "__main__":
