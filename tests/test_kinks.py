@@ -97,6 +97,27 @@ def _curved_kinks():
   return problem, z, mask, arguments_and_loss
 
 
+class ConeFitTest(absltest.TestCase):
+  """pieces.cone_fit against closed forms."""
+
+  def test_a_vector_in_the_cone_is_fit_exactly(self):
+    normals = np.array([[1.0, 0.0], [1.0, 1.0]])
+    multipliers, residual = pieces.cone_fit(normals, 2 * normals[0]
+                                            + 3 * normals[1])
+    np.testing.assert_allclose(multipliers, [2.0, 3.0], atol=1e-12)
+    self.assertLess(residual, 1e-12)
+
+  def test_outside_the_cone_the_residual_is_the_distance_to_it(self):
+    # The cone of the unit normals is the nonnegative orthant: the nearest
+    # point to (3, -4) is (3, 0), at distance 4.
+    multipliers, residual = pieces.cone_fit(np.eye(2), np.array([3.0, -4.0]))
+    np.testing.assert_allclose(multipliers, [3.0, 0.0], atol=1e-12)
+    self.assertAlmostEqual(residual, 4.0, places=12)
+    multipliers, residual = pieces.cone_fit(np.zeros((0, 2)),
+                                            np.array([3.0, -4.0]))
+    self.assertEqual((multipliers.shape, residual), ((0,), 5.0))
+
+
 class KinksTest(parameterized.TestCase):
 
   def test_layout_of_the_flat_parameters(self):

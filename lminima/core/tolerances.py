@@ -64,7 +64,7 @@ class Tolerances:
     growth: a continuation whose ``||theta||`` grows by this factor while L
       never rises is escaping.
     escape_fall, escape_spread, escape_points: the slow escape
-      (``lminima.critical.outcomes.gap_tracking``): over at least
+      (``lminima.critical.escape.gap_tracking``): over at least
       ``escape_points`` iterations at the end of a path along which L never
       rose and ``||theta||`` grew, ``||g|| / (L - L_inf)`` stayed within a
       factor ``escape_spread`` while ``L - L_inf`` fell by ``escape_fall``.

@@ -40,7 +40,7 @@ that did not diverge (docs/theory.md#escape-to-infinity):
      (``fate_loss``); ``fate_asymptotic_loss`` is an extrapolation of
      ``L = L_inf + s / ||theta||`` over the second half of the path, labelled
      as such, not a bound. Also ``escaping``: a path along which L never
-     rose and whose end is a slow escape (``gap_tracking``: ``||g||``
+     rose and whose end is a slow escape (``escape.gap_tracking``: ``||g||``
      proportional to ``L - L_inf`` while the gap falls by orders of
      magnitude, which no path converging to a critical point of an analytic
      loss shows); refinement and continuation stop as soon as that is seen
@@ -77,11 +77,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from lminima.core import rescaling
 from lminima.core.models import MLP
 from lminima.core.problem import Problem
-from lminima.core.tolerances import DEFAULT, LOSS_ROUNDOFF_RTOL, Tolerances
-from lminima.critical import certify, kinks, pieces
+from lminima.core.tolerances import DEFAULT, Tolerances
+from lminima.critical import certify, escape, kinks, pieces
 from lminima.critical.refinement import RefineResult, refine
 
 OUTCOMES = ("local_min", "kink_min", "saddle", "non_differentiable",
@@ -167,167 +166,6 @@ def _max_abs_preactivation(problem: Problem, params: Any) -> float | None:
   return float(max(np.max(np.abs(np.asarray(z))) for z in pre))
 
 
-def growth(begin: Problem, end: Problem) -> tuple[str, float]:
-  """What the escape test measures along a path, and its growth from
-  ``begin`` to ``end``: ``||theta||``, or for MLPs with positively
-  homogeneous units the balanced norm (``lminima.core.rescaling``):
-  rescaling a unit in and out leaves L unchanged and can grow ``||theta||``
-  alone."""
-  if rescaling.rescalable(begin.module):
-    return "the balanced norm", (
-        rescaling.balanced_norm(end.module, end.params)
-        / max(rescaling.balanced_norm(begin.module, begin.params), 1e-300))
-  return "||theta||", float(np.linalg.norm(end.flat)) / max(
-      float(np.linalg.norm(begin.flat)), 1e-300)
-
-
-_ENVELOPE = 5
-"""Path points over which ``gap_tracking`` takes the lower envelope of
-``||g|| / (L - L_inf)``."""
-_LOW = 0.1
-"""The quantile of the ratio's envelope that ``gap_tracking`` measures its
-spread from: iterates that cross the valley's floor have gradients below the
-trend, which say nothing against an escape (the Lojasiewicz bound is a lower
-bound on ``||g||``)."""
-_COARSE = 10.0 ** -np.arange(0, 24.01, 0.25)
-_FINE = 1.1 ** np.arange(-12, 13)
-"""Candidate values of ``L_end - L_inf`` in ``gap_tracking``, relative to
-the window's fall in L: a quarter of a decade apart over 24 orders of
-magnitude, then 10% apart around the best of those."""
-
-
-def _envelope(ratio: np.ndarray) -> np.ndarray:
-  """The lower envelope over ``_ENVELOPE`` consecutive points (last axis)."""
-  return np.min(np.lib.stride_tricks.sliding_window_view(
-      ratio, _ENVELOPE, axis=-1), axis=-1)
-
-
-def _spreads(drop: np.ndarray, grads: np.ndarray, offsets: np.ndarray,
-             tol: Tolerances) -> tuple[np.ndarray, np.ndarray]:
-  """For each offset ``L_end - L_inf``: the spread of the ratio's envelope
-  (inf where the gap falls less than ``tol.escape_fall``) and the fall."""
-  gap = drop + offsets[:, None]
-  ratio = grads / gap
-  envelope = _envelope(ratio)
-  low = max(int(_LOW * (envelope.shape[1] - 1)), 0)
-  # A path that converges to a critical point ends with the ratio growing
-  # without bound (L_inf = L*) or falling to 0 (L_inf below L*). The
-  # envelope's last window would hide either, so the end is read raw: the
-  # lower of the last two points (one of them on the floor of a zig-zag).
-  end = np.min(ratio[:, -2:], axis=1)
-  spreads = (np.maximum(envelope.max(axis=1), end)
-             / np.minimum(np.partition(envelope, low, axis=1)[:, low], end))
-  falls = (drop[0] + offsets) / offsets  # drop[-1] = 0
-  # L below its last value (by roundoff) leaves no gap there to follow.
-  spreads[(falls < tol.escape_fall) | np.any(gap <= 0, axis=1)] = np.inf
-  return spreads, falls
-
-
-@dataclasses.dataclass(frozen=True)
-class GapTracking:
-  """The end of a path along which ``||g||`` tracks ``L - L_inf``.
-
-  Attributes:
-    start: the path index where the tracking window begins.
-    limit: the fitted ``L_inf``.
-    rate: ``a`` in ``||g|| ~ a (L - L_inf)``.
-    spread: the largest value of ``||g|| / (L - L_inf)`` (its lower
-      envelope, and its value at the end) over the window, relative to the
-      envelope's ``_LOW`` quantile or the end's value, whichever is lower.
-    fall: ``L - L_inf`` at the window's start over its value at the end.
-  """
-  start: int
-  limit: float
-  rate: float
-  spread: float
-  fall: float
-
-
-def gap_tracking(losses, grads, norms, tol: Tolerances) -> GapTracking | None:
-  """The longest end of a path on which ``||g||`` is proportional to the gap
-  ``L - L_inf`` to a limit below the last value, or None.
-
-  Near a critical point theta* of an analytic loss (tanh, sigmoid, the
-  squared loss) the Lojasiewicz inequality ``|L - L*|^t <= C ||g||`` holds
-  with ``t < 1``, so along a path converging to theta* the ratio
-  ``||g|| / (L - L*)`` grows without bound (as ``(L - L*)^(-1/2)`` at a
-  nondegenerate minimum). Where saturating units grow, ``L - L_inf`` shrinks
-  like ``exp(-a ||theta||)`` and ``||g|| ~ a (L - L_inf)``: the ratio stays
-  put while the gap falls by orders of magnitude, at a pace in ``||theta||``
-  that a damped Newton method can make logarithmic in its iterations.
-
-  A window (the path from some point to its end) qualifies when it has at
-  least ``tol.escape_points`` points, ``||theta||`` grew over it, and for
-  some ``L_inf`` the gap fell by ``tol.escape_fall`` while the ratio stayed
-  within a factor ``tol.escape_spread``. The ratio is taken as its lower
-  envelope over ``_ENVELOPE`` consecutive points: LM zig-zags across a narrow
-  valley, and the iterates that overshoot have gradients of the overshoot
-  (the Lojasiewicz bound holds at every point, so on the floor too). The
-  spread is the envelope's largest value over its ``_LOW`` quantile: points
-  below the trend (iterates that cross the floor) say nothing against an
-  escape. The path's end counts on both sides: a path that converges to a
-  critical point ends with the ratio growing without bound (``L_inf = L*``)
-  or falling to 0 (``L_inf`` below ``L*``), so the lower of the last two
-  raw ratios must lie within the spread too.
-  ``L_inf`` is the value that gives the least spread, on a grid a quarter
-  of a decade apart and then 10% apart around its best.
-
-  It is evidence, not proof: a minimum degenerate enough (``t`` close to 1)
-  passes. With the defaults, synthetic paths ``||g|| = (L - L*)^t`` that
-  approach a minimum pass from ``t = 0.8`` (``L - L*`` growing like the
-  fifth power of the distance) on (tests/test_outcomes.py).
-
-  Args:
-    losses, grads, norms: L, ``||g||`` and ``||theta||`` along the path.
-    tol: the shared tolerances.
-
-  Returns:
-    A ``GapTracking`` for the longest qualifying window tried (windows start
-    at twentieths of the path), or None.
-
-  Example:
-    >>> n = np.linspace(10, 20, 50)  # L = 0.25 + exp(-n), ||g|| = exp(-n)
-    >>> found = gap_tracking(0.25 + np.exp(-n), np.exp(-n), n, DEFAULT)
-    >>> found.start, round(found.limit, 6), round(found.rate, 1)
-    (0, 0.25, 1.0)
-    >>> # a nondegenerate minimum at L* = 0.25: ||g|| ~ sqrt(L - L*)
-    >>> gap_tracking(0.25 + np.exp(-n), np.exp(-n / 2), n, DEFAULT) is None
-    True
-  """
-  losses, grads, norms = (np.asarray(v, np.float64)
-                          for v in (losses, grads, norms))
-  last = len(losses) - max(tol.escape_points, _ENVELOPE)
-  if last < 0:
-    return None
-  for start in sorted(set(np.linspace(0, last, 21).astype(int))):
-    drop = losses[start:] - losses[-1]
-    if not (np.all(grads[start:] > 0) and drop[0] > 0
-            and norms[-1] > norms[start]):
-      continue
-    # L_end - L_inf: the best of a coarse grid, then 10% steps around it.
-    coarse = _spreads(drop, grads[start:], drop[0] * _COARSE, tol)[0]
-    if np.all(np.isinf(coarse)):
-      continue
-    offsets = drop[0] * _COARSE[int(np.argmin(coarse))] * _FINE
-    spreads, falls = _spreads(drop, grads[start:], offsets, tol)
-    best = int(np.argmin(spreads))
-    if spreads[best] <= tol.escape_spread:
-      envelope = _envelope(grads[start:] / (drop + offsets[best]))
-      return GapTracking(
-          start=int(start), limit=float(losses[-1] - offsets[best]),
-          rate=float(np.median(envelope)), spread=float(spreads[best]),
-          fall=float(falls[best]))
-  return None
-
-
-def _asymptotic_loss(losses: np.ndarray, norms: np.ndarray) -> float:
-  """Intercept of L ~ L_inf + s / ||theta|| over the second half, clipped."""
-  half = slice(len(losses) // 2, None)
-  design = np.stack([np.ones_like(norms[half]), 1.0 / norms[half]], axis=1)
-  intercept = np.linalg.lstsq(design, losses[half], rcond=None)[0][0]
-  return float(np.clip(intercept, 0.0, losses[-1]))
-
-
 def decide_member(problem: Problem, *, tol: Tolerances | None = None,
                   method: str = "auto", max_iters: int = 200,
                   fate_iters: int = 200, dense_max_params: int = 3000,
@@ -367,9 +205,10 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
   cert, moved = None, ""
   if refined.converged:
     cert = certify.certificate(start, **cert_options)
-    on_escape = _probed_on_escape(cert, kinked, refined.loss_history,
-                                  refined.grad_norm_history,
-                                  refined.param_norm_history, tol)
+    on_escape = (not kinked and _probe_only_minimum(cert)
+                 and escape.gap_tracking(
+                     refined.loss_history, refined.grad_norm_history,
+                     refined.param_norm_history, tol) is not None)
     if on_escape:
       moved = "; the refinement's path is a slow escape"
     if cert.verdict == "local_min" and kinked:
@@ -439,15 +278,15 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
       _extend(losses, grads, norms, end)
       iters += 1
   losses, norms = np.asarray(losses), np.asarray(norms)
-  rises = _rises(losses)
+  rises = escape.rises(losses)
   monotone = not bool(np.any(rises))
-  size, ratio = growth(problem, end)
+  size, ratio = escape.growth(problem, end)
   evidence = dict(refined=refined, iters=iters, losses=losses, norms=norms,
                   monotone=monotone, begin=problem,
                   end=end, kink=kink)
   # The slow escape's test asks for an analytic loss: not for kinked models.
-  tracking = (None if kinked or not monotone
-              else gap_tracking(losses, grads, norms, tol))
+  tracking = None if kinked else escape.slow_escape(losses, grads, norms,
+                                                     tol)
   escaping = monotone and (ratio >= tol.growth or tracking is not None)
   # A kink minimum at finite loss is a minimum however far the path went;
   # at zero loss far out, an escape (as below).
@@ -460,17 +299,14 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
     # L reaching rounding on a path to infinity is an escape, not a minimum.
     at_zero_far_out = escaping and tol.is_zero_loss(cert.loss,
                                                     end.reference_loss)
-    # A minimum only the probe found (no second-order proof) on a path that
-    # tracks an escape is a plateau the probe's threshold cannot resolve.
-    on_escape = (tracking is not None and cert.verdict == "local_min"
-                 and not cert.proof)
+    on_escape = tracking is not None and _probe_only_minimum(cert)
     if (cert.verdict in DECIDED_BY_CERTIFICATE and not at_zero_far_out
         and not on_escape):
       return _decided(cert, refined, end, continued=True, **{
           k: v for k, v in evidence.items()
           if k not in ("refined", "end", "kink")})
   if escaping and ratio >= tol.growth:
-    asymptotic = _asymptotic_loss(losses, norms)
+    asymptotic = escape.asymptotic_loss(losses, norms)
     return _continued(
         "escaping", f"L fell monotonically from {losses[0]:.6g} to "
         f"{losses[-1]:.6g} while {size} grew {ratio:.1f}x in {iters} "
@@ -506,12 +342,6 @@ def decide_member(problem: Problem, *, tol: Tolerances | None = None,
                     **evidence)
 
 
-def _rises(losses) -> np.ndarray:
-  """Where L rose along a path beyond roundoff."""
-  losses = np.asarray(losses)
-  return np.diff(losses) > LOSS_ROUNDOFF_RTOL * np.abs(losses[:-1])
-
-
 def _slow_escape_test(before, tol: Tolerances):
   """``refine``'s ``stop_when``: the path (``before``, the lists of L,
   ``||g||`` and ``||theta||`` so far, or empty; then the run's, whose first
@@ -519,8 +349,7 @@ def _slow_escape_test(before, tol: Tolerances):
   def test(*run):
     path = [list(done) + list(new[1:]) for done, new in zip(before, run)
             ] if before else run
-    return (not np.any(_rises(path[0]))
-            and gap_tracking(*path, tol) is not None)
+    return escape.slow_escape(*path, tol) is not None
   return test
 
 
@@ -530,11 +359,11 @@ def _extend(losses: list, grads: list, norms: list, point: Problem) -> None:
   norms.append(float(np.linalg.norm(point.flat)))
 
 
-def _probed_on_escape(cert: certify.Certificate, kinked: bool, losses, grads,
-                      norms, tol: Tolerances) -> bool:
-  """A ``local_min`` only the probe found, on a path that tracks an escape."""
-  return (cert.verdict == "local_min" and not cert.proof and not kinked
-          and gap_tracking(losses, grads, norms, tol) is not None)
+def _probe_only_minimum(cert: certify.Certificate) -> bool:
+  """A ``local_min`` that only the descent probe found (no second-order
+  proof): on a path that ends in a slow escape, a plateau the probe's
+  threshold cannot resolve."""
+  return cert.verdict == "local_min" and not cert.proof
 
 
 def certificate_reason(cert: certify.Certificate, ref_loss: float) -> str:
